@@ -1,0 +1,3 @@
+from avprep.cli import main
+
+main()

@@ -1,0 +1,176 @@
+"""The ``avprep`` command line: parse -> config -> one library call.
+
+Nothing heavy is imported at module level, so ``avprep --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from avprep.errors import AvprepError
+
+app = typer.Typer(
+    name="avprep",
+    help="Any video -> time-synchronized WebDataset shards of frames and log-mel spectrograms.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+
+@contextlib.contextmanager
+def one_line_errors():
+    """AvprepError -> ``avprep: error: ...`` on stderr and its exit code; no traceback."""
+    try:
+        yield
+    except AvprepError as e:
+        err.print(f"avprep: error: {e}", markup=False, highlight=False)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("avprep: interrupted; run the same command again to resume", markup=False)
+        raise typer.Exit(130) from None
+
+
+def _default_rank_world() -> tuple[int, int]:
+    from avprep.discover import rank_world_from_env  # noqa: PLC0415
+
+    return rank_world_from_env()
+
+
+@app.command()
+def shard(
+    inputs: list[Path] = typer.Argument(
+        ...,
+        help="Folders, media files or manifests (.csv/.jsonl/.parquet with a 'path' column).",
+        show_default=False,
+    ),  # noqa: E501
+    out_dir: Path = typer.Option(..., "--out", help="Output directory for shards and manifest/."),
+    fps: float = typer.Option(
+        16.0, help="Frames per second stored (AVID/CMAC sample video at 16 fps)."
+    ),  # noqa: E501
+    short_side: int = typer.Option(
+        128, help="Short side of stored frames in pixels (resize to 128, crop 112 at train time)."
+    ),  # noqa: E501
+    segment_seconds: float = typer.Option(
+        10.0, help="Longest sample; longer videos become several (10 s: AudioSet/VGGSound clips)."
+    ),  # noqa: E501
+    min_seconds: float = typer.Option(
+        1.0, help="Shorter inputs are skipped and a shorter tail is dropped."
+    ),  # noqa: E501
+    sample_rate: int = typer.Option(
+        16000, help="Audio sample rate in Hz, mono (the speech/AudioSet convention)."
+    ),  # noqa: E501
+    spec_preset: str = typer.Option(
+        "logmel128",
+        help="logmel128: 128 mels, 25 ms window, 10 ms hop, log (AST/Kaldi). vggish64: VGGish's 64-mel front end.",
+    ),  # noqa: E501
+    keep_audio: bool = typer.Option(False, "--keep-audio", help="Also store the waveform as FLAC."),
+    jpeg_quality: int = typer.Option(
+        90, help="JPEG quality 1-100 (90: visually lossless at this size)."
+    ),  # noqa: E501
+    shard_max_samples: int = typer.Option(1000, help="Cut a shard after this many samples."),
+    shard_max_bytes: int = typer.Option(
+        256 * 1024**2,
+        help="Cut a shard after this many bytes (webdataset advises 100 MB-1 GB shards); shards are cut between videos.",
+    ),  # noqa: E501
+    workers: int = typer.Option(0, help="Worker processes (0: one per CPU core)."),
+    rank: int = typer.Option(
+        -1, help="This job's rank (default: torchrun RANK, Slurm array/task ids, else 0)."
+    ),  # noqa: E501
+    world_size: int = typer.Option(
+        -1, help="Number of ranks (default: torchrun WORLD_SIZE, Slurm counts, else 1)."
+    ),  # noqa: E501
+    timeout: float = typer.Option(
+        120.0,
+        help="Seconds a file may make no progress (probe or one segment) before it is failed as 'timeout'.",
+    ),  # noqa: E501
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 if any input failed."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress or summary; errors only."),
+) -> None:
+    """Shard videos into WebDataset tar shards of synchronized frames and log-mel spectrograms."""
+    import os  # noqa: PLC0415
+
+    with one_line_errors():
+        env_rank, env_world = _default_rank_world()
+        from avprep.config import ShardConfig  # noqa: PLC0415
+
+        cfg = ShardConfig(
+            out_dir=str(out_dir),
+            fps=fps,
+            short_side_px=short_side,
+            segment_seconds=segment_seconds,
+            min_seconds=min_seconds,
+            sample_rate_hz=sample_rate,
+            spec_preset=spec_preset,
+            keep_audio=keep_audio,
+            jpeg_quality=jpeg_quality,
+            shard_max_samples=shard_max_samples,
+            shard_max_bytes=shard_max_bytes,
+            workers=workers or os.cpu_count() or 1,
+            rank=env_rank if rank < 0 else rank,
+            world_size=env_world if world_size < 0 else world_size,
+            timeout_seconds=timeout,
+            strict=strict,
+            quiet=quiet,
+        )
+        code = run_shard([str(p) for p in inputs], cfg)
+    raise typer.Exit(code)
+
+
+def run_shard(inputs: list[str], cfg) -> int:
+    from avprep.pipeline import shard_videos  # noqa: PLC0415
+    from avprep.progress import make_progress, summary_table  # noqa: PLC0415
+
+    report = shard_videos(inputs, cfg, progress=make_progress(quiet=cfg.quiet, console=err))
+    if not cfg.quiet:
+        out.print(summary_table(report))
+        if report.unaccounted:
+            err.print(f"avprep: {len(report.unaccounted)} inputs unaccounted for", markup=False)
+    return report.exit_code(strict=cfg.strict)
+
+
+@app.command()
+def inspect(
+    shard_dir: Path = typer.Argument(
+        ..., help="An avprep shard output directory.", show_default=False
+    ),  # noqa: E501
+    png: Path = typer.Option(None, "--png", help="Write a contact sheet of a few samples here."),
+    samples: int = typer.Option(4, help="Samples on the contact sheet."),
+) -> None:
+    """Counts, hours and failures of a shard directory; optionally a contact sheet PNG."""
+    with one_line_errors():
+        from avprep.inspect import contact_sheet, print_stats, stats  # noqa: PLC0415
+
+        print_stats(stats(shard_dir), out)
+        if png is not None:
+            contact_sheet(shard_dir, png, n_samples=samples)
+            out.print(f"contact sheet: {png}")
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("avprep-demo"), "--out", help="Where the demo writes."),
+    videos: int = typer.Option(6, help="Synthetic videos to generate."),
+    workers: int = typer.Option(0, help="Worker processes (0: one per CPU core)."),
+) -> None:
+    """Generate synthetic videos (moving shapes with tones), shard them, inspect them."""
+    with one_line_errors():
+        from avprep.demo import run_demo  # noqa: PLC0415
+
+        code = run_demo(out_dir, n_videos=videos, workers=workers, console=out)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

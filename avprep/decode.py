@@ -1,0 +1,262 @@
+"""Frames and audio on one presentation timeline.
+
+Time 0 is the start of the chosen video stream. Frames: at each output time
+``t = start_s + i / fps`` we take the frame on display at t (the last frame
+whose timestamp is <= t) and record that frame's own timestamp, so variable
+frame rates and dropped frames never shift anything. Audio: ffmpeg shifts the
+decoded samples by the video start and pads or trims the start
+(``aresample=async=1:first_pts=0``), so a late audio stream begins with
+silence and an early one is trimmed, using the decoded frames' timestamps.
+
+Frame decoders: decord (fast, random access) where it can open the file and
+decodes the chosen stream; otherwise an ffmpeg pipe (AV1 and anything else
+ffmpeg reads) with the same timestamp semantics.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+from collections import deque
+
+import ffmpeg
+import numpy as np
+
+from avprep.errors import MediaError
+from avprep.probe import AudioStream, MediaInfo, VideoStream
+from avprep.tools import StderrDrain, ffmpeg_bin
+
+EPS = 1e-6
+
+
+def output_size(video: VideoStream, short_side_px: int) -> tuple[int, int]:
+    """Stored (width, height) in display orientation with the short side fixed."""
+    dw, dh = video.display_size
+    if dw <= dh:
+        return short_side_px, max(1, round(dh * short_side_px / dw))
+    return max(1, round(dw * short_side_px / dh)), short_side_px
+
+
+def grid_times(start_s: float, end_s: float, fps: float) -> np.ndarray:
+    """Output frame times in [start_s, end_s) at ``fps``."""
+    n = max(0, int(np.ceil((end_s - start_s) * fps - 1e-6)))
+    return start_s + np.arange(n) / fps
+
+
+class DecordFrames:
+    """Random-access frames from decord, resized while decoding."""
+
+    name = "decord"
+
+    def __init__(self, path: str, info: MediaInfo, *, short_side_px: int, threads: int) -> None:
+        import decord  # noqa: PLC0415  (heavy import, only in workers)
+
+        decord.logging.set_level(decord.logging.QUIET)
+
+        v = info.video
+        self.rotation = v.rotation_cw_deg
+        w, h = output_size(v, short_side_px)
+        coded_w, coded_h = (h, w) if self.rotation in (90, 270) else (w, h)
+        try:
+            if info.n_video_streams > 1:
+                native = decord.VideoReader(path, num_threads=1)
+                shape = native[0].shape
+                del native
+                if (shape[1], shape[0]) != (v.width, v.height):
+                    raise MediaError("decord opened another video stream")
+            self.vr = decord.VideoReader(path, width=coded_w, height=coded_h, num_threads=threads)
+            ts = self.vr.get_frame_timestamp(range(len(self.vr)))
+        except MediaError:
+            raise
+        except Exception as e:  # decord raises DECORDError and RuntimeError alike
+            raise MediaError(decord_message(e)) from e
+        if len(ts) == 0 or np.any(np.diff(ts[:, 0]) < 0):
+            raise MediaError("decord: no frames or unordered timestamps")
+        self.starts = ts[:, 0].astype(np.float64)
+        self.end_s = float(ts[-1, 1])
+
+    def read(self, start_s: float, end_s: float, fps: float) -> tuple[np.ndarray, np.ndarray]:
+        """Frames ``[n, H, W, 3]`` uint8 shown at the grid times, and their timestamps."""
+        times = grid_times(start_s, min(end_s, self.end_s), fps)
+        idx = np.searchsorted(self.starts, times + EPS, side="right") - 1
+        idx = np.clip(idx, 0, len(self.starts) - 1)
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        try:
+            frames = self.vr.get_batch(uniq.tolist()).asnumpy()[inverse]
+        except Exception as e:
+            raise MediaError(decord_message(e)) from e
+        if self.rotation:
+            frames = np.ascontiguousarray(np.rot90(frames, k=-self.rotation // 90, axes=(1, 2)))
+        return frames, self.starts[idx]
+
+    def close(self) -> None:
+        self.vr = None
+
+
+_DECORD_PREFIX = re.compile(r"^\[[0-9:]+\] \S+:\d+: ")
+
+
+def decord_message(e: Exception) -> str:
+    """decord's error without its timestamp and source-file prefix, one line."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return "decord: " + _DECORD_PREFIX.sub("", text)[:200]
+
+
+_PTS = re.compile(r"pts_time:\s*(-?[0-9.eE+-]+)")
+
+
+class FfmpegFrames:
+    """Sequential frames from an ffmpeg pipe; timestamps from its showinfo filter.
+
+    ffmpeg applies the rotation itself (autorotate) and scales; every decoded
+    frame is passed through (no frame-rate conversion) and selected here with
+    the same rule as DecordFrames. Segments must be read in time order.
+    """
+
+    name = "ffmpeg"
+
+    def __init__(self, path: str, info: MediaInfo, *, short_side_px: int, threads: int) -> None:
+        v = info.video
+        self.w, self.h = output_size(v, short_side_px)
+        self.v_start = v.start_s
+        self.frame_s = 1.0 / v.avg_fps if v.avg_fps else 0.04
+        stream = (
+            ffmpeg.input(path, copyts=None, threads=threads)[f"v:{v.type_index}"]
+            .filter("showinfo")
+            .filter("scale", self.w, self.h)
+            .output("pipe:", format="rawvideo", pix_fmt="rgb24", vsync="passthrough")
+            .global_args("-nostdin", "-hide_banner", "-loglevel", "info", "-nostats")
+        )
+        cmd = [ffmpeg_bin(), *stream.get_args()]
+        self._pts: deque[float | None] = deque()
+        self._cv = threading.Condition()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.drain = StderrDrain(self.proc, on_line=self._on_line)
+        self._next: tuple[np.ndarray, float] | None = None
+        self._prev: tuple[np.ndarray, float] | None = None
+        self._eof = False
+        self._advance()
+        if self._next is None:
+            self.close()
+            raise MediaError(f"decode_error: {self.drain.last() or 'no video frames decoded'}")
+
+    def _on_line(self, line: str | None) -> bool:
+        with self._cv:
+            if line is None:
+                self._pts.append(None)
+                self._cv.notify_all()
+                return True
+            if "Parsed_showinfo" not in line:
+                return False
+            m = _PTS.search(line)
+            if m:
+                self._pts.append(float(m.group(1)))
+                self._cv.notify_all()
+            return True
+
+    def _advance(self) -> None:
+        size = self.w * self.h * 3
+        buf = self.proc.stdout.read(size)
+        if len(buf) < size:
+            self._next, self._eof = None, True
+            return
+        with self._cv:
+            if not self._cv.wait_for(lambda: len(self._pts) > 0, timeout=30):
+                raise MediaError("decode_error: ffmpeg sent a frame without a timestamp")
+            pts = self._pts.popleft()
+        if pts is None:
+            raise MediaError("decode_error: ffmpeg sent a frame without a timestamp")
+        frame = np.frombuffer(buf, np.uint8).reshape(self.h, self.w, 3)
+        self._next = (frame, pts - self.v_start)
+
+    @property
+    def end_s(self) -> float:
+        """Known end of the video so far (exact once the stream is exhausted)."""
+        last = self._next or self._prev
+        return float("inf") if not self._eof else (last[1] + self.frame_s if last else 0.0)
+
+    def read(self, start_s: float, end_s: float, fps: float) -> tuple[np.ndarray, np.ndarray]:
+        frames, times = [], []
+        for t in grid_times(start_s, end_s, fps):
+            while self._next is not None and self._next[1] <= t + EPS:
+                self._prev = self._next
+                self._advance()
+            shown = self._prev or self._next
+            if shown is None:
+                break
+            if self._next is None and t >= shown[1] + self.frame_s - EPS:
+                break  # past the last frame: the stream ended early
+            frames.append(shown[0])
+            times.append(shown[1])
+        if not frames:
+            return np.zeros((0, self.h, self.w, 3), np.uint8), np.zeros(0)
+        return np.stack(frames), np.asarray(times)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+DECODERS = {"decord": DecordFrames, "ffmpeg": FfmpegFrames}
+
+
+def open_frames(path: str, info: MediaInfo, *, short_side_px: int, threads: int = 1, decoder: str):
+    """Open frames with ``decoder`` ("decord" or "ffmpeg"); MediaError if it cannot."""
+    return DECODERS[decoder](path, info, short_side_px=short_side_px, threads=threads)
+
+
+class AudioReader:
+    """Mono float32 audio at ``sample_rate`` from ffmpeg, sample 0 at time 0.
+
+    ``read(n)`` returns the next n samples, zero-padded past the end.
+    """
+
+    def __init__(
+        self, path: str, audio: AudioStream, video_start_s: float, sample_rate: int
+    ) -> None:
+        self.sample_rate = sample_rate
+        shift = f"PTS-{video_start_s!r}/TB"
+        stream = (
+            ffmpeg.input(path, copyts=None)[f"a:{audio.type_index}"]
+            .filter("asetpts", shift)
+            .filter("aresample", sample_rate, **{"async": 1, "first_pts": 0})
+            .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate)
+            .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
+        )
+        self.proc = subprocess.Popen(
+            [ffmpeg_bin(), *stream.get_args()], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self.drain = StderrDrain(self.proc)
+        self.samples_read = 0
+        self.exhausted = False
+
+    def read(self, n: int) -> np.ndarray:
+        buf = self.proc.stdout.read(4 * n) if not self.exhausted else b""
+        got = len(buf) // 4
+        if got < n:
+            self.exhausted = True
+        out = np.zeros(n, np.float32)
+        out[:got] = np.frombuffer(buf[: 4 * got], np.float32)
+        self.samples_read += got
+        return out
+
+    def skip_to(self, sample: int) -> None:
+        while self.samples_read < sample and not self.exhausted:
+            self.read(min(sample - self.samples_read, 1 << 20))
+
+    def check(self) -> None:
+        """Raise if ffmpeg produced no audio at all and reported an error."""
+        if self.samples_read == 0 and self.exhausted:
+            self.proc.wait()
+            self.drain.join()
+            if self.proc.returncode != 0:
+                raise MediaError(f"decode_error: {self.drain.last() or 'audio decode failed'}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()

@@ -1,0 +1,29 @@
+"""Errors with a one-line message for people (the CLI prints them, no traceback)."""
+
+from __future__ import annotations
+
+
+class AvprepError(Exception):
+    """Base class; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 2
+
+
+class UsageError(AvprepError):
+    """Bad arguments, unwritable output, a rank already running: exit 2."""
+
+
+class MediaError(AvprepError):
+    """One input could not be read; recorded as ``failed`` in the manifest."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SkipInput(AvprepError):
+    """One input is skipped by policy (no_audio, no_video, too_short)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,154 @@
+"""The output directory's state: the per-rank lock, runs, and resume.
+
+Resume rule: an input is done when an ok row for it is committed (its shard was
+renamed into place before the row was written). Everything else of this rank is
+redone: temporary shards are deleted, shards committed without their manifest
+part (a kill between the two renames) get their rows rebuilt from the tar, and
+this rank's earlier skipped/failed rows are dropped so those inputs are tried
+again and recorded exactly once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+from pathlib import Path
+
+from avprep import manifest, schema
+from avprep.config import ShardConfig
+from avprep.errors import UsageError
+
+STATE_DIR = ".avprep"
+CONFIG_FILE = "shard-config.json"
+
+
+class OutputDir:
+    def __init__(self, root: str | Path, rank: int) -> None:
+        self.root = Path(root)
+        self.rank = rank
+        self.manifest = manifest.manifest_dir(self.root)
+        self.state = self.root / STATE_DIR
+        self._lock_fd: int | None = None
+        self.run = 0
+
+    def open(self, cfg: ShardConfig) -> None:
+        """Create, lock this rank, check settings, pick this run's number, clean up."""
+        try:
+            self.manifest.mkdir(parents=True, exist_ok=True)
+            self.state.mkdir(exist_ok=True)
+            probe = self.state / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise UsageError(f"cannot write to {self.root}: {e.strerror or e}") from e
+        self._lock()
+        self._check_config(cfg)
+        self.run = self._next_run()
+        self._clean_temporaries()
+
+    def _lock(self) -> None:
+        path = self.state / f"lock-r{self.rank:04d}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            os.close(fd)
+            raise UsageError(
+                f"rank {self.rank} is already running on {self.root} (lock {path}); "
+                "wait for it or give another --rank"
+            ) from e
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.uname().nodename} {os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _check_config(self, cfg: ShardConfig) -> None:
+        path = self.state / CONFIG_FILE
+        want = {"schema_version": schema.SCHEMA_VERSION, **cfg.content_dict()}
+        if path.exists():
+            have = json.loads(path.read_text())
+            diff = sorted(k for k in want if have.get(k) != want[k])
+            if diff:
+                shown = ", ".join(f"{k}={have.get(k)!r} (now {want[k]!r})" for k in diff)
+                raise UsageError(
+                    f"{self.root} holds shards made with other settings: {shown}; "
+                    "use a new --out or the same settings"
+                )
+            return
+        tmp = path.with_name(f"{path.name}.{os.getpid()}{schema.TMP_SUFFIX}")
+        tmp.write_text(json.dumps(want, indent=1))
+        os.replace(tmp, path)
+
+    def _mine(self, pattern: str) -> list[Path]:
+        return sorted(self.root.glob(pattern))
+
+    def _next_run(self) -> int:
+        runs = [0]
+        for p in self.root.glob(f"{schema.SHARD_PREFIX}-r{self.rank:04d}-*"):
+            parsed = schema.parse_shard_stem(p.name.split(".")[0])
+            if parsed:
+                runs.append(parsed[1])
+        for p in self.manifest.glob(f"other-r{self.rank:04d}-*.parquet"):
+            m = re.match(r"other-r\d+-(\d+)\.parquet$", p.name)
+            if m:
+                runs.append(int(m.group(1)))
+        return max(runs) + 1
+
+    def _clean_temporaries(self) -> None:
+        prefix = f"{schema.SHARD_PREFIX}-r{self.rank:04d}-"
+        for tmp in self.root.glob(f"{prefix}*{schema.TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+        for tmp in self.manifest.glob(f"*r{self.rank:04d}-*{schema.TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+
+    def recover_orphans(self, pattern: str | None = None) -> set[str]:
+        """Write the missing manifest parts of this rank's committed shards.
+
+        Returns the video ids in the shards matched by ``pattern`` (default: all
+        of this rank's shards).
+        """
+        pattern = pattern or f"{schema.SHARD_PREFIX}-r{self.rank:04d}-*{schema.SHARD_SUFFIX}"
+        ids: set[str] = set()
+        for tar in self.root.glob(pattern):
+            part = self.manifest / f"{tar.stem}.parquet"
+            if not part.exists():
+                parsed = schema.parse_shard_stem(tar.stem)
+                rows = manifest.rows_from_shard(tar, rank=self.rank, run=parsed[1] if parsed else 0)
+                manifest.write_part(part, rows)
+            ids.update(manifest.read_part(part).column("video_id").to_pylist())
+        return ids
+
+    def recover_worker(self, worker_id: int) -> set[str]:
+        """Recover one (dead) worker of this run; the video ids it committed."""
+        stem = schema.shard_stem(self.rank, self.run, worker_id, 0).rsplit("-", 1)[0]
+        return self.recover_orphans(f"{stem}-*{schema.SHARD_SUFFIX}")
+
+    def drop_other_rows(self) -> None:
+        """Forget this rank's skipped/failed rows: those inputs are tried again."""
+        for part in self.manifest.glob(f"other-r{self.rank:04d}-*.parquet"):
+            part.unlink()
+
+    def done_video_ids(self) -> set[str]:
+        table = manifest.read(self.root)
+        return {
+            vid
+            for vid, status in zip(
+                table.column("video_id").to_pylist(),
+                table.column("status").to_pylist(),
+                strict=True,
+            )
+            if status == manifest.OK
+        }
+
+    def other_part(self) -> Path:
+        return self.manifest / f"other-r{self.rank:04d}-{self.run:03d}.parquet"
+
+    def worker_temporaries(self, worker_id: int) -> list[Path]:
+        stem = schema.shard_stem(self.rank, self.run, worker_id, 0).rsplit("-", 1)[0]
+        return list(self.root.glob(f"{stem}-*{schema.TMP_SUFFIX}"))

@@ -1,0 +1,65 @@
+"""The external programs avprep runs: ffmpeg and ffprobe."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+import threading
+from collections import deque
+
+from avprep.errors import UsageError
+
+INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install ffmpeg; macOS: brew install ffmpeg)"
+
+
+@functools.cache
+def ffmpeg_bin() -> str:
+    path = shutil.which("ffmpeg")
+    if path is None:
+        raise UsageError(f"ffmpeg not found on PATH: {INSTALL_HINT}")
+    return path
+
+
+@functools.cache
+def ffprobe_bin() -> str:
+    path = shutil.which("ffprobe")
+    if path is None:
+        raise UsageError(f"ffprobe not found on PATH: {INSTALL_HINT}")
+    return path
+
+
+def require_ffmpeg() -> None:
+    """Raise a one-line UsageError unless both ffmpeg and ffprobe are installed."""
+    ffmpeg_bin()
+    ffprobe_bin()
+
+
+class StderrDrain:
+    """Reads a process's stderr on a thread so the process never blocks on it.
+
+    Keeps the last ``keep`` lines for error messages and hands every line to
+    ``on_line`` (used to read showinfo's frame timestamps).
+    """
+
+    def __init__(self, proc: subprocess.Popen, *, keep: int = 20, on_line=None) -> None:
+        self.lines: deque[str] = deque(maxlen=keep)
+        self._on_line = on_line
+        self._thread = threading.Thread(target=self._run, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _run(self, proc: subprocess.Popen) -> None:
+        for raw in iter(proc.stderr.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            if self._on_line is not None and self._on_line(line):
+                continue
+            if line:
+                self.lines.append(line)
+        if self._on_line is not None:
+            self._on_line(None)
+
+    def join(self, timeout: float = 5.0) -> None:
+        self._thread.join(timeout)
+
+    def last(self) -> str:
+        return self.lines[-1][:300] if self.lines else ""

@@ -1,0 +1,109 @@
+"""A shard worker process: takes one input at a time, writes its own shards.
+
+Frames never cross processes: the worker decodes, encodes and writes; the
+parent only receives small messages (start, segment, done, commit, exit).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+from pathlib import Path
+
+from avprep import manifest, schema
+from avprep.config import ShardConfig
+from avprep.errors import MediaError, SkipInput
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its parent dies (kill -9 included)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_main(
+    worker_id: int,
+    cfg_dict: dict,
+    run: int,
+    tasks: mp.Queue,
+    results: mp.Queue,
+) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides on Ctrl-C
+    import torch  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    from avprep.sample import process_video  # noqa: PLC0415  (imports decord, torch)
+    from avprep.spectrogram import LogMel  # noqa: PLC0415
+
+    cfg = ShardConfig.from_dict(cfg_dict)
+    out_dir = Path(cfg.out_dir)
+    mdir = manifest.manifest_dir(out_dir)
+    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+
+    def on_commit(path: Path, rows: list[dict]) -> None:
+        for row in rows:
+            row["rank"], row["run"] = cfg.rank, run
+        manifest.write_part(mdir / f"{path.stem}.parquet", rows)
+        results.put(("commit", worker_id, path.name, [r["video_id"] for r in rows]))
+
+    from avprep.writer import ShardWriter  # noqa: PLC0415
+
+    writer = ShardWriter(
+        out_dir,
+        stem_for=lambda seq: schema.shard_stem(cfg.rank, run, worker_id, seq),
+        max_samples=cfg.shard_max_samples,
+        max_bytes=cfg.shard_max_bytes,
+        on_commit=on_commit,
+    )
+    logmel = LogMel(cfg.spec_preset, cfg.sample_rate_hz)
+    parent = mp.parent_process()
+    results.put(("ready", worker_id))
+    while True:
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                writer.abort()
+                return
+            continue
+        if task is None:
+            break
+        index, inp = task
+        t0 = time.perf_counter()
+
+        def on_segment(n: int, index: int = index) -> None:
+            results.put(("segment", worker_id, index, n))
+
+        try:
+            process_video(inp, cfg, writer, logmel, threads=threads, on_segment=on_segment)
+            results.put(("ok", worker_id, index, None))
+            continue
+        except SkipInput as e:
+            status, reason = manifest.SKIPPED, e.reason
+        except MediaError as e:
+            status, reason = manifest.FAILED, e.reason
+        except Exception as e:  # a bad file must never stop the run
+            status, reason = manifest.FAILED, f"error: {type(e).__name__}: {e}"[:300]
+        row = manifest.make_row(
+            source=inp.source,
+            video_id=inp.video_id,
+            status=status,
+            reason=reason,
+            n_segments=0,
+            shards=[],
+            label=inp.label,
+            rank=cfg.rank,
+            run=run,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+        results.put(("row", worker_id, index, row))
+    writer.commit()
+    results.put(("exit", worker_id))
