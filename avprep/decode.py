@@ -8,9 +8,12 @@ decoded samples by the video start and pads or trims the start
 (``aresample=async=1:first_pts=0``), so a late audio stream begins with
 silence and an early one is trimmed, using the decoded frames' timestamps.
 
-Frame decoders: decord (fast, random access) where it can open the file and
-decodes the chosen stream; otherwise an ffmpeg pipe (AV1 and anything else
-ffmpeg reads) with the same timestamp semantics.
+Frame decoders: decord (fast, random access) for indexed containers (MP4/MOV,
+Matroska/WebM) where it can open the file and decodes the chosen stream;
+otherwise an ffmpeg pipe with the same timestamp semantics: AV1 (decord cannot
+open it), stream containers such as MPEG-TS, AVI or FLV (decord's frame index
+is wrong there: a clapper test found flashes 0.5 s late), and any file decord
+fails on.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ def grid_times(start_s: float, end_s: float, fps: float) -> np.ndarray:
     return start_s + np.arange(n) / fps
 
 
+DECORD_CONTAINERS = ("mov", "mp4", "matroska", "webm")
+
+
 class DecordFrames:
     """Random-access frames from decord, resized while decoding."""
 
@@ -54,18 +60,19 @@ class DecordFrames:
 
         decord.logging.set_level(decord.logging.QUIET)
 
+        if not any(f in info.format_name.split(",") for f in DECORD_CONTAINERS):
+            raise MediaError(f"decord: not used for {info.format_name} (no exact frame index)")
         v = info.video
-        self.rotation = v.rotation_cw_deg
+        # decord applies the rotation metadata itself; width/height are display sizes.
         w, h = output_size(v, short_side_px)
-        coded_w, coded_h = (h, w) if self.rotation in (90, 270) else (w, h)
         try:
             if info.n_video_streams > 1:
                 native = decord.VideoReader(path, num_threads=1)
                 shape = native[0].shape
                 del native
-                if (shape[1], shape[0]) != (v.width, v.height):
+                if (shape[1], shape[0]) not in ((v.width, v.height), (v.height, v.width)):
                     raise MediaError("decord opened another video stream")
-            self.vr = decord.VideoReader(path, width=coded_w, height=coded_h, num_threads=threads)
+            self.vr = decord.VideoReader(path, width=w, height=h, num_threads=threads)
             ts = self.vr.get_frame_timestamp(range(len(self.vr)))
         except MediaError:
             raise
@@ -86,8 +93,6 @@ class DecordFrames:
             frames = self.vr.get_batch(uniq.tolist()).asnumpy()[inverse]
         except Exception as e:
             raise MediaError(decord_message(e)) from e
-        if self.rotation:
-            frames = np.ascontiguousarray(np.rot90(frames, k=-self.rotation // 90, axes=(1, 2)))
         return frames, self.starts[idx]
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ class VideoStream:
     width: int  # coded size, before rotation
     height: int
     sar: float  # sample (pixel) aspect ratio
-    rotation_cw_deg: int  # clockwise rotation to apply for display: 0, 90, 180, 270
+    rotation_deg: int  # display-matrix rotation as ffprobe reports it (counter-clockwise), 0..270
     start_s: float  # container time of the first frame
     duration_s: float | None
     avg_fps: float | None
@@ -37,7 +37,7 @@ class VideoStream:
         """(width, height) as shown: pixel aspect applied, then rotation."""
         w = max(1, round(self.width * self.sar))
         h = self.height
-        return (h, w) if self.rotation_cw_deg in (90, 270) else (w, h)
+        return (h, w) if self.rotation_deg in (90, 270) else (w, h)
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class MediaInfo:
             "video_stream": v.index if v else None,
             "width": v.width if v else None,
             "height": v.height if v else None,
-            "rotation_deg": v.rotation_cw_deg if v else None,
+            "rotation_deg": v.rotation_deg if v else None,
             "source_fps": v.avg_fps if v else None,
             "video_start_s": v.start_s if v else None,
             "audio_codec": a.codec if a else None,
@@ -114,13 +114,16 @@ def _ratio(text: str | None) -> float | None:
 
 
 def _rotation(stream: dict[str, Any]) -> int:
-    """Clockwise degrees to rotate for display (display matrix or legacy tag)."""
+    """Display rotation in degrees, counter-clockwise as ffprobe reports the display matrix.
+
+    Only whether it is 90 or 270 matters here (width and height swap); the
+    decoders (decord and ffmpeg's autorotate) apply the rotation themselves.
+    """
     for side in stream.get("side_data_list") or []:
         if "rotation" in side:
-            # ffprobe reports the display matrix angle counter-clockwise.
-            return int(round(-float(side["rotation"]))) % 360 // 90 * 90
-    tag = (stream.get("tags") or {}).get("rotate")
-    return int(round(float(tag))) % 360 // 90 * 90 if _float(tag) is not None else 0
+            return int(round(float(side["rotation"]))) % 360 // 90 * 90
+    tag = (stream.get("tags") or {}).get("rotate")  # legacy tag, clockwise
+    return int(round(-float(tag))) % 360 // 90 * 90 if _float(tag) is not None else 0
 
 
 def _duration(stream: dict[str, Any]) -> float | None:
@@ -174,7 +177,7 @@ def parse(path: str, data: dict[str, Any]) -> MediaInfo:
             width=int(s.get("width") or 0),
             height=int(s.get("height") or 0),
             sar=sar,
-            rotation_cw_deg=_rotation(s),
+            rotation_deg=_rotation(s),
             start_s=_float(s.get("start_time")) or 0.0,
             duration_s=_duration(s),
             avg_fps=_ratio(s.get("avg_frame_rate")) or _ratio(s.get("r_frame_rate")),

@@ -1,0 +1,86 @@
+"""Shared test helpers: real ffmpeg media, real CLI runs, real tar shards."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+    pytest.exit("ffmpeg/ffprobe are required for the tests: run scripts/test", returncode=2)
+
+
+def real_clip(name: str) -> Path:
+    """A clip from ../shared/data/real, or skip where it is absent (a user's clone)."""
+    path = REAL_DATA / name
+    if not path.exists():
+        pytest.skip(f"real clip {name} not available")
+    return path
+
+
+def run_cli(*args: str, check: bool = True, timeout: float = 600, env: dict | None = None):
+    """Run ``python -m avprep ARGS`` as a user would; returns CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    for var in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_ARRAY_TASK_ID"):
+        if env is None or var not in env:
+            full_env.pop(var, None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "avprep", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"avprep {' '.join(args)} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
+
+
+def read_shards(out_dir: Path) -> dict[str, dict]:
+    """Every sample of every committed shard: key -> {json, frames, spec, flac, shard}."""
+    samples: dict[str, dict] = defaultdict(lambda: {"frames": {}})
+    seen_keys: list[str] = []
+    for tar_path in sorted(Path(out_dir).glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for m in tar:
+                key, suffix = m.name.split(".", 1)
+                data = tar.extractfile(m).read()
+                s = samples[key]
+                s["shard"] = tar_path.name
+                if suffix == "json":
+                    s["json"] = json.loads(data)
+                    seen_keys.append(key)
+                elif suffix == "spec.npy":
+                    s["spec"] = np.load(io.BytesIO(data), allow_pickle=False)
+                elif suffix.endswith(".jpg"):
+                    s["frames"][int(suffix[1:4])] = data
+                elif suffix == "flac":
+                    s["flac"] = data
+    assert len(seen_keys) == len(set(seen_keys)), "a sample key appears twice across shards"
+    return dict(samples)
+
+
+def decode_frames(sample: dict) -> np.ndarray:
+    import simplejpeg
+
+    return np.stack([simplejpeg.decode_jpeg(sample["frames"][i]) for i in sorted(sample["frames"])])
+
+
+def read_manifest(out_dir: Path):
+    import pyarrow.dataset as ds
+
+    return ds.dataset(str(Path(out_dir) / "manifest"), format="parquet").to_table()
