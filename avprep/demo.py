@@ -61,7 +61,9 @@ def run_demo(out_dir: Path, *, n_videos: int = 6, workers: int = 0, console: Con
     console.rule("[bold]2. avprep shard")
     cfg = ShardConfig(out_dir=str(out_dir / "shards"), workers=workers or os.cpu_count() or 1)
     err = Console(stderr=True)
-    report = shard_videos([str(out_dir / "videos")], cfg, progress=make_progress(quiet=False, console=err))
+    report = shard_videos(
+        [str(out_dir / "videos")], cfg, progress=make_progress(quiet=False, console=err)
+    )
     console.print(summary_table(report))
 
     console.rule("[bold]3. avprep inspect")
@@ -69,5 +71,7 @@ def run_demo(out_dir: Path, *, n_videos: int = 6, workers: int = 0, console: Con
     sheet = out_dir / "contact_sheet.png"
     contact_sheet(out_dir / "shards", sheet, n_samples=4)
     console.print(f"contact sheet (frames above their spectrogram on one time axis): {sheet}")
-    console.print(f"shards: {out_dir / 'shards'}/*.tar   manifest: {out_dir / 'shards' / 'manifest'}")
+    console.print(
+        f"shards: {out_dir / 'shards'}/*.tar   manifest: {out_dir / 'shards' / 'manifest'}"
+    )
     return report.exit_code(strict=True)
