@@ -31,7 +31,7 @@ def one_line_errors():
     try:
         yield
     except AvprepError as e:
-        err.print(f"avprep: error: {e}", markup=False, highlight=False)
+        err.print(f"avprep: error: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         err.print("avprep: interrupted; run the same command again to resume", markup=False)

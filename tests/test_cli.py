@@ -1,0 +1,49 @@
+"""The command line as a person meets it: help, missing ffmpeg, entry points."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+from conftest import run_cli
+
+
+def test_help_imports_nothing_heavy():
+    code = (
+        "import sys, avprep.cli\n"
+        "heavy = [m for m in ('torch', 'torchaudio', 'decord', 'numpy', 'pyarrow', 'webdataset')"
+        " if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_help_lists_commands_and_options():
+    proc = run_cli("shard", "--help")
+    for option in ("--fps", "--short-side", "--segment-seconds", "--min-seconds", "--sample-rate",
+                   "--spec-preset", "--keep-audio", "--jpeg-quality", "--shard-max-samples",
+                   "--shard-max-bytes", "--workers", "--rank", "--world-size", "--timeout",
+                   "--strict", "--quiet"):  # fmt: skip
+        assert option in proc.stdout, option
+    top = run_cli("--help").stdout
+    assert all(cmd in top for cmd in ("shard", "inspect", "demo"))
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("avprep", path=os.path.dirname(sys.executable))
+    assert exe is not None
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "shard" in proc.stdout
+
+
+def test_without_ffmpeg_says_so_in_one_line(tmp_path):
+    (tmp_path / "in").mkdir()
+    env = {"PATH": str(tmp_path / "empty-bin")}  # python is run by absolute path
+    proc = run_cli("shard", str(tmp_path / "in"), "--out", str(tmp_path / "out"), check=False, env=env)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ffmpeg not found" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()  # bad input changes nothing else
