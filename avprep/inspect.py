@@ -1,0 +1,213 @@
+"""What a shard directory holds: counts, hours, failures, and a contact sheet.
+
+``stats`` reads the manifest and the shard files' sizes only; ``contact_sheet``
+reads just the few samples it draws (chosen from the manifest, spread across
+the shards) and hands them to ``avprep.sheet`` to draw.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from avprep import manifest, schema
+from avprep.errors import UsageError
+
+STATUSES = (manifest.OK, manifest.SKIPPED, manifest.FAILED)
+
+
+def _check_out_dir(shard_dir: Path) -> Path:
+    shard_dir = Path(shard_dir)
+    if not shard_dir.is_dir():
+        raise UsageError(f"{shard_dir} is not a directory")
+    if not manifest.manifest_dir(shard_dir).is_dir():
+        raise UsageError(
+            f"{shard_dir} is not an avprep output directory (no {schema.MANIFEST_DIR}/ folder)"
+        )
+    return shard_dir
+
+
+def shard_paths(shard_dir: Path) -> list[Path]:
+    """Committed shards (``*.tar``; temporary ``*.tar.tmp`` ones are not counted), sorted."""
+    return sorted(Path(shard_dir).glob(f"*{schema.SHARD_SUFFIX}"))
+
+
+def reason_code(reason: str | None) -> str:
+    """The reason's code, the text before its first colon: ``decode_error``, ``too_short``.
+
+    Full reasons also carry paths and tool messages, so they do not group.
+    """
+    return (reason or "unknown").split(":", 1)[0].strip() or "unknown"
+
+
+def stats(shard_dir: Path) -> dict[str, Any]:
+    """Counts of an avprep output directory, as plain data.
+
+    Returns ``shards`` (committed ``*.tar`` files), ``bytes`` (their size on
+    disk), ``samples`` (sum of ``n_segments`` over ok inputs), ``inputs``
+    (status -> inputs), ``hours`` (sum of ok inputs' ``duration_s`` / 3600: the
+    source length, which includes tails too short to become a sample),
+    ``reasons`` (status -> {reason code -> inputs}) and ``examples`` (reason
+    code -> one full reason). Raises UsageError for a directory without
+    ``manifest/``.
+    """
+    shard_dir = _check_out_dir(shard_dir)
+    columns = ["status", "reason", "n_segments", "duration_s"]
+    rows = manifest.read(shard_dir).select(columns).to_pylist()
+    tars = shard_paths(shard_dir)
+    inputs = Counter({s: 0 for s in STATUSES})
+    reasons: dict[str, Counter] = {manifest.SKIPPED: Counter(), manifest.FAILED: Counter()}
+    examples: dict[str, str] = {}
+    samples, seconds = 0, 0.0
+    for row in rows:
+        status = row["status"]
+        inputs[status] += 1
+        if status == manifest.OK:
+            samples += row["n_segments"] or 0
+            seconds += row["duration_s"] or 0.0
+        else:
+            code = reason_code(row["reason"])
+            reasons.setdefault(status, Counter())[code] += 1
+            examples.setdefault(code, row["reason"] or "")
+    return {
+        "shard_dir": str(shard_dir),
+        "shards": len(tars),
+        "bytes": sum(p.stat().st_size for p in tars),
+        "samples": samples,
+        "inputs": dict(inputs),
+        "hours": seconds / 3600,
+        "reasons": {status: dict(sorted(c.items())) for status, c in reasons.items()},
+        "examples": examples,
+    }
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def print_stats(st: dict[str, Any], console: Console) -> None:
+    """Print ``stats()`` as a rich table; text from the data is escaped."""
+    table = Table(title=f"avprep inspect: {escape(st['shard_dir'])}")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_column("example reason", overflow="fold")
+    table.add_row("shards", str(st["shards"]), "")
+    table.add_row("size on disk", _size(st["bytes"]), "")
+    table.add_row("samples", str(st["samples"]), "")
+    table.add_row("hours of ok video", f"{st['hours']:.3f}", "")
+    table.add_row("inputs", str(sum(st["inputs"].values())), "")
+    for status in STATUSES:
+        table.add_row(f"  {status}", str(st["inputs"].get(status, 0)), "")
+        for code, n in st["reasons"].get(status, {}).items():
+            example = st["examples"].get(code, "")
+            table.add_row(escape(f"    {code}"), str(n), escape(example[:200]))
+    console.print(table)
+
+
+# -- samples for the contact sheet ---------------------------------------------
+
+
+def choose_samples(shard_dir: Path, n_samples: int) -> list[tuple[Path, str]]:
+    """Up to ``n_samples`` ``(shard path, key)`` pairs spread evenly over the shards.
+
+    Keys come from the manifest's ok rows (video id x segment), so no tar is
+    scanned to choose. Sample ``i`` goes to shard ``floor((i + 0.5) * S / n)``;
+    inside a shard the picks are spread evenly over its samples ordered by
+    ``(video_id, segment)``.
+    """
+    columns = ["status", "video_id", "n_segments", "shards"]
+    videos: dict[str, list[tuple[str, int]]] = {}
+    for row in manifest.read(shard_dir).select(columns).to_pylist():
+        if row["status"] == manifest.OK and row["shards"] and row["n_segments"]:
+            videos.setdefault(row["shards"][0], []).append((row["video_id"], row["n_segments"]))
+    present = [p for p in shard_paths(shard_dir) if p.name in videos]
+    if not present or n_samples <= 0:
+        return []
+    picks = Counter(int((i + 0.5) * len(present) / n_samples) for i in range(n_samples))
+    chosen: list[tuple[Path, str]] = []
+    for index, m in sorted(picks.items()):
+        shard_videos = sorted(videos[present[index].name])
+        ends = np.cumsum([n for _, n in shard_videos])  # samples up to and including each video
+        for k in sorted({int((r + 0.5) * ends[-1] / m) for r in range(m)}):
+            v = int(np.searchsorted(ends, k, side="right"))
+            segment = k - (int(ends[v - 1]) if v else 0)
+            chosen.append((present[index], schema.make_key(shard_videos[v][0], segment)))
+    return chosen
+
+
+def read_samples(pairs: list[tuple[Path, str]]) -> list[dict[str, Any]]:
+    """Read the chosen samples: ``{"json": dict, "frames": [jpeg bytes] in order, "spec": array}``.
+
+    ``spec`` is the float16 ``[n_mels, n_columns]`` log-mel (None if absent).
+    Each tar is read once, up to the last wanted sample; a key that is not in
+    its shard is left out.
+    """
+    by_shard: dict[Path, set[str]] = {}
+    for path, key in pairs:
+        by_shard.setdefault(path, set()).add(key)
+    found: dict[str, dict[str, Any]] = {}
+    for path, wanted in by_shard.items():
+        left = set(wanted)
+        with tarfile.open(path) as tar:
+            for member in tar:
+                key, _, suffix = member.name.partition(".")
+                if key not in wanted:
+                    if not left:
+                        break
+                    continue
+                left.discard(key)
+                sample = found.setdefault(key, {"frames": {}, "spec": None, "json": None})
+                data = tar.extractfile(member).read()
+                if suffix == schema.JSON:
+                    sample["json"] = json.loads(data)
+                elif suffix == schema.SPEC:
+                    sample["spec"] = np.load(io.BytesIO(data), allow_pickle=False)
+                elif schema.is_frame_member(suffix):
+                    sample["frames"][int(suffix[1 : 1 + schema.FRAME_DIGITS])] = data
+    out = []
+    for _, key in pairs:
+        sample = found.get(key)
+        if sample is not None and sample["json"] is not None:
+            sample["frames"] = [sample["frames"][i] for i in sorted(sample["frames"])]
+            out.append(sample)
+    return out
+
+
+def contact_sheet(shard_dir: Path, png_path: Path, *, n_samples: int = 4) -> Path:
+    """Write a PNG of ``n_samples`` samples: frames and log-mel on one time axis per sample.
+
+    Returns ``png_path``. Raises UsageError if the directory has no samples or
+    the PNG cannot be written.
+    """
+    from avprep.sheet import draw_sheet  # noqa: PLC0415  (Pillow only when drawing)
+
+    shard_dir = _check_out_dir(shard_dir)
+    if n_samples < 1:
+        raise UsageError(f"--samples must be at least 1, got {n_samples}")
+    samples = read_samples(choose_samples(shard_dir, n_samples))
+    if not samples:
+        raise UsageError(f"{shard_dir} holds no samples to draw")
+    title = (
+        f"{shard_dir}: {len(samples)} samples; frames at their presentation times, "
+        "log-mel columns at their window centres"
+    )
+    image = draw_sheet(samples, title=title)
+    png_path = Path(png_path)
+    try:
+        image.save(png_path, format="PNG", optimize=True)
+    except OSError as e:
+        raise UsageError(f"cannot write {png_path}: {e.strerror or e}") from e
+    return png_path
