@@ -60,10 +60,10 @@ def _manifest_records(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
                 records = list(csv.DictReader(f))
         elif suffix == ".jsonl":
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:
                 records = [json.loads(line) for line in f if line.strip()]
         else:
             import pyarrow.parquet as pq  # noqa: PLC0415
@@ -108,11 +108,17 @@ def discover(inputs: list[str]) -> list[Input]:
         else:
             raw.append((given, str(p), p.name, None, {}))
 
+    # The same file named twice (a folder and a file in it) is one input.
+    raw = list({(*r[:4], json.dumps(r[4], sort_keys=True)): r for r in raw}.values())
     bases = [schema.safe_id(_strip_media_ext(id_text)) for _, _, id_text, _, _ in raw]
     counts = Counter(bases)
+    taken: Counter = Counter()
     out = []
     for (source, path, _, label, extra), base in zip(raw, bases, strict=True):
         vid = base if counts[base] == 1 else f"{base}-{schema.short_hash(source)}"
+        taken[vid] += 1
+        if taken[vid] > 1:  # one source listed again with other columns (another label)
+            vid = f"{vid}-{taken[vid]}"
         out.append(Input(source=source, path=path, video_id=vid, label=label, extra=extra))
     return out
 
