@@ -16,7 +16,7 @@ from fractions import Fraction
 from typing import Any
 
 from avprep.errors import MediaError
-from avprep.tools import ffprobe_bin
+from avprep.tools import clean_message, ffprobe_bin
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ def probe(path: str, *, timeout_s: float = 60.0) -> MediaInfo:
     except subprocess.TimeoutExpired as e:
         raise MediaError("timeout") from e
     if proc.returncode != 0:
-        raise MediaError(f"decode_error: {last_line(proc.stderr) or 'ffprobe failed'}")
+        raise MediaError(f"decode_error: {last_line(proc.stderr, path) or 'ffprobe failed'}")
     try:
         data = json.loads(proc.stdout)
     except json.JSONDecodeError as e:
@@ -221,8 +221,8 @@ def probe(path: str, *, timeout_s: float = 60.0) -> MediaInfo:
     return parse(path, data)
 
 
-def last_line(stderr: bytes | str) -> str:
+def last_line(stderr: bytes | str, path: str | None = None) -> str:
     """The most informative line of a tool's stderr, for a manifest reason."""
     text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
+    return clean_message(lines[-1], path) if lines else ""

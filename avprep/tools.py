@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import subprocess
 import threading
@@ -35,6 +36,20 @@ def require_ffmpeg() -> None:
     ffprobe_bin()
 
 
+_CONTEXT = re.compile(
+    r"^(\[[^\]]* @ 0x[0-9a-fA-F]+\] )?(\[(?:panic|fatal|error|warning|info|verbose|debug)\] )?"
+)
+
+
+def clean_message(line: str, path: str | None = None) -> str:
+    """One stderr line as a manifest reason: no ``[demuxer @ 0x55..]`` or ``[error]`` tag,
+    no leading ``{path}: `` (so one cause reads the same for every file), at most 300 chars."""
+    line = _CONTEXT.sub("", line.strip())
+    if path and line.startswith(f"{path}: "):
+        line = line[len(path) + 2 :]
+    return line[:300]
+
+
 class StderrDrain:
     """Reads a process's stderr on a thread so the process never blocks on it.
 
@@ -42,8 +57,11 @@ class StderrDrain:
     ``on_line`` (used to read showinfo's frame timestamps).
     """
 
-    def __init__(self, proc: subprocess.Popen, *, keep: int = 20, on_line=None) -> None:
+    def __init__(
+        self, proc: subprocess.Popen, *, keep: int = 20, on_line=None, path: str | None = None
+    ) -> None:
         self.lines: deque[str] = deque(maxlen=keep)
+        self.path = path
         self._on_line = on_line
         self._thread = threading.Thread(target=self._run, args=(proc,), daemon=True)
         self._thread.start()
@@ -62,4 +80,4 @@ class StderrDrain:
         self._thread.join(timeout)
 
     def last(self) -> str:
-        return self.lines[-1][:300] if self.lines else ""
+        return clean_message(self.lines[-1], self.path) if self.lines else ""
