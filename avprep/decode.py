@@ -28,7 +28,7 @@ import numpy as np
 
 from avprep.errors import MediaError
 from avprep.probe import AudioStream, MediaInfo, VideoStream
-from avprep.tools import StderrDrain, ffmpeg_bin
+from avprep.tools import StderrDrain, clean_message, ffmpeg_bin
 
 EPS = 1e-6
 
@@ -54,6 +54,7 @@ class DecordFrames:
     """Random-access frames from decord, resized while decoding."""
 
     name = "decord"
+    error = ""  # decord raises instead
 
     def __init__(self, path: str, info: MediaInfo, *, short_side_px: int, threads: int) -> None:
         import decord  # noqa: PLC0415  (heavy import, only in workers)
@@ -109,6 +110,7 @@ def decord_message(e: Exception) -> str:
 
 
 _PTS = re.compile(r"pts_time:\s*(-?[0-9.eE+-]+)")
+_ERROR = re.compile(r"(^|\] )\[(error|fatal|panic)\] ")
 
 
 class FfmpegFrames:
@@ -117,6 +119,8 @@ class FfmpegFrames:
     ffmpeg applies the rotation itself (autorotate) and scales; every decoded
     frame is passed through (no frame-rate conversion) and selected here with
     the same rule as DecordFrames. Segments must be read in time order.
+    ``error`` is the last error ffmpeg logged ("partial file" for a truncated
+    file), complete once the stream is exhausted.
     """
 
     name = "ffmpeg"
@@ -131,20 +135,24 @@ class FfmpegFrames:
             .filter("showinfo")
             .filter("scale", self.w, self.h)
             .output("pipe:", format="rawvideo", pix_fmt="rgb24", vsync="passthrough")
-            .global_args("-nostdin", "-hide_banner", "-loglevel", "info", "-nostats")
+            .global_args("-nostdin", "-hide_banner", "-loglevel", "level+info", "-nostats")
         )
         cmd = [ffmpeg_bin(), *stream.get_args()]
+        self.path = path
+        self.error = ""
         self._pts: deque[float | None] = deque()
         self._cv = threading.Condition()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.drain = StderrDrain(self.proc, on_line=self._on_line)
+        self.drain = StderrDrain(self.proc, on_line=self._on_line, path=path)
         self._next: tuple[np.ndarray, float] | None = None
         self._prev: tuple[np.ndarray, float] | None = None
         self._eof = False
         self._advance()
         if self._next is None:
             self.close()
-            raise MediaError(f"decode_error: {self.drain.last() or 'no video frames decoded'}")
+            raise MediaError(
+                f"decode_error: {self.error or self.drain.last() or 'no video frames decoded'}"
+            )
 
     def _on_line(self, line: str | None) -> bool:
         with self._cv:
@@ -153,6 +161,8 @@ class FfmpegFrames:
                 self._cv.notify_all()
                 return True
             if "Parsed_showinfo" not in line:
+                if _ERROR.search(line):
+                    self.error = clean_message(line, self.path)
                 return False
             m = _PTS.search(line)
             if m:
@@ -165,6 +175,8 @@ class FfmpegFrames:
         buf = self.proc.stdout.read(size)
         if len(buf) < size:
             self._next, self._eof = None, True
+            self.proc.wait()
+            self.drain.join()  # every error line is read
             return
         with self._cv:
             if not self._cv.wait_for(lambda: len(self._pts) > 0, timeout=30):
@@ -234,7 +246,7 @@ class AudioReader:
         self.proc = subprocess.Popen(
             [ffmpeg_bin(), *stream.get_args()], stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        self.drain = StderrDrain(self.proc)
+        self.drain = StderrDrain(self.proc, path=path)
         self.samples_read = 0
         self.exhausted = False
 

@@ -26,6 +26,7 @@ from avprep.tools import ffmpeg_bin
 from avprep.writer import ShardWriter
 
 EPS = 1e-6
+TRUNCATED_S = 1.0  # a decoder that fails this much before the stated end: a truncated file
 
 
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
@@ -166,6 +167,11 @@ def _write_segments(inp, info, cfg, writer, logmel, decoder, threads, on_segment
     finally:
         frames.close()
         audio.close()
+    stated = info.duration_s
+    if frames.error and stated and limit < stated - TRUNCATED_S:
+        raise MediaError(
+            f"decode_error: truncated at {limit:.2f} s of {stated:.2f} s: {frames.error}"[:300]
+        )
     if n == 0:
         raise SkipInput("too_short")
     return n, (limit if limit != float("inf") else n * cfg.segment_seconds)
