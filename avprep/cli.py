@@ -6,6 +6,7 @@ Nothing heavy is imported at module level, so ``avprep --help`` is instant.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -166,6 +167,68 @@ def demo(
 
         code = run_demo(out_dir, n_videos=videos, workers=workers, console=out)
     raise typer.Exit(code)
+
+
+@app.command()
+def pretrain(
+    shards: str = typer.Argument(
+        ...,
+        help="Shard directory, glob, brace pattern or URL(s) joined by '::'.",
+        show_default=False,
+    ),  # noqa: E501
+    run_dir: Path = typer.Option(
+        ..., "--out", help="Run directory: config, metrics.jsonl, checkpoints."
+    ),
+    config: str = typer.Option("base", help="tiny | base | a JSON file (as saved in a run dir)."),
+    steps: int = typer.Option(None, help="Optimizer steps (overrides --epochs)."),
+    epochs: int = typer.Option(None, help="Passes over the shards (default from the config: 1)."),
+    batch_size: int = typer.Option(None, help="Clips per rank per step."),
+    lr: float = typer.Option(
+        None, help="Peak learning rate (AVID default 2e-4; warm-up then cosine)."
+    ),
+    workers: int = typer.Option(None, help="Data-loader processes per rank."),
+    method: str = typer.Option(None, help="cmac (default) or avid (the contrastive term alone)."),
+    save_every: int = typer.Option(None, help="Checkpoint every N steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cuda or cpu."),
+) -> None:
+    """Pretrain CMAC (or the AVID baseline) on shards; also runs under torchrun."""
+    optim = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+             "workers": workers, "save_every_steps": save_every}  # fmt: skip
+    with one_line_errors(), cmac_errors():
+        from cmac_core import config as cmac_config  # noqa: PLC0415
+        from cmac_core.train import pretrain as run  # noqa: PLC0415
+
+        cfg = cmac_config.load(config).replace("optim", **optim)
+        if method is not None:
+            cfg = cfg.replace("loss", method=method)
+        result = run(shards, run_dir, cfg, resume=resume, device=device)
+        if result.final_loss is not None and int(os.environ.get("RANK", "0")) == 0:
+            out.print(
+                f"pretrain: {result.steps} steps, final loss {result.final_loss:.4f}, "
+                f"{result.samples_per_s:.1f} samples/s, data wait {100 * result.data_wait_frac:.1f}%; "
+                f"checkpoint {result.last_checkpoint}",
+                markup=False, highlight=False, soft_wrap=True,
+            )  # fmt: skip
+
+
+@contextlib.contextmanager
+def cmac_errors():
+    """cmac_core's one-line errors (config, shards, checkpoints, training) -> AvprepError."""
+    try:
+        yield
+    except Exception as e:
+        names = {"ConfigError", "ShardSpecError", "CheckpointError", "TrainingError",
+                 "UnsafeShardError", "SchemaVersionError"}  # fmt: skip
+        chain = [e, e.__cause__, e.__context__]
+        known = next((x for x in chain if x is not None and type(x).__name__ in names), None)
+        if known is None:
+            raise
+        # Errors raised in a data-loader worker arrive with the worker's traceback
+        # in the message; its last line is "package.module.SomeError: message".
+        last = str(known).strip().splitlines()[-1]
+        head, sep, rest = last.partition(": ")
+        raise AvprepError(rest if sep and head.endswith(tuple(names)) else last) from None
 
 
 def main() -> None:

@@ -105,19 +105,23 @@ def make_demo_video(
     rotate_deg: int = 0,
     audio_delay_s: float = 0.0,
 ) -> Path:
-    """A shape moving across a gradient while a tone pulses with its bounces."""
+    """A square bouncing across a gradient; its tone is loud for 0.3 s after each side bounce.
+
+    The square hits a side wall every 3 s (t = 0, 3, 6, ...), so sound and motion
+    correspond, as in real footage.
+    """
     path = Path(path)
     w, h = size
     box = max(16, h // 4)
     video = (
-        f"gradients=s={w}x{h}:r={fps}:d={duration_s}:speed=0.01,"
-        f"drawbox=x='(iw-{box})*abs(mod(t/3,2)-1)':y='(ih-{box})*abs(mod(t/2,2)-1)'"
-        f":w={box}:h={box}:color={color}:t=fill"
+        f"gradients=s={w}x{h}:r={fps}:d={duration_s}:speed=0.01[bg];"
+        f"color=c={color}:s={box}x{box}:r={fps}:d={duration_s}[fg];"
+        f"[bg][fg]overlay=x='(W-w)*abs(mod(t/3,2)-1)':y='(H-h)*abs(mod(t/2,2)-1)':eval=frame"
     )
     a_dur = duration_s - audio_delay_s
     tone = (
         f"sine=frequency={tone_hz}:sample_rate=44100:duration={a_dur},"
-        f"volume='0.2+0.8*gt(mod(t+{audio_delay_s},1),0.5)':eval=frame"
+        f"volume='0.15+0.85*lt(mod(t+{audio_delay_s},3),0.3)':eval=frame"
     )
     args = ["-f", "lavfi", "-i", video]
     if audio_delay_s:

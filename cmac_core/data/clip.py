@@ -1,0 +1,69 @@
+"""Clip windows: ``clip_frames`` frames and exactly the spectrogram columns of the same seconds.
+
+Times come from the sample json (schema v1): frame i was shown at
+``frame_times[i]``; spectrogram column j covers ``[spec_start_s + j*hop_s,
++win_s)``. A clip starting at frame i0 covers ``[t0, t0 + clip_frames / fps)``
+with ``t0 = frame_times[i0]``; its audio is the ``n_columns = round(clip_s /
+hop_s)`` columns starting at the column nearest t0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Window:
+    first_frame: int
+    n_frames: int
+    first_column: int  # may be < 0 or run past the end: those columns are padded
+    n_columns: int
+    start_s: float
+    clip_s: float
+
+
+def n_columns_for(clip_frames: int, fps: float, hop_s: float) -> int:
+    return max(1, round(clip_frames / fps / hop_s))
+
+
+def choose_window(
+    meta: dict,
+    clip_frames: int,
+    rng: np.random.Generator | None,
+    *,
+    audio_offset_max_s: float = 0.0,
+    first_frame: int | None = None,
+) -> Window:
+    """A window at a random offset (``rng``) or at ``first_frame`` (evaluation)."""
+    times = meta["frame_times"]
+    n = len(times)
+    if first_frame is None:
+        first_frame = int(rng.integers(0, max(1, n - clip_frames + 1))) if rng is not None else 0
+    first_frame = min(max(0, first_frame), max(0, n - clip_frames))
+    fps, hop = float(meta["fps"]), float(meta["spec"]["hop_s"])
+    t0 = float(times[first_frame])
+    clip_s = clip_frames / fps
+    shift = 0.0
+    if audio_offset_max_s > 0 and rng is not None:
+        shift = float(rng.uniform(-audio_offset_max_s, audio_offset_max_s))
+    first_col = round((t0 + shift - float(meta["spec_start_s"])) / hop)
+    return Window(
+        first_frame, clip_frames, first_col, n_columns_for(clip_frames, fps, hop), t0, clip_s
+    )
+
+
+def frame_indices(window: Window, n_available: int) -> list[int]:
+    """The window's frame indices, repeating the last frame if the segment is short."""
+    return [min(window.first_frame + i, n_available - 1) for i in range(window.n_frames)]
+
+
+def cut_columns(spec: np.ndarray, window: Window) -> np.ndarray:
+    """``spec[:, first:first+n]`` padded with the spectrogram's minimum where out of range."""
+    n_mels, total = spec.shape
+    out = np.full((n_mels, window.n_columns), spec.min() if spec.size else 0, dtype=spec.dtype)
+    lo, hi = max(0, window.first_column), min(total, window.first_column + window.n_columns)
+    if hi > lo:
+        out[:, lo - window.first_column : hi - window.first_column] = spec[:, lo:hi]
+    return out

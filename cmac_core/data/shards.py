@@ -1,0 +1,147 @@
+"""Which shards to read, how many samples they hold, and who reads which.
+
+Shard specs: a directory written by ``avprep shard`` (its ``*.tar``), a glob, a
+brace pattern (``shards/shard-{000..009}.tar``), or any URL webdataset's gopen
+handles (``pipe:curl -s ...``, ``http://...``); several joined with ``::``.
+"""
+
+from __future__ import annotations
+
+import glob
+import multiprocessing as mp
+import os
+import random
+import tarfile
+from pathlib import Path
+
+from braceexpand import braceexpand
+from torch.utils.data import IterableDataset, get_worker_info
+
+from avprep import schema
+
+
+class ShardSpecError(ValueError):
+    pass
+
+
+def _is_url(text: str) -> bool:
+    return "://" in text or text.startswith("pipe:")
+
+
+def resolve(spec: str | list[str]) -> list[str]:
+    """The shard URLs of ``spec``, sorted where they come from a directory or glob."""
+    parts = spec if isinstance(spec, list) else str(spec).split("::")
+    urls: list[str] = []
+    for part in parts:
+        if _is_url(part):
+            urls.extend(braceexpand(part))
+        elif os.path.isdir(part):
+            found = sorted(str(p) for p in Path(part).glob(f"*{schema.SHARD_SUFFIX}"))
+            if not found:
+                raise ShardSpecError(f"no {schema.SHARD_SUFFIX} shards in {part}")
+            urls.extend(found)
+        elif any(c in part for c in "*?["):
+            urls.extend(sorted(glob.glob(part)))
+        else:
+            expanded = list(braceexpand(part))
+            missing = [u for u in expanded if not os.path.exists(u)]
+            if missing:
+                raise ShardSpecError(f"shard not found: {missing[0]}")
+            urls.extend(expanded)
+    if not urls:
+        raise ShardSpecError(f"no shards match {spec!r}")
+    return urls
+
+
+def count_samples(urls: list[str]) -> int | None:
+    """Samples in local shards: from the manifest beside them, else by reading tar headers.
+
+    None for remote URLs (then give ``--steps``).
+    """
+    if any(_is_url(u) for u in urls):
+        return None
+    by_dir: dict[Path, set[str]] = {}
+    for u in urls:
+        by_dir.setdefault(Path(u).parent, set()).add(Path(u).name)
+    total = 0
+    for folder, names in by_dir.items():
+        counted = _from_manifest(folder, names)
+        if counted is None:
+            counted = sum(_count_tar(folder / n) for n in names)
+        total += counted
+    return total
+
+
+def _from_manifest(folder: Path, names: set[str]) -> int | None:
+    mdir = folder / schema.MANIFEST_DIR
+    parts = [mdir / f"{Path(n).stem}.parquet" for n in names]
+    if not all(p.exists() for p in parts):
+        return None
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    return sum(
+        int(pq.read_table(p, columns=["n_segments"]).column(0).to_numpy().sum()) for p in parts
+    )
+
+
+def _count_tar(path: Path) -> int:
+    keys = set()
+    with tarfile.open(path) as tar:
+        for m in tar:
+            keys.add(m.name.split(".", 1)[0])
+    return len(keys)
+
+
+class SharedEpoch:
+    """The epoch number, visible to data-loader worker processes."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.value = mp.Value("i", epoch)
+
+    def set(self, epoch: int) -> None:
+        self.value.value = epoch
+
+    def get(self) -> int:
+        return self.value.value
+
+
+def worker_coords() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+class EpochShards(IterableDataset):
+    """An endless stream of ``{"url": ...}`` for this rank and loader worker.
+
+    The stream goes in cycles. In cycle c every reader (rank x loader worker)
+    shuffles the full shard list with the same seed (seed, start epoch, c) and
+    takes its own disjoint share, so each cycle partitions the shards afresh
+    and no reader ever runs dry: every rank yields as many batches as the
+    trainer asks for (``steps_per_epoch`` each epoch), and no rank waits for
+    another at an epoch's end. With fewer shards than readers, each reader
+    samples shards with replacement instead.
+    """
+
+    def __init__(
+        self, urls: list[str], *, rank: int, world_size: int, epoch: SharedEpoch, seed: int = 0
+    ) -> None:
+        super().__init__()
+        self.urls, self.rank, self.world_size = list(urls), rank, world_size
+        self.epoch, self.seed = epoch, seed
+
+    def __iter__(self):
+        worker, n_workers = worker_coords()
+        epoch = self.epoch.get()
+        readers = self.world_size * n_workers
+        reader = self.rank * n_workers + worker
+        if len(self.urls) < readers:
+            rng = random.Random(hash((self.seed, epoch, reader)))
+            while True:
+                yield {"url": rng.choice(self.urls)}
+        cycle = 0
+        while True:
+            order = list(self.urls)
+            random.Random(hash((self.seed, epoch, cycle))).shuffle(order)
+            for url in order[reader::readers]:
+                yield {"url": url}
+            cycle += 1

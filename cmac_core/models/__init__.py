@@ -1,0 +1,17 @@
+"""Model registry: a checkpoint names its architecture, this builds it."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from cmac_core.config import ModelConfig
+from cmac_core.models.cmac import CMACModel
+
+REGISTRY = {"cmac": CMACModel}
+
+
+def build(arch: str, cfg: ModelConfig) -> nn.Module:
+    try:
+        return REGISTRY[arch](cfg)
+    except KeyError:
+        raise ValueError(f"unknown architecture {arch!r}; known: {sorted(REGISTRY)}") from None

@@ -1,0 +1,65 @@
+"""2D ResNet audio encoder over the log-mel spectrogram, returning its conv5 map.
+
+Widths (64, 128, 256, 512) with blocks (2, 2, 2, 2) is ResNet-18. The map keeps
+its frequency axis: CMAC attends over frequency bins.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BasicBlock2d(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+        )
+        self.down = None
+        if stride != 1 or c_in != c_out:
+            self.down = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x if self.down is None else self.down(x)
+        return self.relu(self.body(x) + skip)
+
+
+class AudioEncoder(nn.Module):
+    """``[B, 1, n_mels, n_columns]`` -> conv5 map ``[B, C, n_mels/32, n_columns/32]``."""
+
+    def __init__(self, widths: tuple[int, ...], blocks: tuple[int, ...]) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, widths[0], 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        layers, c_in = [], widths[0]
+        for i, (c_out, n) in enumerate(zip(widths, blocks, strict=True)):
+            stride = 1 if i == 0 else 2
+            layers.append(
+                nn.Sequential(
+                    *[
+                        BasicBlock2d(c_in if j == 0 else c_out, c_out, stride if j == 0 else 1)
+                        for j in range(n)
+                    ]
+                )
+            )
+            c_in = c_out
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = widths[-1]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.stem(spec))

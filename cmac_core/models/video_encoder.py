@@ -1,0 +1,84 @@
+"""R(2+1)D video encoder (Tran et al. 2018), returning its conv5 feature map.
+
+Each 3x3x3 convolution is factorised into a 1x3x3 spatial and a 3x1x1 temporal
+convolution with ``mid`` channels chosen to match the 3D convolution's
+parameter count, as in torchvision's ``r2plus1d_18``. Widths (64, 128, 256,
+512) with blocks (2, 2, 2, 2) is R(2+1)D-18.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _mid(c_in: int, c_out: int) -> int:
+    return (c_in * c_out * 27) // (c_in * 9 + 3 * c_out)
+
+
+class Conv2Plus1D(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        mid = _mid(c_in, c_out)
+        super().__init__(
+            nn.Conv3d(
+                c_in, mid, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False
+            ),
+            nn.BatchNorm3d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(mid, c_out, (3, 1, 1), stride=(stride, 1, 1), padding=(1, 0, 0), bias=False),
+        )
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(
+            Conv2Plus1D(c_in, c_out, stride), nn.BatchNorm3d(c_out), nn.ReLU(inplace=True)
+        )
+        self.conv2 = nn.Sequential(Conv2Plus1D(c_out, c_out), nn.BatchNorm3d(c_out))
+        self.down = None
+        if stride != 1 or c_in != c_out:
+            self.down = nn.Sequential(
+                nn.Conv3d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm3d(c_out)
+            )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x if self.down is None else self.down(x)
+        return self.relu(self.conv2(self.conv1(x)) + skip)
+
+
+class VideoEncoder(nn.Module):
+    """``[B, 3, T, H, W]`` -> conv5 map ``[B, C, T/8, H/16, W/16]`` (C = widths[-1])."""
+
+    def __init__(self, widths: tuple[int, ...], blocks: tuple[int, ...]) -> None:
+        super().__init__()
+        stem_mid = max(4, (3 * widths[0] * 49) // (3 * 49 + 3 * widths[0]))
+        self.stem = nn.Sequential(
+            nn.Conv3d(3, stem_mid, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
+            nn.BatchNorm3d(stem_mid),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(stem_mid, widths[0], (3, 1, 1), padding=(1, 0, 0), bias=False),
+            nn.BatchNorm3d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        layers, c_in = [], widths[0]
+        for i, (c_out, n) in enumerate(zip(widths, blocks, strict=True)):
+            stride = 1 if i == 0 else 2
+            layers.append(
+                nn.Sequential(
+                    *[
+                        BasicBlock(c_in if j == 0 else c_out, c_out, stride if j == 0 else 1)
+                        for j in range(n)
+                    ]
+                )
+            )
+            c_in = c_out
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = widths[-1]
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.stem(video))

@@ -1,0 +1,213 @@
+"""The pretraining loop: DDP, bf16 autocast on GPU, checkpoints, resume. Nothing else.
+
+``pretrain(shards, run_dir, cfg)`` runs alone or under torchrun (one process
+per GPU; gloo on CPU). Every rank takes exactly ``steps_per_epoch`` batches
+per epoch from an endless stream, so no rank waits for another at an epoch's
+end. Rank 0 writes ``config.json``, ``metrics.jsonl`` and checkpoints
+(``step-N.pt``, ``last.pt``); every rank writes ``ranks/rank-R.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from cmac_core import checkpoint, distributed
+from cmac_core.config import PretrainConfig
+from cmac_core.data.loader import train_stream
+from cmac_core.metrics import Display, MetricsLog
+from cmac_core.models import build
+from cmac_core.schedule import WarmupCosine
+from cmac_core.task import PretrainTask
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, bad run dir); one-line message."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    epochs_done: float
+    last_checkpoint: Path | None
+    final_loss: float | None
+    samples_per_s: float
+    data_wait_frac: float
+
+
+def _prepare_run_dir(run_dir: Path, cfg: PretrainConfig, *, resume: bool, is_main: bool) -> None:
+    last = run_dir / "last.pt"
+    if is_main:
+        if last.exists() and not resume:
+            raise TrainingError(
+                f"{run_dir} already holds a run (last.pt): add --resume, or use another --out"
+            )
+        (run_dir / "ranks").mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def pretrain(
+    shards: str | list[str],
+    run_dir: str | Path,
+    cfg: PretrainConfig,
+    *,
+    resume: bool = False,
+    device: str = "auto",
+    show_progress: bool = True,
+) -> TrainResult:
+    info = distributed.init(device)
+    run_dir = Path(run_dir)
+    try:
+        return _pretrain(shards, run_dir, cfg, info, resume=resume, show_progress=show_progress)
+    finally:
+        distributed.shutdown()
+
+
+def _pretrain(
+    shards, run_dir: Path, cfg: PretrainConfig, info, *, resume: bool, show_progress: bool
+) -> TrainResult:
+    o = cfg.optim
+    _prepare_run_dir(run_dir, cfg, resume=resume, is_main=info.is_main)
+    torch.manual_seed(o.seed + info.rank)
+    cuda = info.device.type == "cuda"
+    stream = train_stream(shards, cfg.data, batch_size=o.batch_size, workers=o.workers, rank=info.rank,
+                          world_size=info.world_size, seed=o.seed, pin_memory=cuda)  # fmt: skip
+    per_epoch = stream.steps_per_epoch
+    if per_epoch == 0:
+        raise TrainingError(
+            f"{stream.n_samples} samples cannot fill one batch of {o.batch_size} on each of "
+            f"{info.world_size} ranks: lower --batch-size"
+        )
+    if o.steps == 0 and per_epoch is None:
+        raise TrainingError("remote shards: the epoch length is unknown, give --steps")
+    total = o.steps or o.epochs * per_epoch
+    schedule = WarmupCosine(o.lr, min(o.warmup_steps, max(1, total // 10)), total)
+
+    model = build("cmac", cfg.model).to(info.device)
+    if o.channels_last and cuda:
+        model = model.to(memory_format=torch.channels_last_3d)
+    task = PretrainTask(model, cfg.loss)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    step = 0
+    if resume and (run_dir / "last.pt").exists():
+        ckpt = checkpoint.load(run_dir / "last.pt", map_location=info.device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+    runner: torch.nn.Module = task
+    if info.distributed:
+        runner = DDP(task, device_ids=[info.local_rank] if cuda else None,
+                     find_unused_parameters=cfg.loss.method == "avid")  # fmt: skip
+    if o.compile:
+        runner = torch.compile(runner)
+
+    display = Display(total, enabled=show_progress and info.is_main)
+    metrics = MetricsLog(run_dir) if info.is_main else None
+    last_ckpt = run_dir / "last.pt" if (run_dir / "last.pt").exists() else None
+    wait_s = busy_s = 0.0
+    samples = 0
+    final_loss = None
+    t_log, n_log, wait_log = time.perf_counter(), 0, 0.0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    runner.train()
+    try:
+        stream.epoch.set(step // per_epoch if per_epoch else step)  # a resumed run reshuffles anew
+        batches = iter(stream.loader)  # endless: one iterator for the whole run
+        while step < total:
+            t0 = time.perf_counter()
+            batch = next(batches)
+            video = batch["video"].to(info.device, non_blocking=True)
+            spec = batch["spec"].to(info.device, non_blocking=True)
+            t1 = time.perf_counter()
+            lr = schedule(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast:
+                out = runner(video, spec, step)
+            loss = out["loss"]
+            _check_finite(loss, step, last_ckpt, info.device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if o.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+            optimizer.step()
+            step += 1
+            t2 = time.perf_counter()
+            wait_s, busy_s = wait_s + (t1 - t0), busy_s + (t2 - t0)
+            wait_log += t1 - t0
+            samples += video.shape[0]
+            n_log += video.shape[0]
+            final_loss = float(loss.detach())  # (the finiteness check already synchronised)
+            if step % o.log_every_steps == 0 or step == total:
+                now = time.perf_counter()
+                record = {"step": step, "epoch": step / per_epoch if per_epoch else None, "lr": lr}
+                record.update(
+                    {
+                        k: distributed.all_reduce_mean(float(v.detach()), info.device)
+                        for k, v in out.items()
+                    }
+                )
+                record["attention_weight"] = task.attention_weight(step - 1)
+                record["samples_per_s"] = n_log * info.world_size / max(now - t_log, 1e-9)
+                record["data_wait_frac"] = wait_log / max(now - t_log, 1e-9)
+                t_log, n_log, wait_log = now, 0, 0.0
+                if metrics is not None:
+                    metrics.write(record)
+                display.update(record)
+            if step % o.save_every_steps == 0 or step == total:
+                last_ckpt = _save(
+                    run_dir, model, optimizer, cfg, schedule, step, per_epoch, info.is_main
+                )
+    finally:
+        display.stop()
+    (run_dir / "ranks" / f"rank-{info.rank:05d}.json").write_text(
+        json.dumps(
+            {"rank": info.rank, "world_size": info.world_size, "step": step, "samples": samples}
+        )
+    )
+    if info.distributed:
+        dist.barrier()
+    return TrainResult(run_dir, step, step / per_epoch if per_epoch else 0.0, last_ckpt, final_loss,
+                       samples * info.world_size / max(busy_s, 1e-9), wait_s / max(busy_s, 1e-9))  # fmt: skip
+
+
+def _check_finite(
+    loss: torch.Tensor, step: int, last_ckpt: Path | None, device: torch.device
+) -> None:
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(bad)
+    if bad.item() > 0:
+        kept = (
+            f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+        )
+        raise TrainingError(f"loss is not finite at step {step} (nan/inf); stopped. {kept}")
+
+
+def _save(run_dir, model, optimizer, cfg, schedule, step, per_epoch, is_main) -> Path:
+    path = run_dir / "last.pt"
+    if is_main:
+        epoch = step // per_epoch if per_epoch else 0
+        checkpoint.save(run_dir / f"step-{step}.pt", model=model, optimizer=optimizer, config=cfg.to_dict(),
+                        step=step, epoch=epoch, scheduler=schedule.state_dict())  # fmt: skip
+        tmp = run_dir / f".last.{os.getpid()}.tmp"
+        try:
+            os.link(run_dir / f"step-{step}.pt", tmp)
+        except OSError:  # file systems without hard links
+            shutil.copyfile(run_dir / f"step-{step}.pt", tmp)
+        os.replace(tmp, path)
+    if dist.is_initialized():
+        dist.barrier()
+    return path
