@@ -26,7 +26,7 @@ VIDEOS = [
 ]
 
 
-def make_demo_videos(folder: Path, n_videos: int) -> list[Path]:
+def make_demo_videos(folder: Path, n_videos: int, *, duration_s: float = 12.0) -> list[Path]:
     from avprep.synth import make_demo_video  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -37,7 +37,7 @@ def make_demo_videos(folder: Path, n_videos: int) -> list[Path]:
             name = f"{Path(name).stem}_{i}{Path(name).suffix}"
         path = folder / name
         if not path.exists():
-            make_demo_video(path, **kwargs)
+            make_demo_video(path, duration_s=duration_s, **kwargs)
         paths.append(path)
     return paths
 

@@ -84,3 +84,16 @@ def read_manifest(out_dir: Path):
     import pyarrow.dataset as ds
 
     return ds.dataset(str(Path(out_dir) / "manifest"), format="parquet").to_table()
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory) -> Path:
+    """Six short synthetic videos (moving squares with tones) sharded into several shards."""
+    from avprep.demo import make_demo_videos
+
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_videos(root / "videos", 6, duration_s=6.0)
+    out = root / "shards"
+    run_cli("shard", str(root / "videos"), "--out", str(out), "--segment-seconds", "2",
+            "--shard-max-samples", "4", "--workers", "2", "--quiet")  # fmt: skip
+    return out

@@ -1,0 +1,155 @@
+"""avprep pretrain on CPU: the tiny config on demo shards, real processes, real shards."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+from avprep.writer import tar_member
+from cmac_core import checkpoint
+from cmac_core.schedule import WarmupCosine
+
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_checkpoints_are_plain_data(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny",
+                   "--steps", "30", "--save-every", "10", env=ENV)  # fmt: skip
+    assert "30 steps" in proc.stdout
+    records = metrics(run)
+    assert [r["step"] for r in records] == list(range(1, 31))
+    first = np.mean([r["nce"] for r in records[:3]])
+    last = np.mean([r["nce"] for r in records[-5:]])
+    assert last < 0.6 * first, (first, last)
+    assert records[-1]["attention_weight"] == 1.0 and records[0]["attention_weight"] == 0.0
+    assert all(np.isfinite(r["att_v"]) and np.isfinite(r["att_a"]) for r in records)
+    assert sorted(p.name for p in run.glob("*.pt")) == [
+        "last.pt",
+        "step-10.pt",
+        "step-20.pt",
+        "step-30.pt",
+    ]
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["format"] == checkpoint.FORMAT and ckpt["step"] == 30
+    assert ckpt["config"]["model"]["embed_dim"] == 32 and ckpt["arch"] == "cmac"
+    assert ckpt["scheduler"]["name"] == "warmup_cosine"
+    assert "video.stem.0.weight" in ckpt["model"]  # unwrapped: no "module." prefix
+    again = run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "30",
+                    check=False)  # fmt: skip
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_avid_baseline_trains_without_attention_terms(demo_shards, tmp_path):
+    run = tmp_path / "avid"
+    run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "3",
+            "--method", "avid", env=ENV)  # fmt: skip
+    assert all(set(r) >= {"nce", "loss"} and "att_v" not in r for r in metrics(run))
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_equal_steps_on_uneven_shards(demo_shards, tmp_path):
+    shards = sorted(str(p) for p in demo_shards.glob("*.tar"))[:3]  # 3 shards for 2 ranks
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "avprep", "pretrain", "::".join(shards), "--out", str(run), "--config", "tiny",
+           "--epochs", "3", "--batch-size", "4"]  # fmt: skip
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **ENV}
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads(p.read_text()) for p in sorted((run / "ranks").glob("*.json"))]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert ranks[0]["step"] == ranks[1]["step"] > 0
+    assert metrics(run)[-1]["step"] == ranks[0]["step"]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_continues_the_schedule(demo_shards, tmp_path):
+    run = tmp_path / "killed"
+    args = [sys.executable, "-m", "avprep", "pretrain", str(demo_shards), "--out", str(run),
+            "--config", "tiny", "--steps", "40", "--save-every", "5"]  # fmt: skip
+    proc = subprocess.Popen(args, env={**os.environ, **ENV}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while not (run / "step-10.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert (run / "step-10.pt").exists()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(run / "last.pt", weights_only=True)["step"]
+    assert 10 <= saved < 40
+    run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "40",
+            "--save-every", "5", "--resume", env=ENV)  # fmt: skip
+    records = metrics(run)
+    resumed = [r for r in records if r["step"] > saved]
+    assert [r["step"] for r in resumed][-(40 - saved) :] == list(range(saved + 1, 41))
+    cfg = json.loads((run / "config.json").read_text())["optim"]
+    schedule = WarmupCosine(cfg["lr"], min(cfg["warmup_steps"], 4), 40)
+    for r in records:
+        assert r["lr"] == pytest.approx(schedule(r["step"] - 1))
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 40
+
+
+def _rewrite_shard(src: Path, dst: Path, edit) -> None:
+    """Copy a shard member by member through ``edit(name, data) -> {name: data}``."""
+    with tarfile.open(src) as tar, open(dst, "wb") as out:
+        for m in tar:
+            for name, data in edit(m.name, tar.extractfile(m).read()).items():
+                out.write(tar_member(name, data))
+        out.write(b"\0" * 1024)
+
+
+def test_pickle_member_is_refused(demo_shards, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+
+    def add_pickle(name, data):
+        out = {name: data}
+        if name.endswith(".json"):
+            out[name.replace(".json", ".pyd")] = b"\x80\x04K\x01."  # pickle of the int 1
+        return out
+
+    for src in sorted(demo_shards.glob("*.tar")):
+        _rewrite_shard(src, bad / src.name, add_pickle)
+    proc = run_cli("pretrain", str(bad), "--out", str(tmp_path / "run"), "--config", "tiny", "--steps", "2",
+                   check=False, env=ENV)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing pickle-based member" in lines[0], proc.stderr[-2000:]
+
+
+def test_non_finite_loss_stops_with_a_clear_message(demo_shards, tmp_path):
+    bad = tmp_path / "nan"
+    bad.mkdir()
+
+    def nan_spec(name, data):
+        if name.endswith(".spec.npy"):
+            spec = np.load(io.BytesIO(data))
+            buf = io.BytesIO()
+            np.save(buf, np.full_like(spec, np.nan))
+            data = buf.getvalue()
+        return {name: data}
+
+    for src in sorted(demo_shards.glob("*.tar")):
+        _rewrite_shard(src, bad / src.name, nan_spec)
+    proc = run_cli("pretrain", str(bad), "--out", str(tmp_path / "run"), "--config", "tiny", "--steps", "3",
+                   check=False, env=ENV)  # fmt: skip
+    assert proc.returncode == 2
+    assert "loss is not finite at step 0" in proc.stderr and "Traceback" not in proc.stderr
