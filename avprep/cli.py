@@ -160,13 +160,33 @@ def demo(
     out_dir: Path = typer.Option(Path("avprep-demo"), "--out", help="Where the demo writes."),
     videos: int = typer.Option(6, help="Synthetic videos to generate."),
     workers: int = typer.Option(0, help="Worker processes (0: one per CPU core)."),
+    steps: int = typer.Option(20, help="Tiny pretraining steps on the demo shards."),
 ) -> None:
-    """Generate synthetic videos (moving shapes with tones), shard them, inspect them."""
-    with one_line_errors():
+    """Synthetic videos -> shards -> contact sheet -> a tiny CMAC pretraining run (CPU is fine)."""
+    with one_line_errors(), cmac_errors():
         from avprep.demo import run_demo  # noqa: PLC0415
 
         code = run_demo(out_dir, n_videos=videos, workers=workers, console=out)
+        if code == 0:
+            _demo_pretrain(out_dir, steps=steps)
     raise typer.Exit(code)
+
+
+def _demo_pretrain(out_dir: Path, *, steps: int) -> None:
+    from cmac_core.config import preset  # noqa: PLC0415
+    from cmac_core.train import pretrain as run  # noqa: PLC0415
+
+    out.rule("[bold]4. avprep pretrain --config tiny")
+    run_dir = out_dir / "run"
+    cfg = preset("tiny").replace("optim", steps=steps, save_every_steps=steps, workers=1)
+    result = run(
+        str(out_dir / "shards"), run_dir, cfg, resume=(run_dir / "last.pt").exists(), device="cpu"
+    )
+    out.print(
+        f"{result.steps} steps of the tiny CMAC model on CPU, final loss {result.final_loss}; "
+        f"metrics {run_dir / 'metrics.jsonl'}, checkpoint {result.last_checkpoint}",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
 
 
 @app.command()
