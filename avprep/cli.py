@@ -232,6 +232,69 @@ def pretrain(
             )  # fmt: skip
 
 
+@app.command()
+def embed(
+    shards: str = typer.Argument(
+        ...,
+        help="Shard directory, glob, brace pattern or URL(s) joined by '::'.",
+        show_default=False,
+    ),  # noqa: E501
+    ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint written by avprep pretrain."),
+    out_dir: Path = typer.Option(..., "--out", help="EMB_DIR for part-{rank}-{n}.parquet files."),
+    batch_size: int = typer.Option(64, help="Clips per forward pass."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cuda or cpu."),
+    clips_per_segment: int = typer.Option(
+        0, help="Clip windows per segment, averaged (0: enough to cover it)."
+    ),  # noqa: E501
+    workers: int = typer.Option(2, help="Data-loader processes per rank."),
+    per_video: bool = typer.Option(
+        False, "--per-video", help="Also write per_video/videos.parquet (mean of segments)."
+    ),  # noqa: E501
+    attention_maps: Path = typer.Option(
+        None, "--attention-maps", help="Also write attention maps here (as avprep localize)."
+    ),  # noqa: E501
+) -> None:
+    """Frozen embeddings of every segment to Parquet; resumable; also under torchrun."""
+    with one_line_errors(), cmac_errors():
+        from cmac_core.embed import embed as run  # noqa: PLC0415
+
+        report = run(shards, ckpt, out_dir, batch_size=batch_size, device=device,
+                     clips_per_segment=clips_per_segment or None, workers=workers, per_video=per_video)  # fmt: skip
+        if int(os.environ.get("RANK", "0")) == 0:
+            out.print(f"embed: {report.rows_written} segments embedded ({report.rows_skipped} already done), "
+                      f"{report.clips / max(report.seconds, 1e-9):.1f} clips/s; table: {out_dir}/*.parquet",
+                      markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+        if attention_maps is not None and int(os.environ.get("RANK", "0")) == 0:
+            _localize(shards, ckpt, attention_maps, device=device, limit=None)
+
+
+@app.command()
+def localize(
+    shards: str = typer.Argument(
+        ...,
+        help="Shard directory, glob, brace pattern or URL(s) joined by '::'.",
+        show_default=False,
+    ),  # noqa: E501
+    ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint written by avprep pretrain."),
+    out_dir: Path = typer.Option(
+        ..., "--out", help="Directory for {key}.npy, {key}.png and index.html."
+    ),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cuda or cpu."),
+    limit: int = typer.Option(0, help="Only the first N segments (0: all)."),
+) -> None:
+    """Where is the sound? Audio-guided visual attention maps over each segment's middle frame."""
+    with one_line_errors(), cmac_errors():
+        _localize(shards, ckpt, out_dir, device=device, limit=limit or None)
+
+
+def _localize(shards: str, ckpt: Path, out_dir: Path, *, device: str, limit: int | None) -> None:
+    from cmac_core.localize import localize as run  # noqa: PLC0415
+
+    report = run(shards, ckpt, out_dir, device=device, limit=limit)
+    out.print(f"localize: {report.maps} attention maps ({report.skipped} already there); "
+              f"browse {out_dir / 'index.html'}", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+
+
 @contextlib.contextmanager
 def cmac_errors():
     """cmac_core's one-line errors (config, shards, checkpoints, training) -> AvprepError."""
@@ -239,7 +302,7 @@ def cmac_errors():
         yield
     except Exception as e:
         names = {"ConfigError", "ShardSpecError", "CheckpointError", "TrainingError",
-                 "UnsafeShardError", "SchemaVersionError"}  # fmt: skip
+                 "UnsafeShardError", "SchemaVersionError", "EmbedError"}  # fmt: skip
         chain = [e, e.__cause__, e.__context__]
         known = next((x for x in chain if x is not None and type(x).__name__ in names), None)
         if known is None:

@@ -1,0 +1,81 @@
+"""The evaluation stream: every sample exactly once, fixed clip windows, no augmentation.
+
+Each rank reads a disjoint set of shards (``urls[rank::world]``), each loader
+worker a disjoint subset of those; nothing is resampled or repeated. A sample
+becomes K clips whose windows are placed uniformly across the segment (by
+default as many as it takes to cover it), centre-cropped.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from cmac_core.config import DataConfig
+from cmac_core.data.augment import spec_to_tensor, video_to_tensor
+from cmac_core.data.clip import choose_window, cut_columns, frame_indices
+from cmac_core.data.stages import SafeDecode
+
+
+def window_starts(n_frames: int, clip_frames: int, clips: int | None) -> list[int]:
+    """First frames of K windows spread uniformly; K = enough to cover the segment by default."""
+    k = clips if clips else max(1, math.ceil(n_frames / clip_frames))
+    last = max(0, n_frames - clip_frames)
+    return sorted({int(round(x)) for x in np.linspace(0, last, k)}) if k > 1 else [last // 2]
+
+
+class EvalClips:
+    """Decoded sample -> ``{key, meta, video [K, 3, T, S, S], spec [K, 1, F, N]}``."""
+
+    def __init__(self, cfg: DataConfig, clips_per_segment: int | None = None) -> None:
+        self.cfg, self.clips = cfg, clips_per_segment
+
+    def __call__(self, s: dict) -> dict:
+        import simplejpeg  # noqa: PLC0415
+
+        c, meta = self.cfg, s["meta"]
+        videos, specs = [], []
+        cache: dict[int, np.ndarray] = {}
+        for first in window_starts(len(s["jpegs"]), c.clip_frames, self.clips):
+            w = choose_window(meta, c.clip_frames, None, first_frame=first)
+            idx = frame_indices(w, len(s["jpegs"]))
+            for i in idx:
+                if i not in cache:
+                    cache[i] = simplejpeg.decode_jpeg(s["jpegs"][i], colorspace="RGB")
+            videos.append(video_to_tensor(np.stack([cache[i] for i in idx]), c.crop_px, None))
+            specs.append(
+                spec_to_tensor(cut_columns(s["spec"], w), None, mean=c.spec_mean, std=c.spec_std)
+            )
+        return {
+            "key": s["key"],
+            "meta": meta,
+            "video": torch.stack(videos),
+            "spec": torch.stack(specs),
+        }
+
+
+class SkipKeys:
+    """Drop samples whose key is already done (resume)."""
+
+    def __init__(self, done: set[str]) -> None:
+        self.done = done
+
+    def __call__(self, sample: dict) -> bool:
+        return sample["__key__"] not in self.done
+
+
+def eval_loader(urls: list[str], cfg: DataConfig, *, clips_per_segment: int | None, workers: int,
+                done: set[str] | None = None) -> torch.utils.data.DataLoader:  # fmt: skip
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(urls),
+        wds.split_by_worker,
+        wds.tarfile_to_samples(),
+        wds.select(SkipKeys(done or set())),
+        wds.map(SafeDecode()),
+        wds.map(EvalClips(cfg, clips_per_segment)),
+    )
+    return wds.WebLoader(pipeline, batch_size=None, num_workers=min(workers, len(urls)),
+                         prefetch_factor=4 if workers else None)  # fmt: skip
