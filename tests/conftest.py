@@ -97,3 +97,12 @@ def demo_shards(tmp_path_factory) -> Path:
     run_cli("shard", str(root / "videos"), "--out", str(out), "--segment-seconds", "2",
             "--shard-max-samples", "4", "--workers", "2", "--quiet")  # fmt: skip
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(demo_shards, tmp_path_factory) -> Path:
+    """A tiny CMAC checkpoint: a few CPU steps on the demo shards."""
+    run = tmp_path_factory.mktemp("tiny-run")
+    run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "4",
+            env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    return run / "last.pt"

@@ -1,0 +1,212 @@
+"""avprep embed / localize: every key exactly once, resumable, deterministic, readable by DuckDB."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import read_shards, run_cli
+from test_pretrain import _rewrite_shard
+
+from cmac_core.checkpoint import sha256
+
+ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def table(emb: Path):
+    return ds.dataset(sorted(str(p) for p in emb.glob("*.parquet")), format="parquet").to_table()
+
+
+def as_dict(t) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    keys = t.column("key").to_pylist()
+    v = np.asarray(t.column("video_embedding").to_pylist(), np.float32)
+    a = np.asarray(t.column("audio_embedding").to_pylist(), np.float32)
+    return {k: (v[i], a[i]) for i, k in enumerate(keys)}
+
+
+@pytest.fixture(scope="module")
+def embedded(demo_shards, tiny_ckpt, tmp_path_factory):
+    emb = tmp_path_factory.mktemp("emb") / "emb"
+    run_cli("embed", str(demo_shards), "--ckpt", str(tiny_ckpt), "--out", str(emb), "--per-video",
+            "--device", "cpu", env=ENV)  # fmt: skip
+    return emb
+
+
+def test_one_row_per_sample_with_explicit_schema(embedded, demo_shards, tiny_ckpt):
+    t = table(embedded)
+    keys = t.column("key").to_pylist()
+    samples = read_shards(demo_shards)
+    assert sorted(keys) == sorted(samples) and len(set(keys)) == len(keys)
+    schema = pq.read_schema(next(embedded.glob("part-00000-*.parquet")))
+    assert str(schema.field("video_embedding").type) == "fixed_size_list<element: float>[32]"
+    meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
+    assert meta["checkpoint_sha256"] == sha256(tiny_ckpt) and meta["checkpoint_step"] == "4"
+    assert meta["method"] == "cmac" and meta["schema_version"] == "1"
+    assert json.loads(meta["config"])["model"]["embed_dim"] == 32
+    emb = as_dict(t)
+    rows = {r["key"]: r for r in t.to_pylist()}
+    for key, (v, a) in emb.items():
+        assert abs(np.linalg.norm(v) - 1) < 1e-4 and abs(np.linalg.norm(a) - 1) < 1e-4
+        m, row = samples[key]["json"], rows[key]
+        assert (row["video_id"], row["segment"], row["start_s"]) == (
+            m["video_id"],
+            m["segment"],
+            m["start_s"],
+        )
+    videos = pq.read_table(embedded / "per_video" / "videos.parquet")
+    assert videos.num_rows == len({s["json"]["video_id"] for s in samples.values()})
+    assert sum(videos.column("n_segments").to_pylist()) == len(keys)
+
+
+def test_duckdb_cosine_query_returns_the_query_key_first(embedded):
+    duckdb = pytest.importorskip("duckdb")
+    query = sorted(as_dict(table(embedded)))[3]
+    rows = duckdb.sql(
+        f"""
+        WITH q AS (SELECT video_embedding AS e FROM '{embedded}/*.parquet' WHERE key = '{query}')
+        SELECT t.key, list_cosine_similarity(t.video_embedding, q.e) AS sim
+        FROM '{embedded}/*.parquet' t, q ORDER BY sim DESC LIMIT 3
+        """
+    ).fetchall()
+    assert rows[0][0] == query and rows[0][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_embeddings_are_identical_across_runs(embedded, demo_shards, tiny_ckpt, tmp_path):
+    again = tmp_path / "again"
+    run_cli("embed", str(demo_shards), "--ckpt", str(tiny_ckpt), "--out", str(again), "--device", "cpu",
+            "--workers", "1", "--batch-size", "5", env=ENV)  # fmt: skip
+    first, second = as_dict(table(embedded)), as_dict(table(again))
+    assert first.keys() == second.keys()
+    for k in first:
+        np.testing.assert_allclose(first[k][0], second[k][0], atol=1e-5)
+        np.testing.assert_allclose(first[k][1], second[k][1], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_cover_every_key_once(demo_shards, tiny_ckpt, tmp_path):
+    emb = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29527",
+           "-m", "avprep", "embed", str(demo_shards), "--ckpt", str(tiny_ckpt), "--out", str(emb),
+           "--device", "cpu", "--workers", "1"]  # fmt: skip
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **ENV}
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    keys = table(emb).column("key").to_pylist()
+    assert sorted(keys) == sorted(read_shards(demo_shards)) and len(keys) == len(set(keys))
+    assert {p.name.split("-")[1] for p in emb.glob("part-*.parquet")} == {"00000", "00001"}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_table(embedded, demo_shards, tiny_ckpt, tmp_path):
+    emb = tmp_path / "killed"
+    code = (
+        "from cmac_core.embed import embed\n"
+        f"embed({str(demo_shards)!r}, {str(tiny_ckpt)!r}, {str(emb)!r}, device='cpu', workers=1,"
+        " batch_size=2, rows_per_part=2)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env={**os.environ, **ENV}, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while (
+        len(list(emb.glob("part-*.parquet"))) < 2 and time.time() < deadline and proc.poll() is None
+    ):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(table(emb).column("key")) if list(emb.glob("part-*.parquet")) else 0
+    assert 0 < partial < len(read_shards(demo_shards))
+    proc = run_cli(
+        "embed",
+        str(demo_shards),
+        "--ckpt",
+        str(tiny_ckpt),
+        "--out",
+        str(emb),
+        "--device",
+        "cpu",
+        env=ENV,
+    )
+    assert f"({partial} already done)" in proc.stdout
+    resumed, clean = as_dict(table(emb)), as_dict(table(embedded))
+    assert len(table(emb).column("key")) == len(resumed) == len(clean)
+    for k in clean:
+        np.testing.assert_allclose(resumed[k][0], clean[k][0], atol=1e-5)
+
+
+def test_localize_writes_maps_overlays_and_a_page(demo_shards, tiny_ckpt, tmp_path):
+    out = tmp_path / "maps"
+    run_cli("localize", str(demo_shards), "--ckpt", str(tiny_ckpt), "--out", str(out), "--limit", "3",
+            "--device", "cpu", env=ENV)  # fmt: skip
+    maps = sorted(out.glob("*.npy"))
+    assert len(maps) == 3
+    from PIL import Image
+
+    for m in maps:
+        att = np.load(m)
+        meta = json.loads(m.with_suffix(".json").read_text())
+        frame_w, frame_h = read_shards(demo_shards)[meta["key"]]["json"]["frame_size"]
+        assert att.shape == (frame_h, frame_w) and np.all(att >= 0)
+        assert Image.open(m.with_suffix(".png")).size[0] > 0
+    page = (out / "index.html").read_text()
+    assert page.count("<figure>") == 3 and all(m.stem in page for m in maps)
+
+
+def _expect_one_line_error(proc, text: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and text in lines[0], proc.stderr[-2000:]
+
+
+def test_bad_checkpoints_are_named(demo_shards, tiny_ckpt, tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(os.urandom(2048))
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    future = tmp_path / "future.pt"
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    torch.save({**ckpt, "format_version": 99}, future)
+    for path, text in ((corrupt, "not a readable checkpoint"), (foreign, "not a cmac_core checkpoint"),
+                       (future, "format version 99"), (tmp_path / "missing.pt", "checkpoint not found")):  # fmt: skip
+        emb = tmp_path / f"emb-{path.stem}"
+        proc = run_cli(
+            "embed", str(demo_shards), "--ckpt", str(path), "--out", str(emb), check=False, env=ENV
+        )
+        _expect_one_line_error(proc, text)
+        assert not emb.exists()
+
+
+def test_other_schema_version_and_empty_shard_set(demo_shards, tiny_ckpt, tmp_path):
+    old = tmp_path / "v99"
+    old.mkdir()
+
+    def bump(name, data):
+        if name.endswith(".json"):
+            data = json.dumps({**json.loads(data), "schema_version": 99}).encode()
+        return {name: data}
+
+    for src in sorted(demo_shards.glob("*.tar"))[:2]:
+        _rewrite_shard(src, old / src.name, bump)
+    emb = tmp_path / "emb-v99"
+    proc = run_cli("embed", str(old), "--ckpt", str(tiny_ckpt), "--out", str(emb), "--device", "cpu",
+                   check=False, env=ENV)  # fmt: skip
+    _expect_one_line_error(proc, "schema version 99")
+    assert not list(emb.glob("*.parquet"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli(
+        "embed", str(empty), "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "e2"), check=False
+    )
+    _expect_one_line_error(proc, "no .tar shards")
+    assert not (tmp_path / "e2").exists()
