@@ -168,11 +168,12 @@ def demo(
 
         code = run_demo(out_dir, n_videos=videos, workers=workers, console=out)
         if code == 0:
-            _demo_pretrain(out_dir, steps=steps)
+            ckpt = _demo_pretrain(out_dir, steps=steps)
+            _demo_embed(out_dir, ckpt)
     raise typer.Exit(code)
 
 
-def _demo_pretrain(out_dir: Path, *, steps: int) -> None:
+def _demo_pretrain(out_dir: Path, *, steps: int) -> Path:
     from cmac_core.config import preset  # noqa: PLC0415
     from cmac_core.train import pretrain as run  # noqa: PLC0415
 
@@ -182,9 +183,27 @@ def _demo_pretrain(out_dir: Path, *, steps: int) -> None:
     result = run(
         str(out_dir / "shards"), run_dir, cfg, resume=(run_dir / "last.pt").exists(), device="cpu"
     )
+    done = "already complete" if result.final_loss is None else f"final loss {result.final_loss:.3f}"
     out.print(
-        f"{result.steps} steps of the tiny CMAC model on CPU, final loss {result.final_loss}; "
+        f"{result.steps} steps of the tiny CMAC model on CPU ({done}); "
         f"metrics {run_dir / 'metrics.jsonl'}, checkpoint {result.last_checkpoint}",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    return result.last_checkpoint
+
+
+def _demo_embed(out_dir: Path, ckpt: Path) -> None:
+    from cmac_core.embed import embed as run  # noqa: PLC0415
+
+    out.rule("[bold]5. avprep embed + localize")
+    emb = out_dir / "embeddings"
+    report = run(str(out_dir / "shards"), ckpt, emb, device="cpu", workers=1, per_video=True)
+    out.print(f"{report.rows_written} segment embeddings ({report.rows_skipped} already there): {emb}/*.parquet, "
+              f"per video: {emb}/per_video/videos.parquet", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+    _localize(str(out_dir / "shards"), ckpt, out_dir / "localize", device="cpu", limit=None)
+    out.print(
+        "The attention maps come from a tiny model trained for seconds: they show the tool working, "
+        "not a trained localiser.",
         markup=False, highlight=False, soft_wrap=True,
     )  # fmt: skip
 
