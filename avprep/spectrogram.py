@@ -31,11 +31,17 @@ class SpecPreset:
     mel_scale: str
 
     def to_json(self) -> dict:
+        """The sample json's ``spec``: enough to interpret the array without this code."""
         return {
             "preset": self.name,
             "n_mels": self.n_mels,
             "hop_s": self.hop_s,
             "win_s": self.win_s,
+            "f_min_hz": self.f_min_hz,
+            "f_max_hz": self.f_max_hz,
+            "power": self.power,
+            "log_offset": self.log_offset,
+            "mel_scale": self.mel_scale,
         }
 
     def to_dict(self) -> dict:
