@@ -140,13 +140,21 @@ def rank_world_from_env(env: dict[str, str] | None = None) -> tuple[int, int]:
     within a step combine: rank = array_index * ntasks + procid.
     """
     env = dict(os.environ if env is None else env)
+
+    def num(name: str, default: str = "0") -> int:
+        try:
+            return int(env.get(name, default))
+        except ValueError:
+            raise UsageError(f"{name}={env[name]!r} is not an integer") from None
+
     if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"])
+        return num("RANK"), num("WORLD_SIZE")
     rank, world = 0, 1
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        rank, world = int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
+        step = max(num("SLURM_ARRAY_TASK_STEP", "1"), 1)  # --array=1-7:2 runs 1, 3, 5, 7
+        rank = (num("SLURM_ARRAY_TASK_ID") - num("SLURM_ARRAY_TASK_MIN")) // step
+        world = num("SLURM_ARRAY_TASK_COUNT")
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        ntasks = int(env["SLURM_NTASKS"])
-        rank, world = rank * ntasks + int(env["SLURM_PROCID"]), world * ntasks
+        ntasks = num("SLURM_NTASKS")
+        rank, world = rank * ntasks + num("SLURM_PROCID"), world * ntasks
     return rank, world
