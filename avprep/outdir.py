@@ -70,7 +70,12 @@ class OutputDir:
 
     def _check_config(self, cfg: ShardConfig) -> None:
         path = self.state / CONFIG_FILE
-        want = {"schema_version": schema.SCHEMA_VERSION, **cfg.content_dict()}
+        # world_size too: ranks of another world size own other inputs (each once only here)
+        want = {
+            "schema_version": schema.SCHEMA_VERSION,
+            **cfg.content_dict(),
+            "world_size": cfg.world_size,
+        }
         if path.exists():
             have = json.loads(path.read_text())
             diff = sorted(k for k in want if have.get(k) != want[k])
