@@ -9,11 +9,14 @@ per-file problem is ever raised.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
-import queue
+import os
+import signal
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 
 from avprep import manifest
 from avprep.config import ShardConfig
@@ -63,10 +66,37 @@ class _Worker:
     id: int
     proc: mp.Process
     tasks: mp.Queue
+    conn: Connection  # this worker's messages: a killed worker garbles no one else's
     task: int | None = None
     last_progress: float = 0.0
     ready: bool = False
     uncommitted: list[int] = field(default_factory=list)  # ok inputs not yet in a committed shard
+    eof: bool = False  # its end of the pipe is closed: it exited or died
+
+
+def _next_message(
+    workers: dict[int, _Worker], timeout_s: float
+) -> tuple[tuple | None, _Worker | None]:
+    """One message from any worker, or (None, None) after ``timeout_s``."""
+    live = {w.conn: w for w in workers.values() if not w.eof}
+    if not live:
+        time.sleep(timeout_s)
+    for conn in wait(list(live), timeout=timeout_s) if live else []:
+        try:
+            return conn.recv(), live[conn]
+        except (EOFError, OSError):
+            live[conn].eof = True  # the liveness checks deal with it
+    return None, None
+
+
+def _kill(proc: mp.Process) -> None:
+    """SIGKILL a worker and its process group: the ffmpeg/ffprobe it started (one stuck
+    opening a stalled file would outlive it) go with it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker leads its own group
+    if proc.is_alive():
+        proc.kill()  # it had not made its group yet
+    proc.join()
 
 
 def _message(msg: str, inp: Input) -> str:
@@ -123,24 +153,26 @@ def _run_workers(
     if not todo:
         return []
     ctx = mp.get_context("spawn")
-    results: mp.Queue = ctx.Queue()
     pending: deque[int] = deque(todo)
     workers: dict[int, _Worker] = {}
     other_rows: list[dict] = []
     next_id = 0
-    live_segments: dict[int, int] = {}
+    live_segments: dict[int, int] = {}  # input -> segments written so far
+    ok_segments: dict[int, int] = {}  # ok input -> its segments (taken back if redone)
 
     def spawn() -> None:
         nonlocal next_id
         tasks = ctx.Queue()
+        conn, child_conn = ctx.Pipe(duplex=False)
         proc = ctx.Process(
             target=worker_main,
-            args=(next_id, cfg.to_dict(), out.run, tasks, results),
+            args=(next_id, cfg.to_dict(), out.run, tasks, child_conn),
             name=f"avprep-worker-{next_id}",
             daemon=True,
         )
         proc.start()
-        workers[next_id] = _Worker(next_id, proc, tasks, last_progress=time.monotonic())
+        child_conn.close()  # the worker holds the only writing end: its death reads as EOF
+        workers[next_id] = _Worker(next_id, proc, tasks, conn, last_progress=time.monotonic())
         next_id += 1
 
     def record(index: int, status: str, reason: str, seconds: float = 0.0) -> None:
@@ -158,9 +190,8 @@ def _run_workers(
 
     def replace(w: _Worker, why: str) -> None:
         """Kill ``w``; fail its current input; redo what it had not committed."""
-        if w.proc.is_alive():
-            w.proc.kill()
-        w.proc.join()
+        _kill(w.proc)
+        w.conn.close()
         for tmp in out.worker_temporaries(w.id):
             tmp.unlink(missing_ok=True)
         if w.task is not None:
@@ -170,6 +201,7 @@ def _run_workers(
         for index in reversed(w.uncommitted):
             if items[index].video_id not in committed:
                 report.counts[manifest.OK] -= 1
+                report.n_segments -= ok_segments.pop(index, 0)
                 pending.appendleft(index)
         del workers[w.id]
         if pending:
@@ -177,62 +209,64 @@ def _run_workers(
 
     for _ in range(min(cfg.workers, len(todo))):
         spawn()
-    stopping = False
-    while workers:
-        for w in workers.values():
-            if w.ready and w.task is None and pending:
-                w.task = pending.popleft()
-                w.last_progress = time.monotonic()
-                w.tasks.put((w.task, items[w.task]))
-        if not pending and not stopping and all(w.task is None for w in workers.values()):
-            stopping = True
+    try:
+        stopping = False
+        while workers:
             for w in workers.values():
-                w.tasks.put(None)
-        try:
-            msg = results.get(timeout=0.5)
-        except queue.Empty:
-            msg = None
-        if msg is not None:
-            kind, wid = msg[0], msg[1]
-            w = workers.get(wid)
-            if w is None:
-                continue  # a message from a worker already replaced
-            w.last_progress = time.monotonic()
-            if kind == "ready":
-                w.ready = True
-            elif kind == "segment":
-                live_segments[msg[2]] = msg[3]
-            elif kind == "ok":
-                index = msg[2]
-                report.n_segments += live_segments.pop(index, 0)
-                report.counts[manifest.OK] += 1
-                w.uncommitted.append(index)
-                w.task = None
-            elif kind == "row":
-                row = msg[3]
-                other_rows.append(row)
-                report.counts[row["status"]] += 1
-                report.reasons[row["reason"]] += 1
-                progress.log(_message(f"{row['status']} ({row['reason']})", items[msg[2]]))
-                live_segments.pop(msg[2], None)
-                w.task = None
-            elif kind == "commit":
-                report.shards.append(msg[2])
-                committed = set(msg[3])
-                w.uncommitted = [i for i in w.uncommitted if items[i].video_id not in committed]
-            elif kind == "exit":
-                w.proc.join()
-                del workers[wid]
-            progress.update(report, segments=report.n_segments + sum(live_segments.values()))
-        now = time.monotonic()
-        for w in list(workers.values()):
-            if w.task is not None and now - w.last_progress > cfg.timeout_seconds:
-                replace(w, "timeout")
-            elif not w.proc.is_alive() and not w.ready:
-                raise AvprepError(f"a worker process failed to start (exit code {w.proc.exitcode})")
-            elif not w.proc.is_alive():
-                replace(w, f"worker died (exit code {w.proc.exitcode})")
-        if stopping and pending:
-            stopping = False  # a replaced worker put inputs back
-    results.close()
+                if w.ready and w.task is None and pending:
+                    w.task = pending.popleft()
+                    w.last_progress = time.monotonic()
+                    w.tasks.put((w.task, items[w.task]))
+            if not pending and not stopping and all(w.task is None for w in workers.values()):
+                stopping = True
+                for w in workers.values():
+                    w.tasks.put(None)
+            msg, w = _next_message(workers, 0.5)
+            if msg is not None:
+                kind, wid = msg[0], w.id
+                w.last_progress = time.monotonic()
+                if kind == "ready":
+                    w.ready = True
+                elif kind == "segment":
+                    live_segments[msg[2]] = msg[3]
+                elif kind == "ok":
+                    index = msg[2]
+                    ok_segments[index] = live_segments.pop(index, 0)
+                    report.n_segments += ok_segments[index]
+                    report.counts[manifest.OK] += 1
+                    w.uncommitted.append(index)
+                    w.task = None
+                elif kind == "row":
+                    row = msg[3]
+                    other_rows.append(row)
+                    report.counts[row["status"]] += 1
+                    report.reasons[row["reason"]] += 1
+                    progress.log(_message(f"{row['status']} ({row['reason']})", items[msg[2]]))
+                    live_segments.pop(msg[2], None)
+                    w.task = None
+                elif kind == "commit":
+                    report.shards.append(msg[2])
+                    committed = set(msg[3])
+                    w.uncommitted = [i for i in w.uncommitted if items[i].video_id not in committed]
+                elif kind == "exit":
+                    w.proc.join()
+                    w.conn.close()
+                    del workers[wid]
+                progress.update(report, segments=report.n_segments + sum(live_segments.values()))
+            now = time.monotonic()
+            for w in list(workers.values()):
+                if w.task is not None and now - w.last_progress > cfg.timeout_seconds:
+                    replace(w, "timeout")
+                elif not w.proc.is_alive() and not w.ready:
+                    raise AvprepError(
+                        f"a worker process failed to start (exit code {w.proc.exitcode})"
+                    )
+                elif not w.proc.is_alive():
+                    replace(w, f"worker died (exit code {w.proc.exitcode})")
+            if stopping and pending:
+                stopping = False  # a replaced worker put inputs back
+    finally:
+        for w in workers.values():  # only after an error or Ctrl-C
+            _kill(w.proc)
+            w.conn.close()
     return other_rows

@@ -12,6 +12,7 @@ import os
 import queue
 import signal
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from avprep import manifest, schema
@@ -33,9 +34,10 @@ def worker_main(
     cfg_dict: dict,
     run: int,
     tasks: mp.Queue,
-    results: mp.Queue,
+    results: Connection,
 ) -> None:
     _die_with_parent()
+    os.setpgid(0, 0)  # its own process group, so the parent can kill it with its ffmpegs
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides on Ctrl-C
     import torch  # noqa: PLC0415
 
@@ -52,7 +54,7 @@ def worker_main(
         for row in rows:
             row["rank"], row["run"] = cfg.rank, run
         manifest.write_part(mdir / f"{path.stem}.parquet", rows)
-        results.put(("commit", worker_id, path.name, [r["video_id"] for r in rows]))
+        results.send(("commit", worker_id, path.name, [r["video_id"] for r in rows]))
 
     from avprep.writer import ShardWriter  # noqa: PLC0415
 
@@ -65,7 +67,7 @@ def worker_main(
     )
     logmel = LogMel(cfg.spec_preset, cfg.sample_rate_hz)
     parent = mp.parent_process()
-    results.put(("ready", worker_id))
+    results.send(("ready", worker_id))
     while True:
         try:
             task = tasks.get(timeout=1.0)
@@ -80,11 +82,11 @@ def worker_main(
         t0 = time.perf_counter()
 
         def on_segment(n: int, index: int = index) -> None:
-            results.put(("segment", worker_id, index, n))
+            results.send(("segment", worker_id, index, n))
 
         try:
             process_video(inp, cfg, writer, logmel, threads=threads, on_segment=on_segment)
-            results.put(("ok", worker_id, index, None))
+            results.send(("ok", worker_id, index, None))
             continue
         except SkipInput as e:
             status, reason = manifest.SKIPPED, e.reason
@@ -104,6 +106,6 @@ def worker_main(
             run=run,
             seconds=round(time.perf_counter() - t0, 3),
         )
-        results.put(("row", worker_id, index, row))
+        results.send(("row", worker_id, index, row))
     writer.commit()
-    results.put(("exit", worker_id))
+    results.send(("exit", worker_id))
