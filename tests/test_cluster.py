@@ -1,0 +1,427 @@
+"""Runs on clusters: ranks, locks, kills, hangs and bad arguments.
+
+W ranks writing into one DIR together cover every input exactly once; a rank
+started twice is refused; a run killed with SIGKILL resumes where it stopped;
+a file that hangs the decoder is failed ``timeout`` and the run goes on; bad
+arguments exit 2 with one line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import read_manifest, read_shards, run_cli
+
+from avprep.config import ShardConfig
+from avprep.discover import rank_world_from_env
+from avprep.pipeline import shard_videos
+from avprep.synth import make_demo_video
+
+RANK_VARS = (
+    "RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP",
+)  # fmt: skip
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in RANK_VARS}
+    return {**env, **extra}
+
+
+def _popen(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "avprep", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        **kw,
+    )
+
+
+def _wait_for(predicate, timeout_s: float = 120.0, what: str = "condition") -> None:
+    t0 = time.monotonic()
+    while not predicate():
+        if time.monotonic() - t0 > timeout_s:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _make_clips(folder: Path, n: int, duration_s: float) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    colors = ("orange", "blue", "green", "red", "white", "yellow")
+    return [
+        make_demo_video(
+            folder / f"clip{i:02d}.mp4",
+            duration_s=duration_s,
+            size=(96, 64),
+            tone_hz=300 + 50 * i,
+            color=colors[i % len(colors)],
+        )  # fmt: skip
+        for i in range(n)
+    ]
+
+
+def _assert_exactly_once(out: Path, sources: list[str], *, segments: int) -> list[dict]:
+    """Every input once in the manifest, ok; every key once across shards; no temporaries."""
+    rows = read_manifest(out).to_pylist()
+    assert Counter(r["source"] for r in rows) == Counter(sources)
+    assert all(r["status"] == "ok" for r in rows), [(r["source"], r["reason"]) for r in rows]
+    ids = Counter(r["video_id"] for r in rows)
+    assert all(n == 1 for n in ids.values()), ids
+    samples = read_shards(out)  # fails on a key seen twice
+    per_video = Counter(s["json"]["video_id"] for s in samples.values())
+    assert per_video == dict.fromkeys(ids, segments)
+    for r in rows:
+        assert r["n_segments"] == segments
+        assert all((out / shard).exists() for shard in r["shards"])
+    assert list(out.rglob("*.tmp")) == []
+    return rows
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    return _make_clips(tmp_path_factory.mktemp("clips") / "in", 7, duration_s=2.0)
+
+
+SHARD = ("--segment-seconds", "2", "--quiet")
+
+
+# -- ranks ---------------------------------------------------------------------
+
+
+def test_three_ranks_in_parallel_cover_every_input_once(clips, tmp_path):
+    out = tmp_path / "out"
+    folder = str(clips[0].parent)
+    procs = [
+        _popen(
+            "shard",
+            folder,
+            "--out",
+            str(out),
+            "--rank",
+            str(r),
+            "--world-size",
+            "3",
+            "--workers",
+            "1",
+            *SHARD,
+        )  # fmt: skip
+        for r in range(3)
+    ]
+    for p in procs:
+        _, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr
+    rows = _assert_exactly_once(out, [str(c) for c in clips], segments=1)
+    rank_of = {r["source"]: r["rank"] for r in rows}
+    assert rank_of == {str(c): i % 3 for i, c in enumerate(clips)}  # sorted, round robin
+    shard_ranks = {p.name.split("-")[1] for p in out.glob("*.tar")}
+    assert shard_ranks == {"r0000", "r0001", "r0002"}
+
+
+ENV_CASES = [
+    ({}, (0, 1)),
+    ({"RANK": "3", "WORLD_SIZE": "8"}, (3, 8)),
+    ({"RANK": "1", "WORLD_SIZE": "2", "SLURM_PROCID": "5", "SLURM_NTASKS": "6"}, (1, 2)),
+    ({"SLURM_PROCID": "2", "SLURM_NTASKS": "4"}, (2, 4)),
+    ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "8"}, (5, 8)),
+    ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "1"},
+     (4, 8)),  # --array=1-8
+    ({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1",
+      "SLURM_ARRAY_TASK_STEP": "2"}, (3, 4)),  # --array=1-7:2 runs 1, 3, 5, 7
+    ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_PROCID": "1",
+      "SLURM_NTASKS": "2"}, (5, 6)),  # array task 2 of 3, step task 1 of 2
+    ({"RANK": "2"}, (0, 1)),  # half a pair is ignored
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("env", "want"), ENV_CASES)
+def test_rank_world_from_env(env, want):
+    assert rank_world_from_env(env) == want
+
+
+def test_bad_env_variable_is_one_line(clips, tmp_path):
+    proc = run_cli("shard", str(clips[0]), "--out", str(tmp_path / "out"), check=False,
+                   env={"RANK": "zero", "WORLD_SIZE": "2"})  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "avprep: error: RANK='zero' is not an integer"
+
+
+def test_env_variables_set_the_default_rank(clips, tmp_path):
+    """torchrun's RANK/WORLD_SIZE for one half, Slurm's task ids for the other."""
+    out = tmp_path / "out"
+    folder = str(clips[0].parent)
+    run_cli("shard", folder, "--out", str(out), "--workers", "1", *SHARD,
+            env={"RANK": "1", "WORLD_SIZE": "2"})  # fmt: skip
+    rows = read_manifest(out).to_pylist()
+    assert sorted(r["source"] for r in rows) == [str(c) for c in clips[1::2]]
+    assert {r["rank"] for r in rows} == {1}
+    run_cli("shard", folder, "--out", str(out), "--workers", "1", *SHARD,
+            env={"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})  # fmt: skip
+    rows = _assert_exactly_once(out, [str(c) for c in clips], segments=1)
+    assert {r["source"]: r["rank"] for r in rows} == {str(c): i % 2 for i, c in enumerate(clips)}
+    # an explicit --rank wins over the environment (and this rank is already done)
+    proc = run_cli("shard", folder, "--out", str(out), "--rank", "0", "--world-size", "2",
+                   "--workers", "1", "--segment-seconds", "2",
+                   env={"RANK": "1", "WORLD_SIZE": "2"})  # fmt: skip
+    assert "rank 0/2" in proc.stdout
+    _assert_exactly_once(out, [str(c) for c in clips], segments=1)
+
+
+def test_another_world_size_on_the_same_dir_is_refused(clips, tmp_path):
+    """Partitions of different world sizes overlap: mixing them would record inputs twice."""
+    out = tmp_path / "out"
+    (tmp_path / "broken.mp4").write_text("not a video")
+    inputs = [str(clips[0]), str(clips[1]), str(tmp_path / "broken.mp4"), str(clips[2])]
+    for r in range(2):  # broken.mp4 is rank 0's of 2 (and would be rank 2's of 3)
+        run_cli("shard", *inputs, "--out", str(out), "--rank", str(r), "--world-size", "2",
+                "--workers", "1", *SHARD)  # fmt: skip
+    before = read_manifest(out).to_pylist()
+    assert Counter(r["status"] for r in before) == {"ok": 3, "failed": 1}
+    proc = run_cli("shard", *inputs, "--out", str(out), "--rank", "2", "--world-size", "3",
+                   "--workers", "1", *SHARD, check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("avprep: error: ") and "world_size" in proc.stderr
+    assert read_manifest(out).to_pylist() == before
+
+
+# -- one rank at a time ----------------------------------------------------------
+
+
+def test_same_rank_twice_at_once_is_refused(clips, tmp_path):
+    out = tmp_path / "out"
+    args = ("shard", str(clips[0].parent), "--out", str(out), "--workers", "1", *SHARD)
+    first = _popen(*args)
+    lock = out / ".avprep" / "lock-r0000"
+    try:
+        _wait_for(lambda: lock.exists() and f" {first.pid}" in lock.read_text(), what="the lock")
+        second = run_cli(*args, check=False)
+        assert first.poll() is None, "the first run ended before the second started"
+    finally:
+        _, stderr = first.communicate(timeout=300)
+    assert second.returncode == 2
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("avprep: error: rank 0 is already running")
+    assert first.returncode == 0, stderr
+    _assert_exactly_once(out, [str(c) for c in clips], segments=1)
+
+
+# -- kill -9 and resume ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9(tmp_path):
+    """SIGKILL the whole run twice, part way; the same command finishes the job."""
+    clips = _make_clips(tmp_path / "in", 12, duration_s=4.0)
+    out = tmp_path / "out"
+    args = (
+        "shard",
+        str(tmp_path / "in"),
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--shard-max-samples",
+        "2",
+        *SHARD,
+    )  # fmt: skip  (a shard per video)
+    committed: set[str] = set()
+    for need in (1, 3):  # kill once the first shard is in place, then after three more
+        before = len(list(out.glob("*.tar")))
+        proc = _popen(*args, start_new_session=True)
+        try:
+            _wait_for(lambda p=proc, n=before + need: len(list(out.glob("*.tar"))) >= n
+                      or p.poll() is not None, what="a committed shard")  # fmt: skip
+            assert proc.poll() is None, f"the run finished before the kill: {proc.stderr.read()}"
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        assert proc.returncode == -signal.SIGKILL
+        shards = {p.name for p in out.glob("*.tar")}
+        assert committed <= shards  # nothing committed is ever taken back
+        committed = shards
+    done_before = {r["source"] for r in read_manifest(out).to_pylist() if r["status"] == "ok"}
+    assert 0 < len(done_before) < len(clips)
+    proc = run_cli(*args)
+    rows = _assert_exactly_once(out, [str(c) for c in clips], segments=2)
+    assert committed <= {p.name for p in out.glob("*.tar")}
+    last_run = max(r["run"] for r in rows)
+    assert all(r["run"] < last_run for r in rows if r["source"] in done_before)  # not redone
+    again = run_cli(*args)  # a finished DIR: nothing to do
+    assert _assert_exactly_once(out, [str(c) for c in clips], segments=2) == rows
+    assert again.returncode == proc.returncode == 0
+
+
+def test_resume_rebuilds_a_lost_manifest_part(clips, tmp_path):
+    """Killed between renaming a shard and writing its manifest part: rows rebuilt, not redone."""
+    out = tmp_path / "out"
+    args = ("shard", str(clips[0].parent), "--out", str(out), "--workers", "1",
+            "--shard-max-samples", "2", *SHARD)  # fmt: skip
+    run_cli(*args)
+    first = {r["video_id"]: r for r in read_manifest(out).to_pylist()}
+    parts = sorted((out / "manifest").glob("shard-*.parquet"))
+    assert len(parts) >= 3
+    parts[1].unlink()
+    (out / "shard-r0000-001-w00-00099.tar.tmp").write_bytes(b"half a shard")
+    run_cli(*args)
+    rows = _assert_exactly_once(out, [str(c) for c in clips], segments=1)
+    assert {r["video_id"]: (r["shards"], r["run"]) for r in rows} == {
+        vid: (r["shards"], r["run"]) for vid, r in first.items()
+    }
+
+
+# -- hangs -------------------------------------------------------------------------
+
+
+def _processes_with(text: str) -> list[str]:
+    """Command lines of running processes that mention ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if text.encode() in args:
+            found.append(" ".join(a.decode(errors="replace") for a in args))
+    return found
+
+
+def _serve_once(fifo: Path, data: bytes) -> threading.Thread:
+    """Feed ``data`` to the first reader of ``fifo``; later readers wait forever."""
+
+    def run() -> None:
+        try:
+            with open(fifo, "wb") as f:
+                f.write(data)
+        except BrokenPipeError:
+            pass
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_hanging_inputs_time_out_and_the_run_goes_on(tmp_path):
+    """A FIFO nobody writes hangs the probe; one written once hangs the decoder.
+
+    Both are failed ``timeout`` within --timeout; the worker stuck on the decoder
+    is replaced (with the ffmpeg it started: no process is left behind) and the
+    videos it had finished but not committed are redone.
+    """
+    clips = _make_clips(tmp_path / "in", 3, duration_s=3.0)
+    hang_probe = tmp_path / "hang.mp4"
+    hang_decode = tmp_path / "hang decode.ts"  # MPEG-TS: decoded by an ffmpeg process
+    os.mkfifo(hang_probe)
+    os.mkfifo(hang_decode)
+    ts = tmp_path / "clip.ts"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(clips[0]), "-c", "copy", str(ts)],
+                   check=True)  # fmt: skip
+    feeder = _serve_once(hang_decode, ts.read_bytes())
+    inputs = [str(clips[0]), str(hang_probe), str(clips[1]), str(hang_decode), str(clips[2])]
+    cfg = ShardConfig(out_dir=str(tmp_path / "out"), segment_seconds=2.0, workers=1,
+                      timeout_seconds=3.0, quiet=True)  # fmt: skip
+    t0 = time.monotonic()
+    report = shard_videos(inputs, cfg)
+    elapsed = time.monotonic() - t0
+    feeder.join(timeout=1)
+    assert not feeder.is_alive(), "the decoder-hang FIFO was never probed"
+    rows = {r["source"]: r for r in read_manifest(tmp_path / "out").to_pylist()}
+    assert set(rows) == set(inputs)
+    for hang in (hang_probe, hang_decode):
+        assert (rows[str(hang)]["status"], rows[str(hang)]["reason"]) == ("failed", "timeout")
+    for clip in clips:
+        assert rows[str(clip)]["status"] == "ok", rows[str(clip)]
+    assert report.exit_code(strict=False) == 0 and report.exit_code(strict=True) == 1
+    assert report.counts == {"ok": 3, "failed": 2} and report.reasons == {"timeout": 2}
+    assert report.n_segments == 6 == len(read_shards(tmp_path / "out"))
+    assert not report.unaccounted
+    assert elapsed < 120
+    assert list((tmp_path / "out").rglob("*.tmp")) == []
+    time.sleep(0.5)
+    assert _processes_with(str(hang_decode)) == []  # no ffmpeg left waiting on the FIFO
+    assert _processes_with(str(hang_probe)) == []
+
+
+def test_timeout_from_the_command_line(tmp_path):
+    """--timeout 3 with a FIFO in a csv manifest: exit 0, the FIFO failed, the clips ok."""
+    _make_clips(tmp_path / "in", 2, duration_s=2.0)
+    os.mkfifo(tmp_path / "in" / "hang.mp4")
+    m = tmp_path / "list.csv"
+    m.write_text("path\n" + "".join(f"in/{n}\n" for n in ("clip00.mp4", "hang.mp4", "clip01.mp4")))
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    proc = run_cli("shard", str(m), "--out", str(out), "--timeout", "3", "--workers", "2",
+                   *SHARD, timeout=120)  # fmt: skip
+    assert proc.returncode == 0
+    assert time.monotonic() - t0 < 90
+    rows = {r["source"]: (r["status"], r["reason"]) for r in read_manifest(out).to_pylist()}
+    assert rows == {
+        "in/clip00.mp4": ("ok", None),
+        "in/hang.mp4": ("failed", "timeout"),
+        "in/clip01.mp4": ("ok", None),
+    }
+
+
+# -- bad arguments -----------------------------------------------------------------
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, Path]:
+    (tmp_path / "no_path.csv").write_text("file,label\na.mp4,dog\n")
+    (tmp_path / "empty_path.csv").write_text("path,label\n,dog\n")
+    (tmp_path / "broken.jsonl").write_text('{"path": "a.mp4"}\n{"path": \n')
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 but not really")
+    (tmp_path / "a file").write_text("")
+    return {p.name: p for p in tmp_path.iterdir()}
+
+
+BAD_ARGS = {
+    "fps 0": ["--fps", "0"],
+    "negative segment": ["--segment-seconds", "-2"],
+    "min over segment": ["--segment-seconds", "2", "--min-seconds", "3"],
+    "rank outside world": ["--rank", "2", "--world-size", "2"],
+    "world 0": ["--world-size", "0"],
+    "workers -1": ["--workers", "-1"],
+    "timeout 0": ["--timeout", "0"],
+    "unknown preset": ["--spec-preset", "mfcc"],
+    "jpeg quality": ["--jpeg-quality", "101"],
+    "missing input": ["{tmp}/does not exist.mp4"],
+    "manifest without path": ["{tmp}/no_path.csv"],
+    "manifest with an empty path": ["{tmp}/empty_path.csv"],
+    "broken jsonl": ["{tmp}/broken.jsonl"],
+    "broken parquet": ["{tmp}/broken.parquet"],
+    "out under a file": ["--out", "{tmp}/a file/out"],
+    "out is a file": ["--out", "{tmp}/a file"],
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ARGS))
+def test_bad_arguments_exit_2_with_one_line(case, clips, tmp_path):
+    _bad_inputs(tmp_path)
+    extra = [a.replace("{tmp}", str(tmp_path)) for a in BAD_ARGS[case]]
+    out = str(tmp_path / "out")
+    proc = run_cli("shard", str(clips[0]), "--out", out, *extra, check=False, timeout=120)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("avprep: error: ")
+    assert "Traceback" not in proc.stderr + proc.stdout
+    if not case.startswith("out "):
+        assert not (tmp_path / "out").exists()  # nothing written for a bad command
+
+
+def test_unwritable_dir_names_the_cause(clips, tmp_path):
+    (tmp_path / "a file").write_text("")
+    proc = run_cli("shard", str(clips[0]), "--out", str(tmp_path / "a file" / "out"),
+                   check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"avprep: error: cannot write to {tmp_path / 'a file' / 'out'}: Not a directory"
+    )
