@@ -257,11 +257,13 @@ def _run_workers(
             for w in list(workers.values()):
                 if w.task is not None and now - w.last_progress > cfg.timeout_seconds:
                     replace(w, "timeout")
-                elif not w.proc.is_alive() and not w.ready:
+                elif w.proc.is_alive() or not w.eof:
+                    continue  # alive, or dead with messages still to read
+                elif not w.ready:
                     raise AvprepError(
                         f"a worker process failed to start (exit code {w.proc.exitcode})"
                     )
-                elif not w.proc.is_alive():
+                else:
                     replace(w, f"worker died (exit code {w.proc.exitcode})")
             if stopping and pending:
                 stopping = False  # a replaced worker put inputs back
