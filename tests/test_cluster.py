@@ -260,6 +260,44 @@ def test_resume_after_kill_9(tmp_path):
     assert again.returncode == proc.returncode == 0
 
 
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_a_worker_killed_mid_run_is_replaced(tmp_path):
+    """SIGKILL one worker: its video is failed 'worker died', the rest finish, each once."""
+    clips = _make_clips(tmp_path / "in", 8, duration_s=4.0)
+    out = tmp_path / "out"
+    proc = _popen("shard", str(tmp_path / "in"), "--out", str(out), "--workers", "2",
+                  "--shard-max-samples", "2", *SHARD)  # fmt: skip
+    try:
+        _wait_for(lambda: list(out.glob("*.tar")) or proc.poll() is not None, what="a shard")
+        workers = [k for k in _children(proc.pid) if b"spawn_main" in
+                   Path(f"/proc/{k}/cmdline").read_bytes()]  # fmt: skip
+        assert workers and proc.poll() is None
+        os.kill(workers[0], signal.SIGKILL)
+    finally:
+        _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    rows = read_manifest(out).to_pylist()
+    assert Counter(r["source"] for r in rows) == Counter(str(c) for c in clips)
+    failed = [r for r in rows if r["status"] != "ok"]
+    assert len(failed) <= 1  # none if it was between videos
+    assert all(r["reason"] == "worker died (exit code -9)" for r in failed), failed
+    samples = read_shards(out)
+    assert len(samples) == 2 * (len(clips) - len(failed))
+    assert list(out.rglob("*.tmp")) == []
+    assert not any(_processes_with(str(c)) for c in clips)
+
+
 def test_resume_rebuilds_a_lost_manifest_part(clips, tmp_path):
     """Killed between renaming a shard and writing its manifest part: rows rebuilt, not redone."""
     out = tmp_path / "out"
