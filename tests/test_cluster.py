@@ -217,7 +217,6 @@ def test_same_rank_twice_at_once_is_refused(clips, tmp_path):
 # -- kill -9 and resume ------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_resume_after_kill_9(tmp_path):
     """SIGKILL the whole run twice, part way; the same command finishes the job."""
     clips = _make_clips(tmp_path / "in", 12, duration_s=4.0)
