@@ -183,7 +183,9 @@ def _demo_pretrain(out_dir: Path, *, steps: int) -> Path:
     result = run(
         str(out_dir / "shards"), run_dir, cfg, resume=(run_dir / "last.pt").exists(), device="cpu"
     )
-    done = "already complete" if result.final_loss is None else f"final loss {result.final_loss:.3f}"
+    done = (
+        "already complete" if result.final_loss is None else f"final loss {result.final_loss:.3f}"
+    )
     out.print(
         f"{result.steps} steps of the tiny CMAC model on CPU ({done}); "
         f"metrics {run_dir / 'metrics.jsonl'}, checkpoint {result.last_checkpoint}",
@@ -334,7 +336,22 @@ def cmac_errors():
 
 
 def main() -> None:
-    app()
+    """Entry point: usage errors (unknown options, bad values) also get one line, exit 2."""
+    try:
+        code = app(prog_name="avprep", standalone_mode=False)
+    except Exception as e:
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise  # a bug, not a usage error: keep the traceback
+        ctx = getattr(e, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        err.print(
+            f"avprep: error: {e.format_message()}{where}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -42,8 +42,21 @@ def test_console_script_is_installed():
 def test_without_ffmpeg_says_so_in_one_line(tmp_path):
     (tmp_path / "in").mkdir()
     env = {"PATH": str(tmp_path / "empty-bin")}  # python is run by absolute path
-    proc = run_cli("shard", str(tmp_path / "in"), "--out", str(tmp_path / "out"), check=False, env=env)
+    proc = run_cli(
+        "shard", str(tmp_path / "in"), "--out", str(tmp_path / "out"), check=False, env=env
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "ffmpeg not found" in lines[0], proc.stderr
     assert not (tmp_path / "out").exists()  # bad input changes nothing else
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    for args, text in ((["shard", str(tmp_path), "--fpss", "3"], "No such option: --fpss"),
+                       (["shard", str(tmp_path), "--fps", "abc", "--out", "x"], "Invalid value for '--fps'"),
+                       (["shard", str(tmp_path)], "Missing option '--out'"),
+                       (["nosuch"], "No such command")):  # fmt: skip
+        proc = run_cli(*args, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith("avprep: error: ") and text in lines[0]

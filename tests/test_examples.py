@@ -34,16 +34,19 @@ def test_02_slurm_array_covers_every_input_once(tmp_path):
     for i in range(5):
         make_clapper(videos / f"clip{i}.mp4", duration_s=2.0, flashes_s=(0.5,))
     out = tmp_path / "shards"
-    env = {**os.environ, "AVPREP": f"{shlex.quote(sys.executable)} -m avprep",
-           "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "10", "SLURM_CPUS_PER_TASK": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "AVPREP": f"{shlex.quote(sys.executable)} -m avprep",
+        "SLURM_CPUS_PER_TASK": "1",
+    }
     for var in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
         env.pop(var, None)
-    for task in (10, 11, 12):  # an array submitted as --array=10-12
-        proc = subprocess.run(
-            ["bash", str(EXAMPLES / "02_slurm_shard_array.sbatch"), str(videos), str(out)],
-            env={**env, "SLURM_ARRAY_TASK_ID": str(task)}, capture_output=True, text=True,
-            timeout=300,
-        )  # fmt: skip
+    script = ["bash", str(EXAMPLES / "02_slurm_shard_array.sbatch"), str(videos), str(out), "3"]
+    # sbatch --array=0-2, where task 2 is lost; then its resubmission sbatch --array=2
+    for task, count in ((0, 3), (1, 3), (2, 1)):
+        task_env = {**env, "SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_COUNT": str(count),
+                    "SLURM_ARRAY_TASK_MIN": str(task if count == 1 else 0)}  # fmt: skip
+        proc = subprocess.run(script, env=task_env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
     rows = read_manifest(out).to_pylist()
     assert Counter(r["video_id"] for r in rows) == {f"clip{i}": 1 for i in range(5)}
