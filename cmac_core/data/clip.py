@@ -62,8 +62,10 @@ def frame_indices(window: Window, n_available: int) -> list[int]:
 def cut_columns(spec: np.ndarray, window: Window) -> np.ndarray:
     """``spec[:, first:first+n]`` padded with the spectrogram's minimum where out of range."""
     n_mels, total = spec.shape
-    out = np.full((n_mels, window.n_columns), spec.min() if spec.size else 0, dtype=spec.dtype)
     lo, hi = max(0, window.first_column), min(total, window.first_column + window.n_columns)
+    if lo == window.first_column and hi - lo == window.n_columns:
+        return spec[:, lo:hi].copy()  # in range: no padding (and no pass over spec for its min)
+    out = np.full((n_mels, window.n_columns), spec.min() if spec.size else 0, dtype=spec.dtype)
     if hi > lo:
         out[:, lo - window.first_column : hi - window.first_column] = spec[:, lo:hi]
     return out

@@ -2,17 +2,20 @@
 
 samples -> ``SafeDecode`` (json, npy; jpg kept as bytes; pickle refused) ->
 ``ClipWindow`` (choose the window, keep its frames and columns) ->
-``DecodeFrames`` (JPEG-decode only the window's frames) -> ``Augment`` -> batch.
+``DecodeFrames`` (JPEG-decode only the window's frames) -> lists of clips ->
+``Augment`` (augment each clip into its slot of the batch).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 
 import numpy as np
 import simplejpeg
 import torch
+from torch.utils.data import default_collate, get_worker_info
 
 from avprep import schema
 from cmac_core.data.augment import spec_to_tensor, video_to_tensor
@@ -21,6 +24,7 @@ from cmac_core.data.shards import SharedEpoch, worker_coords
 
 # Members whose decoding would run pickle: never decoded from shards of strangers.
 PICKLE_EXTS = {"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "mp", "msgpack", "joblib"}
+FRAME_MEMBERS = tuple(schema.frame_member(i) for i in range(schema.MAX_FRAMES))
 
 
 class UnsafeShardError(ValueError):
@@ -50,7 +54,7 @@ class SafeDecode:
                 f"{url}: shard schema version {version}, this avprep reads {schema.SCHEMA_VERSION}"
             )
         spec = np.load(io.BytesIO(sample[schema.SPEC]), allow_pickle=False)
-        jpegs = [sample[schema.frame_member(i)] for i in range(len(meta["frame_times"]))]
+        jpegs = [sample[name] for name in FRAME_MEMBERS[: len(meta["frame_times"])]]
         return {"key": key, "meta": meta, "spec": spec, "jpegs": jpegs}
 
 
@@ -106,27 +110,42 @@ class DecodeFrames:
 
 
 class Augment(_Seeded):
-    """-> ``{"key", "video" [3, T, crop, crop], "spec" [1, n_mels, n_columns]}`` float32."""
+    """A list of clips -> the batch ``{"key", "video" [B, 3, T, crop, crop], "spec" [B, 1,
+    n_mels, n_columns], "start_s" [B]}`` (float32; start_s float64).
+
+    Each clip is augmented straight into its slot of the batch tensor, which a
+    loader worker allocates in shared memory (as ``default_collate`` does), so
+    no clip is copied again on its way to the trainer.
+    """
 
     def __init__(self, data_cfg, *, train: bool = True, **seeding) -> None:
         super().__init__(**seeding)
         self.cfg, self.train = data_cfg, train
 
-    def __call__(self, s: dict) -> dict:
+    def __call__(self, clips: list[dict]) -> dict:
         c = self.cfg
         rng = self.rng() if self.train else None
-        video = video_to_tensor(
-            s["frames"], c.crop_px, rng, scale=c.crop_scale, flip_p=c.flip_p, jitter=c.color_jitter
-        )
-        spec = spec_to_tensor(s["spec"], rng, mean=c.spec_mean, std=c.spec_std, time_masks=c.spec_time_masks,
-                              freq_masks=c.spec_freq_masks, mask_frac=c.spec_mask_frac)  # fmt: skip
-        return {"key": s["key"], "video": video, "spec": spec, "start_s": s["window"].start_s}
+        video = batch_tensor((len(clips), 3, len(clips[0]["frames"]), c.crop_px, c.crop_px))
+        specs = []
+        for i, s in enumerate(clips):
+            video_to_tensor(s["frames"], c.crop_px, rng, scale=c.crop_scale, flip_p=c.flip_p,
+                            jitter=c.color_jitter, out=video[i])  # fmt: skip
+            specs.append(spec_to_tensor(s["spec"], rng, mean=c.spec_mean, std=c.spec_std,
+                                        time_masks=c.spec_time_masks, freq_masks=c.spec_freq_masks,
+                                        mask_frac=c.spec_mask_frac))  # fmt: skip
+        return {
+            "key": [s["key"] for s in clips],
+            "video": video,
+            "spec": default_collate(specs),  # in a loader worker: stacked into shared memory
+            "start_s": torch.tensor([s["window"].start_s for s in clips], dtype=torch.float64),
+        }
 
 
-def collate(samples: list[dict]) -> dict:
-    return {
-        "key": [s["key"] for s in samples],
-        "video": torch.stack([s["video"] for s in samples]),
-        "spec": torch.stack([s["spec"] for s in samples]),
-        "start_s": torch.tensor([s["start_s"] for s in samples], dtype=torch.float64),
-    }
+def batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor; inside a loader worker in shared memory, the
+    way ``default_collate`` allocates its batches, so sending it copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty(shape)
+    elem = torch.empty(0)
+    storage = elem._typed_storage()._new_shared(math.prod(shape))
+    return elem.new(storage).view(shape)
