@@ -333,7 +333,8 @@ def print_report(res: dict) -> None:
             s, vs = row[side], row.get(f"loader_vs_{side}")
             ratio = ""
             if vs is not None:
-                ratio = f"{vs:.2f}x ({row[f'loader_vs_{side}_by_cpu']:.2f}x)"
+                digits = 2 if side == "bound" else 1
+                ratio = f"{vs:.{digits}f}x ({row[f'loader_vs_{side}_by_cpu']:.{digits}f}x)"
             print(f"{row['workers']:>7}  {label:<21}  {s['clips_per_s']:>8.1f}  "
                   f"{s['clips_per_s_per_worker']:>10.1f}  {s['cpu_ms_per_clip']:>11.2f}  "
                   f"{ratio:>18}")  # fmt: skip
