@@ -24,6 +24,7 @@ import cmac_core
 from avprep import schema
 from cmac_core import checkpoint, distributed
 from cmac_core.config import PretrainConfig
+from cmac_core.data.augment import finish_video
 from cmac_core.data.evaluation import eval_loader
 from cmac_core.data.shards import resolve
 from cmac_core.models import build
@@ -76,7 +77,10 @@ class Frozen:
 
     @torch.no_grad()
     def embed(self, video: torch.Tensor, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clips ``[N, 3, T, S, S]``, ``[N, 1, F, C]`` -> L2-normalised ``z_v, z_a`` ``[N, D]``."""
+        """Clips ``[N, 3, T, S, S]`` (uint8, or already normalised float), ``[N, 1, F, C]``
+        -> L2-normalised ``z_v, z_a`` ``[N, D]``."""
+        if video.dtype == torch.uint8:
+            video = finish_video(video)
         feats = self.model(video, spec)
         return self.model.embed(feats, attention=self.attention)
 

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from cmac_core import checkpoint, distributed
 from cmac_core.config import PretrainConfig
+from cmac_core.data.augment import finish_video
 from cmac_core.data.loader import train_stream
 from cmac_core.metrics import Display, MetricsLog
 from cmac_core.models import build
@@ -128,9 +129,11 @@ def _pretrain(
         while step < total:
             t0 = time.perf_counter()
             batch = next(batches)
-            video = batch["video"].to(info.device, non_blocking=True)
+            video_u8 = batch["video"].to(info.device, non_blocking=True)
+            jitter = batch["jitter"].to(info.device, non_blocking=True)
             spec = batch["spec"].to(info.device, non_blocking=True)
             t1 = time.perf_counter()
+            video = finish_video(video_u8, jitter)  # colour jitter + normalisation on the device
             lr = schedule(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -1,7 +1,8 @@
 """Augmentations: one random draw per clip, applied identically to all its frames.
 
-Video: random resized crop, horizontal flip, colour jitter (brightness,
-contrast, saturation), then ImageNet normalisation. Audio: optional
+Video: random resized crop and horizontal flip in the loader workers (on
+uint8), then colour jitter (brightness, contrast, saturation) and ImageNet
+normalisation on the training device (``finish_video``). Audio: optional
 SpecAugment-style time and frequency masks, then fixed normalisation.
 """
 
@@ -16,8 +17,6 @@ import torch.nn.functional as F
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
 GRAY = torch.tensor([0.299, 0.587, 0.114])  # luma weights of the saturation jitter
-LOW = (-MEAN / STD).flatten().tolist()  # [0, 1] in normalised units, per channel
-HIGH = ((1 - MEAN) / STD).flatten().tolist()
 
 
 def crop_box(
@@ -40,23 +39,23 @@ def center_box(h: int, w: int) -> tuple[int, int, int, int]:
     return (h - side) // 2, (w - side) // 2, side, side
 
 
-def video_to_tensor(
+def crop_resize(
     frames: np.ndarray,
     crop_px: int,
     rng: np.random.Generator | None,
     *,
     scale: tuple[float, float] = (0.3, 1.0),
     flip_p: float = 0.5,
-    jitter: float = 0.0,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``[T, H, W, 3]`` uint8 -> normalised ``[3, T, crop_px, crop_px]`` float32, contiguous.
+    """``[T, H, W, 3]`` uint8 -> cropped, resized, maybe flipped ``[3, T, crop_px, crop_px]`` uint8.
 
-    With ``rng`` None: a centre crop and no randomness (evaluation). With
-    ``out`` (a contiguous float32 tensor of that shape, such as one clip's slot
-    of a batch) the result is written there. The crop is resized as uint8
-    (torch's antialiased bilinear kernel for channels-last bytes, ~10x faster
-    than in float32; within one level of a float resize).
+    With ``rng`` None: a centre crop, no flip (evaluation). The crop is resized as
+    uint8 (torch's antialiased bilinear kernel for channels-last bytes, ~10x faster
+    than in float32). With ``out`` (such as one clip's slot of a batch) the result
+    is written there. Colour jitter and normalisation come later, on the
+    training device, in ``finish_video``: loader workers hand over bytes, a
+    quarter of the float32 clip.
     """
     t, h, w, _ = frames.shape
     top, left, ch, cw = crop_box(h, w, scale, rng) if rng is not None else center_box(h, w)
@@ -65,24 +64,35 @@ def video_to_tensor(
                       align_corners=False, antialias=True)  # fmt: skip
     if rng is not None and rng.random() < flip_p:
         x = x.flip(-1)
-    x = x.permute(1, 0, 2, 3)  # [3, T, crop_px, crop_px] uint8
-    out = torch.empty(x.shape) if out is None else out
-    if rng is None or jitter <= 0:
-        return out.copy_(x).sub_(MEAN * 255).div_(STD * 255)
-    b, c, s = (float(rng.uniform(1 - jitter, 1 + jitter)) for _ in range(3))
-    pixels = torch.empty(x.shape).copy_(x)  # float32 in 0..255
-    # Brightness x*b, contrast (x - m)*c + m (m: the frame's mean), saturation
-    # (x - gray)*s + gray and the normalisation, composed: one 3x3 matrix and a
-    # bias per channel and frame; then the clamp to [0, 1] in normalised units.
-    sat = s * torch.eye(3) + (1 - s) * GRAY.expand(3, 3)
-    m = pixels.mean(dim=(0, 2, 3)) * (b / 255)  # [T], after brightness
-    std, mean = STD.view(3, 1), MEAN.view(3, 1)
-    bias = (sat.sum(1, keepdim=True) * ((1 - c) * m) - mean) / std  # [3, T]
-    torch.matmul(sat * (c * b / 255) / std, pixels.view(3, -1), out=out.view(3, -1))
-    out.view(3, t, -1).add_(bias.unsqueeze(-1))
-    for k in range(3):
-        out[k].clamp_(LOW[k], HIGH[k])
-    return out
+    x = x.permute(1, 0, 2, 3)  # [3, T, crop_px, crop_px]
+    return x.contiguous() if out is None else out.copy_(x)
+
+
+def jitter_factors(rng: np.random.Generator | None, strength: float) -> tuple[float, float, float]:
+    """(brightness, contrast, saturation) factors of one clip; (1, 1, 1) when off."""
+    if rng is None or strength <= 0:
+        return 1.0, 1.0, 1.0
+    b, c, s = (float(rng.uniform(1 - strength, 1 + strength)) for _ in range(3))
+    return b, c, s
+
+
+def finish_video(video: torch.Tensor, jitter: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 clips ``[B, 3, T, H, W]`` -> colour-jittered, normalised float32, on their device.
+
+    ``jitter`` ``[B, 3]``: per clip brightness ``x*b``, contrast ``(x - m)*c + m``
+    (m: the frame's mean) and saturation ``(x - gray)*s + gray``, the same for all
+    frames of a clip, then the clamp to [0, 255] and ImageNet normalisation.
+    """
+    x = video.float()
+    if jitter is not None:
+        b, c, s = (f.view(-1, 1, 1, 1, 1).to(x) for f in jitter.unbind(1))
+        x = x * b
+        m = x.mean(dim=(1, 3, 4), keepdim=True)
+        x = (x - m) * c + m
+        gray = (GRAY.to(x).view(1, 3, 1, 1, 1) * x).sum(1, keepdim=True)
+        x = ((x - gray) * s + gray).clamp_(0, 255)
+    mean, std = MEAN.to(x).view(1, 3, 1, 1, 1), STD.to(x).view(1, 3, 1, 1, 1)
+    return x.div_(255).sub_(mean).div_(std)
 
 
 def spec_to_tensor(

@@ -15,7 +15,7 @@ import torch
 import webdataset as wds
 
 from cmac_core.config import DataConfig
-from cmac_core.data.augment import spec_to_tensor, video_to_tensor
+from cmac_core.data.augment import crop_resize, spec_to_tensor
 from cmac_core.data.clip import choose_window, cut_columns, frame_indices
 from cmac_core.data.stages import SafeDecode
 
@@ -28,7 +28,7 @@ def window_starts(n_frames: int, clip_frames: int, clips: int | None) -> list[in
 
 
 class EvalClips:
-    """Decoded sample -> ``{key, meta, video [K, 3, T, S, S], spec [K, 1, F, N]}``."""
+    """Decoded sample -> ``{key, meta, video [K, 3, T, S, S] uint8, spec [K, 1, F, N]}``."""
 
     def __init__(self, cfg: DataConfig, clips_per_segment: int | None = None) -> None:
         self.cfg, self.clips = cfg, clips_per_segment
@@ -45,7 +45,7 @@ class EvalClips:
             for i in idx:
                 if i not in cache:
                     cache[i] = simplejpeg.decode_jpeg(s["jpegs"][i], colorspace="RGB")
-            videos.append(video_to_tensor(np.stack([cache[i] for i in idx]), c.crop_px, None))
+            videos.append(crop_resize(np.stack([cache[i] for i in idx]), c.crop_px, None))
             specs.append(
                 spec_to_tensor(cut_columns(s["spec"], w), None, mean=c.spec_mean, std=c.spec_std)
             )

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import default_collate, get_worker_info
 
 from avprep import schema
-from cmac_core.data.augment import spec_to_tensor, video_to_tensor
+from cmac_core.data.augment import crop_resize, jitter_factors, spec_to_tensor
 from cmac_core.data.clip import choose_window, cut_columns, frame_indices
 from cmac_core.data.shards import SharedEpoch, worker_coords
 
@@ -110,12 +110,13 @@ class DecodeFrames:
 
 
 class Augment(_Seeded):
-    """A list of clips -> the batch ``{"key", "video" [B, 3, T, crop, crop], "spec" [B, 1,
-    n_mels, n_columns], "start_s" [B]}`` (float32; start_s float64).
+    """A list of clips -> the batch ``{"key", "video" [B, 3, T, crop, crop] uint8, "jitter"
+    [B, 3], "spec" [B, 1, n_mels, n_columns] float32, "start_s" [B] float64}``.
 
-    Each clip is augmented straight into its slot of the batch tensor, which a
+    Each clip is cropped straight into its slot of the batch tensor, which a
     loader worker allocates in shared memory (as ``default_collate`` does), so
-    no clip is copied again on its way to the trainer.
+    no clip is copied again on its way to the trainer; the trainer applies the
+    colour jitter and normalisation on its device (``augment.finish_video``).
     """
 
     def __init__(self, data_cfg, *, train: bool = True, **seeding) -> None:
@@ -125,27 +126,33 @@ class Augment(_Seeded):
     def __call__(self, clips: list[dict]) -> dict:
         c = self.cfg
         rng = self.rng() if self.train else None
-        video = batch_tensor((len(clips), 3, len(clips[0]["frames"]), c.crop_px, c.crop_px))
+        video = batch_tensor(
+            (len(clips), 3, len(clips[0]["frames"]), c.crop_px, c.crop_px), torch.uint8
+        )
+        jitter = torch.empty(len(clips), 3)
         specs = []
         for i, s in enumerate(clips):
-            video_to_tensor(s["frames"], c.crop_px, rng, scale=c.crop_scale, flip_p=c.flip_p,
-                            jitter=c.color_jitter, out=video[i])  # fmt: skip
+            crop_resize(
+                s["frames"], c.crop_px, rng, scale=c.crop_scale, flip_p=c.flip_p, out=video[i]
+            )
+            jitter[i] = torch.tensor(jitter_factors(rng, c.color_jitter))
             specs.append(spec_to_tensor(s["spec"], rng, mean=c.spec_mean, std=c.spec_std,
                                         time_masks=c.spec_time_masks, freq_masks=c.spec_freq_masks,
                                         mask_frac=c.spec_mask_frac))  # fmt: skip
         return {
             "key": [s["key"] for s in clips],
             "video": video,
+            "jitter": jitter,
             "spec": default_collate(specs),  # in a loader worker: stacked into shared memory
             "start_s": torch.tensor([s["window"].start_s for s in clips], dtype=torch.float64),
         }
 
 
-def batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised float32 tensor; inside a loader worker in shared memory, the
-    way ``default_collate`` allocates its batches, so sending it copies nothing."""
+def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialised tensor; inside a loader worker in shared memory, the way
+    ``default_collate`` allocates its batches, so sending it copies nothing."""
     if get_worker_info() is None:
-        return torch.empty(shape)
-    elem = torch.empty(0)
+        return torch.empty(shape, dtype=dtype)
+    elem = torch.empty(0, dtype=dtype)
     storage = elem._typed_storage()._new_shared(math.prod(shape))
     return elem.new(storage).view(shape)
