@@ -1,0 +1,492 @@
+"""``avprep shard`` against the decode-only bound, on the same inputs and worker counts.
+
+    python benchmarks/bench_shard.py [--data DIR] [--json PATH] [--workers 1,2] [--repeats 3]
+
+Inputs are made once with ffmpeg and cached in ``--data``: ``--clips`` videos of
+``--clip-seconds`` at 640x360, 25 fps, H.264 (x264 veryfast, CRF 23, 5 s GOP with
+B-frames) + stereo AAC, whose picture (ffmpeg's testsrc2 with temporal grain)
+changes every frame and compresses to about 1.1 Mbit/s, like web video at this
+size; and one ``--long-seconds`` video of the same kind for the memory check.
+
+For each worker count N, in one run on the same files:
+
+- decode-only bound: ``ffmpeg -threads 1 -i X -map 0:v:0 -f null -`` per file,
+  N files at a time;
+- decode+resize, a second reference: the same with
+  ``-vf fps=16,scale=-2:128,format=rgb24``, the least avprep must do to frames;
+- ``python -m avprep shard CLIPS --out TMP --workers N --quiet`` with its
+  defaults (16 fps, short side 128, 10 s segments, logmel128), process start-up
+  included.
+
+Throughput is seconds of video per wall second. Runs are interleaved (the
+three commands for each N, ``--repeats`` times) and each waits until
+the machine is idle (other processes using under ``--idle-below`` cores, for at
+most ``--max-wait`` seconds), because on a small shared machine other work
+changes wall times by 2x; the CPU load of other processes during each run is
+recorded. The table shows the best run (least disturbed) and the median; CPU
+is user + system seconds of the benchmarked processes per second of video, and
+the CPU ratio (reference CPU / shard CPU) is what the throughput ratio tends
+to when every core is busy. Peak RSS is polled from /proc (VmHWM of each process
+of the ``avprep shard`` tree, its private part RssAnon, and the largest sum of
+VmRSS over the tree at one moment) during a ``--workers 1`` run on the clips
+and one on the long video. The benchmark measures; it never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = (640, 360)
+FPS = 25
+GRAIN = 12  # noise strength: ~1.1 Mbit/s at CRF 23 for this picture
+POLL_S = 0.1
+
+
+# -- inputs ------------------------------------------------------------------
+def make_video(path: Path, *, duration_s: float, seed: int) -> Path:
+    """A 640x360 25 fps H.264 + AAC video with motion and grain in every frame."""
+    if path.exists():
+        return path
+    w, h = SIZE
+    video = (
+        f"testsrc2=s={w}x{h}:r={FPS}:d={duration_s},format=yuv420p,"
+        f"noise=alls={GRAIN}:allf=t+u:all_seed={seed}"
+    )
+    audio = f"anoisesrc=c=pink:r=44100:a=0.05:d={duration_s}:seed={seed}"
+    tmp = path.with_name(f".part-{path.name}")
+    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+           "-f", "lavfi", "-i", video, "-f", "lavfi", "-i", audio,
+           "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-g", str(5 * FPS),
+           "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2", "-b:a", "128k",
+           "-shortest", "-f", "mp4", str(tmp)]  # fmt: skip
+    subprocess.run(cmd, check=True)
+    tmp.replace(path)
+    return path
+
+
+def make_inputs(data: Path, *, clips: int, clip_s: float, long_s: float) -> tuple[Path, Path]:
+    """(folder of the clips, folder of the long video), made once and reused."""
+    clip_dir = data / f"clips-{clips}x{clip_s:g}s"
+    long_dir = data / f"long-{long_s:g}s"
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    long_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for i in range(clips):
+        make_video(clip_dir / f"clip{i:02d}.mp4", duration_s=clip_s, seed=i + 1)
+    make_video(long_dir / "long.mp4", duration_s=long_s, seed=1000)
+    took = time.perf_counter() - t0
+    if took > 1:
+        print(f"made inputs in {data} ({took:.0f} s)", file=sys.stderr)
+    return clip_dir, long_dir
+
+
+def duration_s(path: Path) -> float:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0",
+         "-show_entries", "stream=duration", "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return float(out.strip())
+
+
+def bit_rate(path: Path) -> float:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=bit_rate", "-of", "csv=p=0",
+         str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return float(out.strip())
+
+
+# -- measuring ---------------------------------------------------------------
+def own_cpu_s() -> float:
+    """CPU seconds of this process and its waited-for descendants."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        r = resource.getrusage(who)
+        total += r.ru_utime + r.ru_stime
+    return total
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all processes, all cores)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+            int, f.readline().split()[1:9]
+        )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_idle(*, below_cores: float, max_wait_s: float) -> float:
+    """Wait until other processes use under ``below_cores`` for 2 s; returns the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < max_wait_s:
+        b0 = machine_busy_s()
+        time.sleep(2.0)
+        if (machine_busy_s() - b0) / 2.0 < below_cores:
+            break
+    return time.monotonic() - t0
+
+
+class Meter:
+    """Wall seconds, our CPU seconds and other processes' load (cores) over a block."""
+
+    def __enter__(self) -> Meter:
+        self.t0, self.cpu0, self.busy0 = time.perf_counter(), own_cpu_s(), machine_busy_s()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall_s = time.perf_counter() - self.t0
+        self.cpu_s = own_cpu_s() - self.cpu0
+        other = machine_busy_s() - self.busy0 - self.cpu_s
+        self.other_cores = max(0.0, other / self.wall_s)
+
+    def as_dict(self) -> dict:
+        return {"wall_s": self.wall_s, "cpu_s": self.cpu_s, "other_cores": self.other_cores}
+
+
+def _read_status(pid: int) -> dict[str, str]:
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return kids
+
+
+def _role(pid: int, depth: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+    if not cmd:
+        raise ValueError("exited")
+    if depth == 0:
+        return "parent"
+    if "resource_tracker" in cmd:
+        return "resource_tracker"
+    if "multiprocessing" in cmd:
+        return "worker"
+    return os.path.basename(cmd.split(" ", 1)[0]) or "other"  # ffmpeg, ffprobe
+
+
+class TreeRSS:
+    """Polls a process tree's memory from /proc on a thread.
+
+    ``peak_by_role``: the largest VmHWM (the kernel's own peak RSS) seen for any
+    process of each role (parent, worker, ffmpeg, ffprobe, resource_tracker);
+    ``anon_by_role``: the largest RssAnon (private memory, not file pages such
+    as shared libraries); ``peak_total``: the largest sum of VmRSS over the
+    tree at one poll (shared library pages counted once per process). Bytes.
+    """
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.peak_by_role: dict[str, int] = {}
+        self.anon_by_role: dict[str, int] = {}
+        self.peak_total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        total, stack = 0, [(self.root, 0)]
+        while stack:
+            pid, depth = stack.pop()
+            try:
+                st = _read_status(pid)
+                role = _role(pid, depth)
+            except (OSError, ValueError):
+                continue  # it just exited
+            if "VmHWM" not in st:
+                continue  # a zombie: no memory left
+            rss, hwm, anon = (int(st[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM", "RssAnon"))
+            total += rss
+            self.peak_by_role[role] = max(self.peak_by_role.get(role, 0), hwm)
+            self.anon_by_role[role] = max(self.anon_by_role.get(role, 0), anon)
+            stack += [(c, depth + 1) for c in _children(pid)]
+        self.peak_total = max(self.peak_total, total)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._poll()
+            self._stop.wait(POLL_S)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def decode_bound(files: list[Path], workers: int, *, resize: bool = False) -> dict:
+    """Wall and CPU seconds of decoding every file's video, ``workers`` files at a time.
+
+    With ``resize``, also what avprep must at least do to the frames: keep 16 per
+    second and scale them to a 128 px short side in RGB.
+    """
+    vf = ["-vf", "fps=16,scale=-2:128,format=rgb24"] if resize else []
+
+    def decode(path: Path) -> None:
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-threads", "1", "-i", str(path),
+               "-map", "0:v:0", *vf, "-f", "null", "-"]  # fmt: skip
+        subprocess.run(cmd, check=True)
+
+    with Meter() as m, ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(decode, files))
+    return m.as_dict()
+
+
+def resize_bound(files: list[Path], workers: int) -> dict:
+    return decode_bound(files, workers, resize=True)
+
+
+def shard_run(folder: Path, workers: int) -> dict:
+    """Wall and CPU seconds and peak RSS of one ``avprep shard`` run into a fresh folder."""
+    out = Path(tempfile.mkdtemp(prefix="avprep-bench-out-"))
+    cmd = [sys.executable, "-m", "avprep", "shard", str(folder), "--out", str(out),
+           "--workers", str(workers), "--quiet"]  # fmt: skip
+    try:
+        with Meter() as m:
+            proc = subprocess.Popen(cmd, cwd=REPO)
+            rss = TreeRSS(proc.pid)
+            rc = proc.wait()
+            rss.stop()
+        if rc != 0:
+            raise RuntimeError(f"avprep shard exited {rc}: {' '.join(cmd)}")
+        n_bytes = sum(p.stat().st_size for p in out.glob("*.tar"))
+        return {
+            **m.as_dict(),
+            "peak_rss_bytes": rss.peak_by_role,
+            "peak_anon_bytes": rss.anon_by_role,
+            "peak_tree_rss_bytes": rss.peak_total,
+            "shard_bytes": n_bytes,
+        }
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def summarize(runs: list[dict], video_s: float) -> dict:
+    """Best (fastest) and median run of one configuration."""
+    best = min(runs, key=lambda r: r["wall_s"])
+    wall = statistics.median(r["wall_s"] for r in runs)
+    return {
+        "best_video_s_per_s": video_s / best["wall_s"],
+        "median_video_s_per_s": video_s / wall,
+        "cpu_s_per_video_s": statistics.median(r["cpu_s"] for r in runs) / video_s,
+        "runs": [{k: round(r[k], 3) for k in ("wall_s", "cpu_s", "other_cores")} for r in runs],
+    }
+
+
+# -- report ------------------------------------------------------------------
+def machine() -> dict:
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    ffmpeg = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    versions = {}
+    for dist in ("decord", "torch", "torchaudio", "simplejpeg", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "ffmpeg": ffmpeg.split(" Copyright", 1)[0],
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB"
+
+
+KIND_LABELS = {
+    "decode_only": "decode-only",
+    "decode_resize": "decode+resize",
+    "shard": "avprep shard",
+}
+
+
+def print_report(res: dict) -> None:
+    m, inp = res["machine"], res["inputs"]
+    print(f"{m['cpu']}, {m['cores']} cores; {m['ffmpeg']}; avprep {m['commit']}; {m['date']}")
+    print(
+        f"inputs: {inp['clips']} x {inp['clip_seconds']:g} s {inp['size']} {FPS} fps H.264+AAC "
+        f"({inp['mbit_per_s']:.2f} Mbit/s); {res['repeats']} runs each, interleaved"
+    )
+    print()
+    print(f"{'':>7}  {'':<14}  {'video s per s':>15}  {'CPU s per':>10}")
+    print(f"{'workers':>7}  {'':<14}  {'best':>7}  {'median':>6}  {'video s':>10}")
+    for row in res["by_workers"]:
+        for kind, label in KIND_LABELS.items():
+            k = row[kind]
+            print(
+                f"{row['workers']:>7}  {label:<14}  {k['best_video_s_per_s']:>7.1f}  "
+                f"{k['median_video_s_per_s']:>6.1f}  {k['cpu_s_per_video_s']:>10.4f}"
+            )
+    print()
+    print(f"{'':>7}  avprep shard / decode-only   avprep shard / decode+resize")
+    print(
+        f"{'workers':>7}  {'best':>6} {'median':>6} {'CPU':>6}     {'best':>6} {'median':>6} {'CPU':>6}"
+    )
+    for row in res["by_workers"]:
+        a, b = row["ratio_to_decode_only"], row["ratio_to_decode_resize"]
+        print(
+            f"{row['workers']:>7}  {a['best']:>6.2f} {a['median']:>6.2f} {a['cpu']:>6.2f}     "
+            f"{b['best']:>6.2f} {b['median']:>6.2f} {b['cpu']:>6.2f}"
+        )
+    for sc in res["scaling"]:
+        parts = ", ".join(f"{label} {sc[k]:.2f}x" for k, label in KIND_LABELS.items())
+        print(f"scaling {sc['workers']} vs {sc['base']} workers (best runs): {parts}")
+    loads = [r["other_cores"] for row in res["by_workers"] for k in KIND_LABELS
+             for r in row[k]["runs"]]  # fmt: skip
+    print(f"other processes' load during the runs: {min(loads):.2f}..{max(loads):.2f} cores")
+    print()
+    print("peak memory of the avprep shard process tree, --workers 1 (VmHWM; private RssAnon)")
+    for mem in (res.get("memory_clips"), res["memory_long"]):
+        if not mem:
+            continue
+        peak, anon = mem["peak_rss_bytes"], mem["peak_anon_bytes"]
+        roles = ", ".join(f"{r} {mb(peak[r])} ({mb(anon[r])})" for r in ROLES if r in peak)
+        print(f"  {mem['input']:>16}: {roles}; whole tree at once {mb(mem['peak_tree_rss_bytes'])}")
+
+
+ROLES = ("worker", "parent", "ffmpeg", "ffprobe", "resource_tracker")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "avprep-bench-data")
+    ap.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
+    ap.add_argument("--workers", default="1,2", help="Comma-separated worker counts.")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--clips", type=int, default=8)
+    ap.add_argument("--clip-seconds", type=float, default=60.0)
+    ap.add_argument("--long-seconds", type=float, default=600.0)
+    ap.add_argument("--idle-below", type=float, default=0.2, help="Cores; see the doc.")
+    ap.add_argument("--max-wait", type=float, default=15.0, help="Seconds; see the doc.")
+    args = ap.parse_args()
+    workers = [int(w) for w in args.workers.split(",")]
+
+    clip_dir, long_dir = make_inputs(
+        args.data, clips=args.clips, clip_s=args.clip_seconds, long_s=args.long_seconds
+    )
+    files = sorted(clip_dir.glob("*.mp4"))
+    video_s = sum(duration_s(f) for f in files)
+    res = {
+        "machine": machine(),
+        "repeats": args.repeats,
+        "inputs": {
+            "clips": len(files),
+            "clip_seconds": args.clip_seconds,
+            "video_seconds": round(video_s, 3),
+            "size": f"{SIZE[0]}x{SIZE[1]}",
+            "mbit_per_s": statistics.mean(bit_rate(f) for f in files) / 1e6,
+            "long_seconds": round(duration_s(long_dir / "long.mp4"), 3),
+        },
+    }
+
+    def measure(label: str, fn, *a) -> dict:
+        waited = wait_until_idle(below_cores=args.idle_below, max_wait_s=args.max_wait)
+        r = fn(*a)
+        print(
+            f"  {label:<13}: {r['wall_s']:6.1f} s wall, {r['cpu_s']:6.1f} s CPU, "
+            f"others {r['other_cores']:.2f} cores (waited {waited:.0f} s for idle)",
+            file=sys.stderr,
+        )
+        return r
+
+    kinds = {"decode_only": decode_bound, "decode_resize": resize_bound, "shard": None}
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for rep in range(args.repeats):  # interleaved, so drift hits all alike
+        for n in workers:
+            print(f"run {rep + 1}/{args.repeats}, {n} workers", file=sys.stderr)
+            for kind, fn in kinds.items():
+                r = (
+                    measure(KIND_LABELS[kind], fn, files, n)
+                    if fn
+                    else measure(KIND_LABELS[kind], shard_run, clip_dir, n)
+                )
+                runs.setdefault((kind, n), []).append(r)
+
+    res["by_workers"] = []
+    for n in workers:
+        row = {"workers": n, **{k: summarize(runs[(k, n)], video_s) for k in kinds}}
+        s = row["shard"]
+        for ref in ("decode_only", "decode_resize"):
+            d = row[ref]
+            row[f"ratio_to_{ref}"] = {
+                "best": s["best_video_s_per_s"] / d["best_video_s_per_s"],
+                "median": s["median_video_s_per_s"] / d["median_video_s_per_s"],
+                "cpu": d["cpu_s_per_video_s"] / s["cpu_s_per_video_s"],
+            }
+        res["by_workers"].append(row)
+    base = res["by_workers"][0]
+    res["scaling"] = [
+        {
+            "workers": row["workers"],
+            "base": base["workers"],
+            **{k: row[k]["best_video_s_per_s"] / base[k]["best_video_s_per_s"] for k in kinds},
+        }
+        for row in res["by_workers"][1:]
+    ]
+    if 1 in workers:
+        last = runs[("shard", 1)][-1]
+        res["memory_clips"] = {
+            "input": f"{len(files)} x {args.clip_seconds:g} s",
+            "workers": 1,
+            "peak_rss_bytes": last["peak_rss_bytes"],
+            "peak_anon_bytes": last["peak_anon_bytes"],
+            "peak_tree_rss_bytes": last["peak_tree_rss_bytes"],
+        }
+    print(f"memory: {res['inputs']['long_seconds']:.0f} s video, 1 worker", file=sys.stderr)
+    long = measure("avprep shard", shard_run, long_dir, 1)
+    res["memory_long"] = {
+        "input": f"{res['inputs']['long_seconds']:.0f} s {res['inputs']['size']}",
+        "workers": 1,
+        "peak_rss_bytes": long["peak_rss_bytes"],
+        "peak_anon_bytes": long["peak_anon_bytes"],
+        "peak_tree_rss_bytes": long["peak_tree_rss_bytes"],
+        "video_s_per_s": res["inputs"]["long_seconds"] / long["wall_s"],
+        "other_cores": long["other_cores"],
+    }
+    print_report(res)
+    if args.json is not None:
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
