@@ -153,6 +153,10 @@ def _run_workers(
     if not todo:
         return []
     ctx = mp.get_context("spawn")
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(
+            var, "1"
+        )  # workers are the parallelism; a threaded BLAS only thrashes
     pending: deque[int] = deque(todo)
     workers: dict[int, _Worker] = {}
     other_rows: list[dict] = []

@@ -39,9 +39,6 @@ def worker_main(
     _die_with_parent()
     os.setpgid(0, 0)  # its own process group, so the parent can kill it with its ffmpegs
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides on Ctrl-C
-    import torch  # noqa: PLC0415
-
-    torch.set_num_threads(1)
     from avprep.sample import process_video  # noqa: PLC0415  (imports decord, torch)
     from avprep.spectrogram import LogMel  # noqa: PLC0415
 
