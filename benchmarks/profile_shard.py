@@ -71,7 +71,7 @@ def instrument() -> None:
     decord.nd.NDArray.asnumpy = timed("decord asnumpy + frame selection", decord.nd.NDArray.asnumpy)
     sample.AudioReader.__init__ = timed("audio ffmpeg start", sample.AudioReader.__init__)
     sample.AudioReader.read = timed("audio pipe read (waits on ffmpeg)", sample.AudioReader.read)
-    LogMel.__call__ = timed("log-mel (torchaudio)", LogMel.__call__)
+    LogMel.__call__ = timed("log-mel (numpy)", LogMel.__call__)
     sample.encode_jpeg = timed("JPEG encode (simplejpeg)", sample.encode_jpeg)
     sample.encode_npy = timed("spectrogram .npy", sample.encode_npy)
     writer.ShardWriter.add = timed("tar writing (headers + write)", writer.ShardWriter.add)
@@ -188,71 +188,26 @@ def exp_jpeg(video: Path, repeats: int) -> dict:
     return {"rgb_ms_per_frame": 1e3 * best_rgb / n, "yuv_ms_per_frame": 1e3 * best_yuv / n}
 
 
-def _hz_to_mel(f, scale: str):
-    f = np.asarray(f, np.float64)
-    if scale == "htk":
-        return 2595.0 * np.log10(1.0 + f / 700.0)
-    mel = 3.0 * f / 200.0  # slaney: linear below 1 kHz, log above
-    return np.where(
-        f >= 1000.0, 15.0 + np.log(np.maximum(f, 1e-9) / 1000.0) / (np.log(6.4) / 27.0), mel
-    )
-
-
-def _mel_to_hz(m, scale: str):
-    m = np.asarray(m, np.float64)
-    if scale == "htk":
-        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-    f = 200.0 * m / 3.0
-    return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), f)
-
-
-def mel_filterbank(n_freqs, f_min, f_max, n_mels, sample_rate, *, norm, scale) -> np.ndarray:
-    """[n_mels, n_freqs] triangular filters, as torchaudio.functional.melscale_fbanks."""
-    all_freqs = np.linspace(0, sample_rate // 2, n_freqs)
-    m_pts = np.linspace(_hz_to_mel(f_min, scale), _hz_to_mel(f_max, scale), n_mels + 2)
-    f_pts = _mel_to_hz(m_pts, scale)
-    f_diff = np.diff(f_pts)
-    slopes = f_pts[None, :] - all_freqs[:, None]
-    down = -slopes[:, :-2] / f_diff[:-1]
-    up = slopes[:, 2:] / f_diff[1:]
-    fb = np.maximum(0.0, np.minimum(down, up))
-    if norm == "slaney":
-        fb *= 2.0 / (f_pts[2 : n_mels + 2] - f_pts[:n_mels])
-    return fb.T.astype(np.float32)
-
-
-class NumpyLogMel:
-    """The log-mel of avprep.spectrogram.LogMel in numpy only (no torch import).
-
-    Wants a single-threaded BLAS (``OPENBLAS_NUM_THREADS=1`` before numpy is
-    imported): OpenBLAS threads made its small matmul 30x slower here.
-    """
-
-    def __init__(self, preset: str, sample_rate: int) -> None:
-        from avprep.spectrogram import PRESETS  # noqa: PLC0415  (standard library + numpy)
-
-        p = PRESETS[preset]
-        self.p = p
-        self.win = round(p.win_s * sample_rate)
-        self.hop = round(p.hop_s * sample_rate)
-        self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(self.win) / self.win)).astype(
-            np.float32
-        )  # periodic Hann, as torch.hann_window
-        self.fb = mel_filterbank(
-            self.win // 2 + 1, p.f_min_hz, p.f_max_hz or sample_rate / 2, p.n_mels, sample_rate,
-            norm="slaney" if p.mel_scale == "slaney" else None, scale=p.mel_scale,
-        )  # fmt: skip
-
-    def __call__(self, wave: np.ndarray) -> np.ndarray:
-        n = 1 + (len(wave) - self.win) // self.hop
-        frames = np.lib.stride_tricks.sliding_window_view(wave, self.win)[:: self.hop][:n]
-        spec = np.abs(np.fft.rfft(frames * self.window, axis=1)).astype(np.float32) ** self.p.power
-        mel = self.fb @ spec.T
-        return np.log(mel + self.p.log_offset).astype(np.float16)
-
-
 def exp_logmel(repeats: int) -> dict:
-    from avprep.spectrogram import LogMel  # noqa: PLC0415
+    """avprep's numpy log-mel against its torchaudio reference: speed and agreement."""
+    import torch  # noqa: PLC0415
+
+    from avprep.spectrogram import PRESETS, LogMel  # noqa: PLC0415
+
+    class Reference:
+        def __init__(self, preset: str, sample_rate: int) -> None:
+            self.mel, self.offset = (
+                LogMel(preset, sample_rate).reference(),
+                PRESETS[preset].log_offset,
+            )
+
+        def __call__(self, wave: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return (
+                    torch.log(self.mel(torch.from_numpy(wave)) + self.offset)
+                    .numpy()
+                    .astype(np.float16)
+                )
 
     rng = np.random.default_rng(0)
     t = np.arange(160_000) / 16000
@@ -261,7 +216,7 @@ def exp_logmel(repeats: int) -> dict:
     )
     res = {}
     for preset in ("logmel128", "vggish64"):
-        ta, nm = LogMel(preset, 16000), NumpyLogMel(preset, 16000)
+        ta, nm = Reference(preset, 16000), LogMel(preset, 16000)
         a, b = ta(wave).astype(np.float32), nm(wave).astype(np.float32)
         best_ta = best_np = float("inf")
         for _ in range(repeats):
