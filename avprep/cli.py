@@ -23,7 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # paths are never broken across lines
 
 
 @contextlib.contextmanager
@@ -175,11 +175,18 @@ def demo(
 
 def _demo_pretrain(out_dir: Path, *, steps: int) -> Path:
     from cmac_core.config import preset  # noqa: PLC0415
+    from cmac_core.data.shards import count_samples, resolve  # noqa: PLC0415
     from cmac_core.train import pretrain as run  # noqa: PLC0415
 
     out.rule("[bold]4. avprep pretrain --config tiny")
     run_dir = out_dir / "run"
-    cfg = preset("tiny").replace("optim", steps=steps, save_every_steps=steps, workers=1)
+    n_samples = count_samples(resolve(str(out_dir / "shards"))) or 2
+    batch = max(
+        2, min(preset("tiny").optim.batch_size, n_samples)
+    )  # a few videos still fill a batch
+    cfg = preset("tiny").replace(
+        "optim", steps=steps, save_every_steps=steps, workers=1, batch_size=batch
+    )
     result = run(
         str(out_dir / "shards"), run_dir, cfg, resume=(run_dir / "last.pt").exists(), device="cpu"
     )

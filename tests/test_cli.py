@@ -60,3 +60,24 @@ def test_usage_errors_are_one_line(tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert lines[0].startswith("avprep: error: ") and text in lines[0]
+
+
+def test_demo_runs_end_to_end_and_resumes(tmp_path):
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--out", str(out), "--videos", "2", "--steps", "3", "--workers", "2",
+                   env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert "3 steps of the tiny CMAC model" in proc.stdout
+    assert len(list((out / "shards").glob("*.tar"))) >= 1
+    assert (out / "contact_sheet.png").stat().st_size > 10_000
+    assert (out / "run" / "last.pt").exists()
+    assert len(list((out / "embeddings").glob("part-*.parquet"))) == 1
+    assert (out / "embeddings" / "per_video" / "videos.parquet").exists()
+    page = (out / "localize" / "index.html").read_text()
+    assert page.count("<figure>") == len(list((out / "localize").glob("*.npy"))) == 4
+    again = run_cli(
+        "demo", "--out", str(out), "--videos", "2", "--steps", "3", env={"OMP_NUM_THREADS": "1"}
+    )
+    assert (
+        "already complete" in again.stdout
+        and "0 segment embeddings (4 already there)" in again.stdout
+    )
