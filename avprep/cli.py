@@ -217,13 +217,26 @@ def _demo_embed(out_dir: Path, ckpt: Path) -> None:
     )  # fmt: skip
 
 
-@app.command()
-def pretrain(
-    shards: str = typer.Argument(
+def _shards_argument():
+    return typer.Argument(
         ...,
         help="Shard directory, glob, brace pattern or URL(s) joined by '::'.",
         show_default=False,
-    ),  # noqa: E501
+    )
+
+
+def _device_option():
+    return typer.Option("auto", help="auto (CUDA when present), cuda or cpu.")
+
+
+def _is_rank0() -> bool:
+    """Under torchrun only rank 0 talks to the person."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@app.command()
+def pretrain(
+    shards: str = _shards_argument(),
     run_dir: Path = typer.Option(
         ..., "--out", help="Run directory: config, metrics.jsonl, checkpoints."
     ),
@@ -238,7 +251,7 @@ def pretrain(
     method: str = typer.Option(None, help="cmac (default) or avid (the contrastive term alone)."),
     save_every: int = typer.Option(None, help="Checkpoint every N steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
-    device: str = typer.Option("auto", help="auto (CUDA when present), cuda or cpu."),
+    device: str = _device_option(),
 ) -> None:
     """Pretrain CMAC (or the AVID baseline) on shards; also runs under torchrun."""
     optim = {"steps": steps, "epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -251,7 +264,7 @@ def pretrain(
         if method is not None:
             cfg = cfg.replace("loss", method=method)
         result = run(shards, run_dir, cfg, resume=resume, device=device)
-        if result.final_loss is not None and int(os.environ.get("RANK", "0")) == 0:
+        if result.final_loss is not None and _is_rank0():
             out.print(
                 f"pretrain: {result.steps} steps, final loss {result.final_loss:.4f}, "
                 f"{result.samples_per_s:.1f} samples/s, data wait {100 * result.data_wait_frac:.1f}%; "
@@ -262,15 +275,11 @@ def pretrain(
 
 @app.command()
 def embed(
-    shards: str = typer.Argument(
-        ...,
-        help="Shard directory, glob, brace pattern or URL(s) joined by '::'.",
-        show_default=False,
-    ),  # noqa: E501
+    shards: str = _shards_argument(),
     ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint written by avprep pretrain."),
     out_dir: Path = typer.Option(..., "--out", help="EMB_DIR for part-{rank}-{n}.parquet files."),
     batch_size: int = typer.Option(64, help="Clips per forward pass."),
-    device: str = typer.Option("auto", help="auto (CUDA when present), cuda or cpu."),
+    device: str = _device_option(),
     clips_per_segment: int = typer.Option(
         0, help="Clip windows per segment, averaged (0: enough to cover it)."
     ),  # noqa: E501
@@ -288,26 +297,22 @@ def embed(
 
         report = run(shards, ckpt, out_dir, batch_size=batch_size, device=device,
                      clips_per_segment=clips_per_segment or None, workers=workers, per_video=per_video)  # fmt: skip
-        if int(os.environ.get("RANK", "0")) == 0:
+        if _is_rank0():
             out.print(f"embed: {report.rows_written} segments embedded ({report.rows_skipped} already done), "
                       f"{report.clips / max(report.seconds, 1e-9):.1f} clips/s; table: {out_dir}/*.parquet",
                       markup=False, highlight=False, soft_wrap=True)  # fmt: skip
-        if attention_maps is not None and int(os.environ.get("RANK", "0")) == 0:
+        if attention_maps is not None and _is_rank0():
             _localize(shards, ckpt, attention_maps, device=device, limit=None)
 
 
 @app.command()
 def localize(
-    shards: str = typer.Argument(
-        ...,
-        help="Shard directory, glob, brace pattern or URL(s) joined by '::'.",
-        show_default=False,
-    ),  # noqa: E501
+    shards: str = _shards_argument(),
     ckpt: Path = typer.Option(..., "--ckpt", help="A checkpoint written by avprep pretrain."),
     out_dir: Path = typer.Option(
         ..., "--out", help="Directory for {key}.npy, {key}.png and index.html."
     ),
-    device: str = typer.Option("auto", help="auto (CUDA when present), cuda or cpu."),
+    device: str = _device_option(),
     limit: int = typer.Option(0, help="Only the first N segments (0: all)."),
 ) -> None:
     """Where is the sound? Audio-guided visual attention maps over each segment's middle frame."""

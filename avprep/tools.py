@@ -15,19 +15,19 @@ INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install ffmpeg; macOS: brew i
 
 
 @functools.cache
+def _find(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise UsageError(f"{name} not found on PATH: {INSTALL_HINT}")
+    return path
+
+
 def ffmpeg_bin() -> str:
-    path = shutil.which("ffmpeg")
-    if path is None:
-        raise UsageError(f"ffmpeg not found on PATH: {INSTALL_HINT}")
-    return path
+    return _find("ffmpeg")
 
 
-@functools.cache
 def ffprobe_bin() -> str:
-    path = shutil.which("ffprobe")
-    if path is None:
-        raise UsageError(f"ffprobe not found on PATH: {INSTALL_HINT}")
-    return path
+    return _find("ffprobe")
 
 
 def require_ffmpeg() -> None:

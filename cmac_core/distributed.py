@@ -25,12 +25,17 @@ class DistInfo:
         return self.world_size > 1
 
 
+def wants_cuda(device: str) -> bool:
+    """``auto``: CUDA when present; otherwise as named (``cuda``, ``cuda:1``, ``cpu``)."""
+    return torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+
+
 def init(device: str = "auto") -> DistInfo:
     """Start the process group when run under torchrun (NCCL on GPUs, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    use_cuda = wants_cuda(device)
     if use_cuda:
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)

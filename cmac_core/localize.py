@@ -27,6 +27,7 @@ from cmac_core.data.augment import MEAN, STD, spec_to_tensor
 from cmac_core.data.clip import choose_window, cut_columns, frame_indices
 from cmac_core.data.shards import resolve
 from cmac_core.data.stages import SafeDecode
+from cmac_core.distributed import wants_cuda
 from cmac_core.embed import Frozen
 from cmac_core.losses import cross_modal_target
 
@@ -96,11 +97,7 @@ def localize(
     limit: int | None = None,
 ) -> LocalizeReport:
     """Attention maps for the segments of ``shards`` (the first ``limit`` if given)."""
-    dev = torch.device(
-        "cuda"
-        if (device == "auto" and torch.cuda.is_available()) or device.startswith("cuda")
-        else "cpu"
-    )
+    dev = torch.device("cuda" if wants_cuda(device) else "cpu")
     frozen = Frozen.load(ckpt, dev)
     urls = resolve(shards)
     out = Path(out_dir)
