@@ -3,7 +3,7 @@
     python benchmarks/bench_shard.py [--data DIR] [--json PATH] [--workers 1,2] [--repeats 3]
 
 Inputs are made once with ffmpeg and cached in ``--data``: ``--clips`` videos of
-``--clip-seconds`` at 640x360, 25 fps, H.264 (x264 veryfast, CRF 23, 5 s GOP with
+``--clip-seconds`` at ``--size`` (default 640x360), 25 fps, H.264 (x264 veryfast, CRF 23, 5 s GOP with
 B-frames) + stereo AAC, whose picture (ffmpeg's testsrc2 with temporal grain)
 changes every frame and compresses to about 1.1 Mbit/s, like web video at this
 size; and one ``--long-seconds`` video of the same kind for the memory check.
@@ -58,11 +58,11 @@ POLL_S = 0.1
 
 
 # -- inputs ------------------------------------------------------------------
-def make_video(path: Path, *, duration_s: float, seed: int) -> Path:
-    """A 640x360 25 fps H.264 + AAC video with motion and grain in every frame."""
+def make_video(path: Path, *, duration_s: float, seed: int, size: tuple[int, int] = SIZE) -> Path:
+    """A 25 fps H.264 + AAC video of ``size`` with motion and grain in every frame."""
     if path.exists():
         return path
-    w, h = SIZE
+    w, h = size
     video = (
         f"testsrc2=s={w}x{h}:r={FPS}:d={duration_s},format=yuv420p,"
         f"noise=alls={GRAIN}:allf=t+u:all_seed={seed}"
@@ -79,16 +79,19 @@ def make_video(path: Path, *, duration_s: float, seed: int) -> Path:
     return path
 
 
-def make_inputs(data: Path, *, clips: int, clip_s: float, long_s: float) -> tuple[Path, Path]:
+def make_inputs(
+    data: Path, *, clips: int, clip_s: float, long_s: float, size: tuple[int, int] = SIZE
+) -> tuple[Path, Path]:
     """(folder of the clips, folder of the long video), made once and reused."""
-    clip_dir = data / f"clips-{clips}x{clip_s:g}s"
-    long_dir = data / f"long-{long_s:g}s"
+    tag = "" if size == SIZE else f"-{size[0]}x{size[1]}"
+    clip_dir = data / f"clips-{clips}x{clip_s:g}s{tag}"
+    long_dir = data / f"long-{long_s:g}s{tag}"
     clip_dir.mkdir(parents=True, exist_ok=True)
     long_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for i in range(clips):
-        make_video(clip_dir / f"clip{i:02d}.mp4", duration_s=clip_s, seed=i + 1)
-    make_video(long_dir / "long.mp4", duration_s=long_s, seed=1000)
+        make_video(clip_dir / f"clip{i:02d}.mp4", duration_s=clip_s, seed=i + 1, size=size)
+    make_video(long_dir / "long.mp4", duration_s=long_s, seed=1000, size=size)
     took = time.perf_counter() - t0
     if took > 1:
         print(f"made inputs in {data} ({took:.0f} s)", file=sys.stderr)
@@ -396,13 +399,15 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=8)
     ap.add_argument("--clip-seconds", type=float, default=60.0)
     ap.add_argument("--long-seconds", type=float, default=600.0)
+    ap.add_argument("--size", default=f"{SIZE[0]}x{SIZE[1]}", help="WxH of the inputs.")
     ap.add_argument("--idle-below", type=float, default=0.2, help="Cores; see the doc.")
     ap.add_argument("--max-wait", type=float, default=15.0, help="Seconds; see the doc.")
     args = ap.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
+    size = tuple(int(x) for x in args.size.lower().split("x"))
 
     clip_dir, long_dir = make_inputs(
-        args.data, clips=args.clips, clip_s=args.clip_seconds, long_s=args.long_seconds
+        args.data, clips=args.clips, clip_s=args.clip_seconds, long_s=args.long_seconds, size=size
     )
     files = sorted(clip_dir.glob("*.mp4"))
     video_s = sum(duration_s(f) for f in files)
@@ -413,7 +418,7 @@ def main() -> None:
             "clips": len(files),
             "clip_seconds": args.clip_seconds,
             "video_seconds": round(video_s, 3),
-            "size": f"{SIZE[0]}x{SIZE[1]}",
+            "size": f"{size[0]}x{size[1]}",
             "mbit_per_s": statistics.mean(bit_rate(f) for f in files) / 1e6,
             "long_seconds": round(duration_s(long_dir / "long.mp4"), 3),
         },

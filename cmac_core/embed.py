@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,7 +198,7 @@ def embed(
                     "start_s": m["start_s"], "end_s": m["end_s"], "label": m.get("label"),
                     "video_embedding": z_v, "audio_embedding": z_a,
                 })  # fmt: skip
-                clips += sample["video"].shape[0]
+                clips += sample["clips"]
         writer.flush()
         if info.distributed:
             torch.distributed.barrier()
@@ -208,34 +209,116 @@ def embed(
         distributed.shutdown()
 
 
-def _embed_stream(loader, frozen: Frozen, batch_size: int, device: torch.device):
-    """(sample, z_v, z_a) per sample; clips of several samples share a forward batch."""
-    pending: list[dict] = []
-    n_clips = 0
+class ClipPacker:
+    """Packs the clips of consecutive samples into forward batches of exactly ``batch_size``.
 
-    def run(batch: list[dict]):
-        video = torch.cat([s["video"] for s in batch]).to(device, non_blocking=True)
-        spec = torch.cat([s["spec"] for s in batch]).to(device, non_blocking=True)
-        z_v, z_a = frozen.embed(video, spec)
-        z_v, z_a = z_v.float().cpu(), z_a.float().cpu()
+    A sample's clips may span two batches; the last batch is padded by repeating
+    its last clip. One input shape for the whole run means the backend tunes once
+    (cuDNN's benchmark mode, oneDNN's primitive cache) instead of once per shape,
+    and the batches of the forward-only bound are the same as the run's.
+    """
+
+    def __init__(self, batch_size: int, *, pin: bool = False) -> None:
+        self.batch_size, self.pin = batch_size, pin
+        self.video: list[torch.Tensor] = []
+        self.spec: list[torch.Tensor] = []
+        self.n = 0
+        self._staging: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._turn = 0
+
+    def add(self, video: torch.Tensor, spec: torch.Tensor):
+        """Queue a sample's clips; yield every full batch as ``(video, spec, n_real)``."""
         i = 0
-        for s in batch:
-            k = s["video"].shape[0]
-            v, a = (
-                F.normalize(z_v[i : i + k].mean(0), dim=0),
-                F.normalize(z_a[i : i + k].mean(0), dim=0),
-            )
+        while i < video.shape[0]:
+            take = min(self.batch_size - self.n, video.shape[0] - i)
+            self.video.append(video[i : i + take])
+            self.spec.append(spec[i : i + take])
+            self.n += take
+            i += take
+            if self.n == self.batch_size:
+                yield self._emit()
+
+    def flush(self):
+        """The last, partial batch padded to full size, if any clips are left."""
+        if self.n:
+            pad = self.batch_size - self.n
+            self.video.append(self.video[-1][-1:].expand(pad, *self.video[-1].shape[1:]))
+            self.spec.append(self.spec[-1][-1:].expand(pad, *self.spec[-1].shape[1:]))
+            yield self._emit(real=self.batch_size - pad)
+
+    def _emit(self, real: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        video, spec = self._out(self.video[0], self.spec[0])
+        torch.cat(self.video, out=video)
+        torch.cat(self.spec, out=spec)
+        self.video, self.spec, self.n = [], [], 0
+        return video, spec, real or self.batch_size
+
+    def _out(self, v: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two staging buffers used in turn: with pinned memory, one batch's copy to the
+        device may still run while the next batch is assembled in the other."""
+        if not self._staging:
+            self._staging = [
+                tuple(
+                    torch.empty((self.batch_size, *x.shape[1:]), dtype=x.dtype, pin_memory=self.pin)
+                    for x in (v, a)
+                )
+                for _ in range(2)
+            ]
+        self._turn ^= 1
+        return self._staging[self._turn]
+
+
+def _embed_stream(loader, frozen: Frozen, batch_size: int, device: torch.device):
+    """``(sample, z_v, z_a)`` per sample in loader order; ``sample["clips"]`` is its clip count.
+
+    The forward of batch i+1 is queued before batch i's embeddings are copied back,
+    so on a GPU the device works while the host assigns and writes rows (a staging
+    buffer is reused only after the batch that used it has been collected).
+    """
+    packer = ClipPacker(batch_size, pin=device.type == "cuda")
+    waiting: deque[dict] = deque()  # samples whose clips are not all embedded yet
+    ready_v: list[torch.Tensor] = []  # embeddings of clips not yet assigned to a sample
+    ready_a: list[torch.Tensor] = []
+    inflight = None
+
+    def launch(batch):
+        video, spec, real = batch
+        z_v, z_a = frozen.embed(
+            video.to(device, non_blocking=True), spec.to(device, non_blocking=True)
+        )
+        return z_v[:real], z_a[:real]
+
+    def collect(out):
+        ready_v.append(out[0].float().cpu())
+        ready_a.append(out[1].float().cpu())
+        v, a = torch.cat(ready_v), torch.cat(ready_a)
+        i = 0
+        while waiting and waiting[0]["clips"] <= v.shape[0] - i:
+            s = waiting.popleft()
+            k = s["clips"]
+            z_v = F.normalize(v[i : i + k].mean(0), dim=0)
+            z_a = F.normalize(a[i : i + k].mean(0), dim=0)
             i += k
-            yield s, v.numpy().astype(np.float32), a.numpy().astype(np.float32)
+            yield s, z_v.numpy().astype(np.float32), z_a.numpy().astype(np.float32)
+        ready_v[:], ready_a[:] = [v[i:]], [a[i:]]
+
+    def step(batch):
+        nonlocal inflight
+        out = launch(batch)
+        if inflight is not None:
+            yield from collect(inflight)
+        inflight = out
 
     for sample in loader:
-        pending.append(sample)
-        n_clips += sample["video"].shape[0]
-        if n_clips >= batch_size:
-            yield from run(pending)
-            pending, n_clips = [], 0
-    if pending:
-        yield from run(pending)
+        video, spec = sample.pop("video"), sample.pop("spec")
+        sample["clips"] = video.shape[0]
+        waiting.append(sample)
+        for batch in packer.add(video, spec):
+            yield from step(batch)
+    for batch in packer.flush():
+        yield from step(batch)
+    if inflight is not None:
+        yield from collect(inflight)
 
 
 def write_per_video(out_dir: Path, metadata: dict[str, str]) -> Path:

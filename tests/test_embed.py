@@ -92,6 +92,27 @@ def test_embeddings_are_identical_across_runs(embedded, demo_shards, tiny_ckpt, 
         np.testing.assert_allclose(first[k][1], second[k][1], atol=1e-5)
 
 
+def test_clip_packer_makes_full_batches_in_order():
+    from cmac_core.embed import ClipPacker
+
+    packer = ClipPacker(4)
+    counts = [3, 5, 1, 7]
+    clips = torch.arange(sum(counts))
+    batches, i = [], 0
+    for k in counts:  # clip j of the stream is a [1, 2] video and a [1] spec, both valued j
+        video, spec = clips[i : i + k, None, None].expand(k, 1, 2).clone(), clips[i : i + k, None]
+        batches += [(v.clone(), a.clone(), r) for v, a, r in packer.add(video, spec)]
+        i += k
+    batches += [(v.clone(), a.clone(), r) for v, a, r in packer.flush()]
+    assert [tuple(v.shape) for v, _, _ in batches] == [(4, 1, 2)] * 4
+    assert [r for *_, r in batches] == [4, 4, 4, 4]
+    assert not list(packer.add(clips[:2, None, None].expand(2, 1, 2), clips[:2, None]))
+    v, a, r = next(packer.flush())
+    assert r == 2 and v[:, 0, 0].tolist() == [0, 1, 1, 1]  # padded by repeating the last clip
+    assert torch.cat([v[:r, 0, 0] for v, _, r in batches]).tolist() == clips.tolist()
+    assert torch.cat([a[:r, 0] for _, a, r in batches]).tolist() == clips.tolist()
+
+
 @pytest.mark.slow
 def test_two_processes_cover_every_key_once(demo_shards, tiny_ckpt, tmp_path):
     emb = tmp_path / "ddp"
