@@ -271,9 +271,10 @@ class ClipPacker:
 def _embed_stream(loader, frozen: Frozen, batch_size: int, device: torch.device):
     """``(sample, z_v, z_a)`` per sample in loader order; ``sample["clips"]`` is its clip count.
 
-    The forward of batch i+1 is queued before batch i's embeddings are copied back,
-    so on a GPU the device works while the host assigns and writes rows (a staging
-    buffer is reused only after the batch that used it has been collected).
+    On a GPU, batch i+1's forward (and the copy of its result to pinned host memory)
+    is queued before the host waits for batch i's copy, so the device works while
+    the host assigns and writes rows. A staging buffer is reused only after the
+    batch that used it has been collected, and so copied to the device.
     """
     packer = ClipPacker(batch_size, pin=device.type == "cuda")
     waiting: deque[dict] = deque()  # samples whose clips are not all embedded yet
@@ -282,15 +283,27 @@ def _embed_stream(loader, frozen: Frozen, batch_size: int, device: torch.device)
     inflight = None
 
     def launch(batch):
+        """Queue the forward, and on a GPU the copy of its result to pinned host memory."""
         video, spec, real = batch
         z_v, z_a = frozen.embed(
             video.to(device, non_blocking=True), spec.to(device, non_blocking=True)
         )
-        return z_v[:real], z_a[:real]
+        z_v, z_a = z_v[:real].float(), z_a[:real].float()
+        if device.type != "cuda":
+            return z_v, z_a, None
+        host = [torch.empty(z.shape, dtype=z.dtype, pin_memory=True) for z in (z_v, z_a)]
+        host[0].copy_(z_v, non_blocking=True)
+        host[1].copy_(z_a, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return host[0], host[1], done
 
     def collect(out):
-        ready_v.append(out[0].float().cpu())
-        ready_a.append(out[1].float().cpu())
+        z_v, z_a, done = out
+        if done is not None:
+            done.synchronize()  # this batch's copy only: the next forward keeps running
+        ready_v.append(z_v)
+        ready_a.append(z_a)
         v, a = torch.cat(ready_v), torch.cat(ready_a)
         i = 0
         while waiting and waiting[0]["clips"] <= v.shape[0] - i:
