@@ -208,7 +208,7 @@ def _demo_embed(out_dir: Path, ckpt: Path) -> None:
     emb = out_dir / "embeddings"
     report = run(str(out_dir / "shards"), ckpt, emb, device="cpu", workers=1, per_video=True)
     out.print(f"{report.rows_written} segment embeddings ({report.rows_skipped} already there): {emb}/*.parquet, "
-              f"per video: {emb}/per_video/videos.parquet", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+              f"per video: {report.per_video}", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
     _localize(str(out_dir / "shards"), ckpt, out_dir / "localize", device="cpu", limit=None)
     out.print(
         "The attention maps come from a tiny model trained for seconds: they show the tool working, "
@@ -285,7 +285,7 @@ def embed(
     ),  # noqa: E501
     workers: int = typer.Option(2, help="Data-loader processes per rank."),
     per_video: bool = typer.Option(
-        False, "--per-video", help="Also write per_video/videos.parquet (mean of segments)."
+        False, "--per-video", help="Also write _per_video/videos.parquet (mean of segments)."
     ),  # noqa: E501
     attention_maps: Path = typer.Option(
         None, "--attention-maps", help="Also write attention maps here (as avprep localize)."
@@ -299,7 +299,8 @@ def embed(
                      clips_per_segment=clips_per_segment or None, workers=workers, per_video=per_video)  # fmt: skip
         if _is_rank0():
             out.print(f"embed: {report.rows_written} segments embedded ({report.rows_skipped} already done), "
-                      f"{report.clips / max(report.seconds, 1e-9):.1f} clips/s; table: {out_dir}/*.parquet",
+                      f"{report.clips / max(report.seconds, 1e-9):.1f} clips/s; table: {out_dir}/*.parquet"
+                      + (f", per video: {report.per_video}" if report.per_video else ""),
                       markup=False, highlight=False, soft_wrap=True)  # fmt: skip
         if attention_maps is not None and _is_rank0():
             _localize(shards, ckpt, attention_maps, device=device, limit=None)

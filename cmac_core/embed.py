@@ -31,7 +31,9 @@ from cmac_core.data.shards import resolve
 from cmac_core.models import build
 
 ROWS_PER_PART = 2048
-PER_VIDEO_DIR = "per_video"
+# Underscore: pyarrow and pandas skip it when they read EMB_DIR as a dataset, and DuckDB's
+# 'EMB_DIR/*.parquet' does not descend into it, so the segment table stays segments only.
+PER_VIDEO_DIR = "_per_video"
 
 
 def table_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
@@ -154,6 +156,7 @@ class EmbedReport:
     rows_skipped: int
     clips: int
     seconds: float
+    per_video: Path | None = None  # the per-video table, when written
 
 
 def embed(
@@ -202,9 +205,9 @@ def embed(
         writer.flush()
         if info.distributed:
             torch.distributed.barrier()
-        if per_video and info.is_main:
-            write_per_video(out_dir, frozen.metadata)
-        return EmbedReport(out_dir, writer.written, len(done), clips, time.perf_counter() - t0)
+        videos = write_per_video(out_dir, frozen.metadata) if per_video and info.is_main else None
+        seconds = time.perf_counter() - t0
+        return EmbedReport(out_dir, writer.written, len(done), clips, seconds, videos)
     finally:
         distributed.shutdown()
 
@@ -335,7 +338,7 @@ def _embed_stream(loader, frozen: Frozen, batch_size: int, device: torch.device)
 
 
 def write_per_video(out_dir: Path, metadata: dict[str, str]) -> Path:
-    """``per_video/videos.parquet``: one row per video, the mean of its segments (renormalised)."""
+    """``_per_video/videos.parquet``: one row per video, the mean of its segments (renormalised)."""
     parts = sorted(str(p) for p in out_dir.glob("part-*.parquet"))
     table = ds.dataset(parts, format="parquet").to_table()
     groups: dict[str, list[int]] = {}

@@ -71,7 +71,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     assert (out / "contact_sheet.png").stat().st_size > 10_000
     assert (out / "run" / "last.pt").exists()
     assert len(list((out / "embeddings").glob("part-*.parquet"))) == 1
-    assert (out / "embeddings" / "per_video" / "videos.parquet").exists()
+    assert (out / "embeddings" / "_per_video" / "videos.parquet").exists()
     page = (out / "localize" / "index.html").read_text()
     assert page.count("<figure>") == len(list((out / "localize").glob("*.npy"))) == 4
     again = run_cli(

@@ -63,9 +63,19 @@ def test_one_row_per_sample_with_explicit_schema(embedded, demo_shards, tiny_ckp
             m["segment"],
             m["start_s"],
         )
-    videos = pq.read_table(embedded / "per_video" / "videos.parquet")
+    videos = pq.read_table(embedded / "_per_video" / "videos.parquet")
     assert videos.num_rows == len({s["json"]["video_id"] for s in samples.values()})
     assert sum(videos.column("n_segments").to_pylist()) == len(keys)
+
+
+def test_the_folder_reads_as_the_segment_table(embedded):
+    """pandas and pyarrow read EMB_DIR as one dataset: the per-video table is not mixed in."""
+    pd = pytest.importorskip("pandas")
+    n = len(table(embedded))
+    assert len(pd.read_parquet(embedded)) == n
+    assert ds.dataset(str(embedded), format="parquet").count_rows() == n
+    assert pd.read_parquet(embedded)["key"].notna().all()
+    assert (embedded / "_per_video" / "videos.parquet").exists()
 
 
 def test_duckdb_cosine_query_returns_the_query_key_first(embedded):
