@@ -133,7 +133,11 @@ def run_shard(inputs: list[str], cfg) -> int:
     if not cfg.quiet:
         out.print(summary_table(report))
         if report.unaccounted:
-            err.print(f"avprep: {len(report.unaccounted)} inputs unaccounted for", markup=False)
+            shown = ", ".join(report.unaccounted[:3]) + (
+                ", ..." if len(report.unaccounted) > 3 else ""
+            )
+            err.print(f"avprep: {len(report.unaccounted)} inputs unaccounted for: {shown}",
+                      markup=False, highlight=False, soft_wrap=True)  # fmt: skip
     return report.exit_code(strict=cfg.strict)
 
 

@@ -9,8 +9,10 @@ from typing import Any
 
 from avprep import schema
 from avprep.errors import UsageError
+from avprep.spectrogram import PRESETS, unusable
 
-SPEC_PRESETS = ("logmel128", "vggish64")
+SPEC_PRESETS = tuple(PRESETS)
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: beyond it a timer overflows, and no file needs it
 
 
 @dataclass
@@ -70,11 +72,26 @@ class ShardConfig:
                 0 <= self.rank < self.world_size,
                 f"--rank must be in 0..{self.world_size - 1}, got {self.rank}",
             ),
-            (self.timeout_seconds > 0, "--timeout must be > 0"),
+            (
+                0 < self.timeout_seconds <= MAX_TIMEOUT_S,
+                f"--timeout must be in (0, {MAX_TIMEOUT_S}] seconds, got {self.timeout_seconds}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        preset = PRESETS[self.spec_preset]
+        why = unusable(preset, self.sample_rate_hz)
+        if why:
+            raise UsageError(
+                f"--spec-preset {self.spec_preset} at --sample-rate {self.sample_rate_hz}: {why}; "
+                "use a higher --sample-rate"
+            )
+        if self.min_seconds < preset.win_s:
+            raise UsageError(
+                f"--min-seconds must be at least the spectrogram window ({preset.win_s} s): "
+                "a shorter segment has no spectrogram column"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

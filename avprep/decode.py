@@ -28,7 +28,7 @@ import numpy as np
 
 from avprep.errors import MediaError
 from avprep.probe import AudioStream, MediaInfo, VideoStream
-from avprep.tools import StderrDrain, clean_message, ffmpeg_bin
+from avprep.tools import StderrDrain, clean_message, ffmpeg_bin, local_url
 
 EPS = 1e-6
 
@@ -48,6 +48,15 @@ def grid_times(start_s: float, end_s: float, fps: float) -> np.ndarray:
 
 
 DECORD_CONTAINERS = ("mov", "mp4", "matroska", "webm")
+
+# ffmpeg-python hashes its arguments as UTF-8, which a file name in another encoding
+# (surrogate-escaped by Python) is not: commands are built with this in its place.
+_INPUT = "avprep:input"
+
+
+def ffmpeg_command(stream, path: str) -> list[str]:
+    """The argv of an ffmpeg-python ``stream`` built on ``ffmpeg.input(_INPUT)``."""
+    return [ffmpeg_bin(), *(local_url(path) if a == _INPUT else a for a in stream.get_args())]
 
 
 class DecordFrames:
@@ -131,13 +140,13 @@ class FfmpegFrames:
         self.v_start = v.start_s
         self.frame_s = 1.0 / v.avg_fps if v.avg_fps else 0.04
         stream = (
-            ffmpeg.input(path, copyts=None, threads=threads)[f"v:{v.type_index}"]
+            ffmpeg.input(_INPUT, copyts=None, threads=threads)[f"v:{v.type_index}"]
             .filter("showinfo")
             .filter("scale", self.w, self.h)
             .output("pipe:", format="rawvideo", pix_fmt="rgb24", vsync="passthrough")
             .global_args("-nostdin", "-hide_banner", "-loglevel", "level+info", "-nostats")
         )
-        cmd = [ffmpeg_bin(), *stream.get_args()]
+        cmd = ffmpeg_command(stream, path)
         self.path = path
         self.error = ""
         self._pts: deque[float | None] = deque()
@@ -237,14 +246,14 @@ class AudioReader:
         self.sample_rate = sample_rate
         shift = f"PTS-{video_start_s!r}/TB"
         stream = (
-            ffmpeg.input(path, copyts=None)[f"a:{audio.type_index}"]
+            ffmpeg.input(_INPUT, copyts=None)[f"a:{audio.type_index}"]
             .filter("asetpts", shift)
             .filter("aresample", sample_rate, **{"async": 1, "first_pts": 0})
             .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate)
             .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
         )
         self.proc = subprocess.Popen(
-            [ffmpeg_bin(), *stream.get_args()], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            ffmpeg_command(stream, path), stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         self.drain = StderrDrain(self.proc, path=path)
         self.samples_read = 0

@@ -1,14 +1,25 @@
 """Inputs: folders, media files and manifests; the rank/world partition.
 
-Every rank discovers the same full, sorted list and takes its share, so video
-ids (made unique across the whole list) and the partition are identical on
-every rank without any coordination.
+Every rank discovers the same full, sorted list, so video ids (made unique
+across the whole list) are identical on every rank without any coordination.
+Two hashes of an input, each over its path and what the user attached to it
+(a manifest's id, label and extra columns):
+
+- ``input_key``, with the real path (symlinks resolved): its identity. The same
+  file named twice is one input, and resume recognises a committed input by it
+  however the command spells its path.
+- ``rank_key``, with the path as the command spells it: the rank partition.
+  Every rank hashes the same strings (whatever the mount points of its node),
+  and adding files to a folder never moves an input to another rank.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import json
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +47,22 @@ class Input:
     video_id: str
     label: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    input_key: str = ""  # identity: duplicates and resume (real path)
+    rank_key: str = ""  # the rank partition (path as given)
+
+    @property
+    def real_path(self) -> str:
+        return display(os.path.realpath(self.path))
+
+
+def display(text: str) -> str:
+    """A path as printable UTF-8: bytes of a name in another encoding as ``\\xff``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _key(path: str, explicit_id: str | None, label: str | None, extra: dict) -> str:
+    text = json.dumps([path, explicit_id, label, extra], sort_keys=True, ensure_ascii=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]  # ascii above: names in any encoding
 
 
 def _walk(folder: Path) -> list[Path]:
@@ -51,7 +78,8 @@ def _walk(folder: Path) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             p = Path(root) / name
-            if not name.startswith(".") and p.suffix.lower() in MEDIA_EXTS and p.is_file():
+            # a dangling symlink is kept: it is recorded as failed (missing), not ignored
+            if not name.startswith(".") and p.suffix.lower() in MEDIA_EXTS and not p.is_dir():
                 found.append(p)
     return sorted(found)
 
@@ -63,8 +91,13 @@ def _manifest_records(path: Path) -> list[dict[str, Any]]:
             with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
                 records = list(csv.DictReader(f))
         elif suffix == ".jsonl":
+            records = []
             with open(path, encoding="utf-8-sig") as f:
-                records = [json.loads(line) for line in f if line.strip()]
+                for n, line in enumerate(f, 1):
+                    try:
+                        records.append(json.loads(line)) if line.strip() else None
+                    except ValueError as e:
+                        raise UsageError(f"cannot read manifest {path}: line {n}: {e}") from e
         else:
             import pyarrow.parquet as pq  # noqa: PLC0415
 
@@ -77,49 +110,83 @@ def _manifest_records(path: Path) -> list[dict[str, Any]]:
 
 
 def _json_safe(value: Any) -> Any:
+    """Strict JSON: NaN and infinities (pandas' missing values) become null; unknown
+    types their text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
     try:
-        json.dumps(value)
+        json.dumps(value, allow_nan=False)
         return value
-    except TypeError:
+    except (TypeError, ValueError):
         return str(value)
 
 
 def discover(inputs: list[str]) -> list[Input]:
-    """All inputs in a stable order, with unique safe video ids."""
-    raw: list[tuple[str, str, str, str | None, dict]] = []  # source, path, id text, label, extra
+    """All inputs in a stable order, each once, with unique safe video ids."""
+    raw: dict[str, tuple] = {}  # input_key -> source, path, id text, label, extra, rank_key
     for given in inputs:
         p = Path(given)
         if not p.exists():
-            raise UsageError(f"input not found: {given}")
+            raise UsageError(f"input not found: {display(given)}")
+        entries = []  # (source, path, id text, explicit id, label, extra)
         if p.is_dir():
             for f in _walk(p):
                 rel = f.relative_to(p).as_posix()
-                raw.append((os.path.join(given, rel), str(f), rel, None, {}))
+                entries.append((os.path.join(given, rel), str(f), rel, None, None, {}))
         elif p.suffix.lower() in MANIFEST_EXTS:
             for rec in _manifest_records(p):
                 value = str(rec["path"])
+                # relative to the manifest's folder; the manifest's ``path`` column shows the file
                 path = value if os.path.isabs(value) else str(p.parent / value)
-                id_text = str(rec["id"]) if rec.get("id") not in (None, "") else value
-                label = rec.get("label")
+                explicit = str(rec["id"]) if rec.get("id") not in (None, "") else None
+                label = None if rec.get("label") is None else str(rec["label"])
                 extra = {
                     k: _json_safe(v) for k, v in rec.items() if k not in ("path", "id", "label")
                 }
-                raw.append((value, path, id_text, None if label is None else str(label), extra))
+                entries.append((value, path, explicit or value, explicit, label, extra))
         else:
-            raw.append((given, str(p), p.name, None, {}))
+            entries.append((given, str(p), p.name, None, None, {}))
+        for source, path, id_text, explicit, label, extra in entries:
+            key = _key(os.path.realpath(path), explicit, label, extra)
+            rank_key = _key(os.path.normpath(path), explicit, label, extra)
+            # The same file named twice (a folder and a file in it): one input, the first name.
+            raw.setdefault(key, (display(source), path, id_text, label, extra, rank_key))
 
-    # The same file named twice (a folder and a file in it) is one input.
-    raw = list({(*r[:4], json.dumps(r[4], sort_keys=True)): r for r in raw}.values())
-    bases = [schema.safe_id(_strip_media_ext(id_text)) for _, _, id_text, _, _ in raw]
+    bases = [schema.safe_id(_strip_media_ext(r[2])) for r in raw.values()]
     counts = Counter(bases)
     taken: Counter = Counter()
     out = []
-    for (source, path, _, label, extra), base in zip(raw, bases, strict=True):
-        vid = base if counts[base] == 1 else f"{base}-{schema.short_hash(source)}"
+    for (key, (source, path, _, label, extra, rank_key)), base in zip(
+        raw.items(), bases, strict=True
+    ):
+        vid = base if counts[base] == 1 else f"{base}-{key[:10]}"
         taken[vid] += 1
-        if taken[vid] > 1:  # one source listed again with other columns (another label)
+        if taken[vid] > 1:  # (a 40-bit hash prefix shared: not seen, but never a duplicate id)
             vid = f"{vid}-{taken[vid]}"
-        out.append(Input(source=source, path=path, video_id=vid, label=label, extra=extra))
+        out.append(Input(source, path, vid, label, extra, input_key=key, rank_key=rank_key))
+    return out
+
+
+def keep_committed_ids(items: list[Input], committed: dict[str, str]) -> list[Input]:
+    """Inputs with the video ids an earlier run committed them under (``input_key`` ->
+    ``video_id``); a new input whose id an earlier input holds gets its key appended.
+
+    Ids depend on the whole input list (collisions get a hash), so a file added
+    to a folder can change the id another input would get now; resume must not
+    shard that input again under its new id, nor skip the new one.
+    """
+    held = set(committed.values())
+    out = []
+    for inp in items:
+        if inp.input_key in committed:
+            inp = dataclasses.replace(inp, video_id=committed[inp.input_key])
+        elif inp.video_id in held:
+            inp = dataclasses.replace(inp, video_id=f"{inp.video_id}-{inp.input_key[:10]}")
+        out.append(inp)
     return out
 
 
@@ -129,8 +196,12 @@ def _strip_media_ext(text: str) -> str:
 
 
 def partition(items: list[Input], rank: int, world_size: int) -> list[Input]:
-    """Rank ``rank``'s share: every ``world_size``-th input starting at ``rank``."""
-    return items[rank::world_size]
+    """Rank ``rank``'s share: the inputs whose ``rank_key`` hashes to it.
+
+    A hash, not every W-th input, so adding inputs never moves one from a rank
+    to another (their rows, ok or failed, stay with the rank that owns them).
+    """
+    return [inp for inp in items if int(inp.rank_key, 16) % world_size == rank]
 
 
 def rank_world_from_env(env: dict[str, str] | None = None) -> tuple[int, int]:

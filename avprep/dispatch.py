@@ -198,7 +198,8 @@ class Dispatcher:
         inp = self.items[index]
         self.other_rows.append(
             manifest.make_row(
-                source=inp.source, video_id=inp.video_id, status=status, reason=reason,
+                source=inp.source, path=inp.real_path, input_key=inp.input_key,
+                video_id=inp.video_id, status=status, reason=reason,
                 n_segments=0, shards=[], label=inp.label, rank=self.cfg.rank, run=self.out.run,
                 seconds=seconds,
             )

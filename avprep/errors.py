@@ -14,16 +14,16 @@ class UsageError(AvprepError):
 
 
 class MediaError(AvprepError):
-    """One input could not be read; recorded as ``failed`` in the manifest."""
+    """One input could not be read; recorded as ``failed`` in the manifest.
 
-    def __init__(self, reason: str) -> None:
+    ``media``: what probing found (manifest columns, ``duration_s`` included), if it got that far.
+    """
+
+    def __init__(self, reason: str, media: dict | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.media = media or {}
 
 
-class SkipInput(AvprepError):
+class SkipInput(MediaError):
     """One input is skipped by policy (no_audio, no_video, too_short)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason

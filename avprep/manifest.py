@@ -44,6 +44,8 @@ MEDIA_COLUMNS = (
 SCHEMA = pa.schema(
     [
         ("source", pa.string()),
+        ("path", pa.string()),  # the file opened, real path (null in rows rebuilt from a shard)
+        ("input_key", pa.string()),  # the input's identity (discover.input_key)
         ("video_id", pa.string()),
         ("status", pa.string()),
         ("reason", pa.string()),
@@ -97,11 +99,13 @@ def read_part(path: Path) -> pa.Table:
     return pq.read_table(path, schema=SCHEMA)
 
 
-def rows_from_shard(tar_path: Path, *, rank: int, run: int) -> list[dict[str, Any]]:
+def rows_from_shard(
+    tar_path: Path, *, rank: int, run: int, paths: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """Rebuild the ok rows of a committed shard from its samples' json.
 
     Used on resume when a run was killed between renaming a shard and writing
-    its manifest part.
+    its manifest part. ``paths`` (input_key -> real path) fills the path column.
     """
     videos: dict[str, dict[str, Any]] = {}
     with tarfile.open(tar_path) as tar:
@@ -112,8 +116,11 @@ def rows_from_shard(tar_path: Path, *, rank: int, run: int) -> list[dict[str, An
             vid = meta["video_id"]
             if vid not in videos:
                 media = dict(meta.get("media") or {})
+                key = meta.get("input_key")
                 videos[vid] = make_row(
                     source=meta["source"],
+                    path=(paths or {}).get(key),
+                    input_key=key,
                     video_id=vid,
                     status=OK,
                     n_segments=0,

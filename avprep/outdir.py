@@ -1,7 +1,7 @@
 """The output directory's state: the per-rank lock, runs, and resume.
 
-Resume rule: an input is done when an ok row for it is committed (its shard was
-renamed into place before the row was written). Everything else of this rank is
+Resume rule: an input is done when an ok row with its ``input_key`` is committed
+(its shard was renamed into place before the row was written). Everything else of this rank is
 redone: temporary shards are deleted, shards committed without their manifest
 part (a kill between the two renames) get their rows rebuilt from the tar, and
 this rank's earlier skipped/failed rows are dropped so those inputs are tried
@@ -22,6 +22,8 @@ from avprep.errors import UsageError
 
 STATE_DIR = ".avprep"
 CONFIG_FILE = "shard-config.json"
+# 2: manifest rows carry input_key, the identity resume goes by (1 went by video id)
+MANIFEST_VERSION = 2
 
 
 class OutputDir:
@@ -32,6 +34,7 @@ class OutputDir:
         self.state = self.root / STATE_DIR
         self._lock_fd: int | None = None
         self.run = 0
+        self.paths: dict[str, str] = {}  # input_key -> real path, for rows rebuilt from shards
 
     def open(self, cfg: ShardConfig) -> None:
         """Create, lock this rank, check settings, pick this run's number, clean up."""
@@ -73,6 +76,7 @@ class OutputDir:
         # world_size too: ranks of another world size own other inputs (each once only here)
         want = {
             "schema_version": schema.SCHEMA_VERSION,
+            "manifest_version": MANIFEST_VERSION,
             **cfg.content_dict(),
             "world_size": cfg.world_size,
         }
@@ -124,7 +128,8 @@ class OutputDir:
             part = self.manifest / f"{tar.stem}.parquet"
             if not part.exists():
                 parsed = schema.parse_shard_stem(tar.stem)
-                rows = manifest.rows_from_shard(tar, rank=self.rank, run=parsed[1] if parsed else 0)
+                run = parsed[1] if parsed else 0
+                rows = manifest.rows_from_shard(tar, rank=self.rank, run=run, paths=self.paths)
                 manifest.write_part(part, rows)
             ids.update(manifest.read_part(part).column("video_id").to_pylist())
         return ids
@@ -139,17 +144,16 @@ class OutputDir:
         for part in self.manifest.glob(f"other-r{self.rank:04d}-*.parquet"):
             part.unlink()
 
-    def done_video_ids(self) -> set[str]:
+    def committed_inputs(self) -> dict[str, str]:
+        """input_key -> video_id of every input with a committed ok row (any rank)."""
         table = manifest.read(self.root)
-        return {
-            vid
-            for vid, status in zip(
-                table.column("video_id").to_pylist(),
-                table.column("status").to_pylist(),
-                strict=True,
-            )
-            if status == manifest.OK
-        }
+        rows = zip(
+            table.column("input_key").to_pylist(),
+            table.column("video_id").to_pylist(),
+            table.column("status").to_pylist(),
+            strict=True,
+        )
+        return {key: vid for key, vid, status in rows if status == manifest.OK}
 
     def other_part(self) -> Path:
         return self.manifest / f"other-r{self.rank:04d}-{self.run:03d}.parquet"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from avprep import manifest
 from avprep.config import ShardConfig
-from avprep.discover import discover, partition
+from avprep.discover import discover, keep_committed_ids, partition
 from avprep.dispatch import Dispatcher
 from avprep.outdir import OutputDir
 from avprep.tools import require_ffmpeg
@@ -60,14 +60,16 @@ def shard_videos(
     require_ffmpeg()
     progress = progress or Progress()
     t0 = time.perf_counter()
-    items = partition(discover(inputs), cfg.rank, cfg.world_size)
+    everything = discover(inputs)
     out = OutputDir(cfg.out_dir, cfg.rank)
     out.open(cfg)
     try:
+        out.paths = {inp.input_key: inp.real_path for inp in everything}
         out.recover_orphans()
         out.drop_other_rows()
-        done = out.done_video_ids()
-        todo = [i for i, inp in enumerate(items) if inp.video_id not in done]
+        done = out.committed_inputs()
+        items = partition(keep_committed_ids(everything, done), cfg.rank, cfg.world_size)
+        todo = [i for i, inp in enumerate(items) if inp.input_key not in done]
         report = ShardReport(
             out_dir=str(cfg.out_dir),
             rank=cfg.rank,
@@ -81,8 +83,8 @@ def shard_videos(
         if other_rows:
             manifest.write_part(out.other_part(), other_rows)
         final = manifest.read(cfg.out_dir)
-        seen = Counter(final.column("video_id").to_pylist())
-        report.unaccounted = [inp.source for inp in items if seen[inp.video_id] != 1]
+        seen = Counter(final.column("input_key").to_pylist())
+        report.unaccounted = [inp.source for inp in items if seen[inp.input_key] != 1]
         report.seconds = time.perf_counter() - t0
         progress.update(report, segments=report.n_segments)
         return report

@@ -16,7 +16,7 @@ from fractions import Fraction
 from typing import Any
 
 from avprep.errors import MediaError
-from avprep.tools import clean_message, ffprobe_bin
+from avprep.tools import clean_message, ffprobe_bin, local_url
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,8 @@ def parse(path: str, data: dict[str, Any]) -> MediaInfo:
 
 def probe(path: str, *, timeout_s: float = 60.0) -> MediaInfo:
     """Probe ``path`` with ffprobe (no shell; the path is one argv element)."""
-    cmd = [ffprobe_bin(), "-v", "error", "-show_format", "-show_streams", "-of", "json", path]
+    cmd = [ffprobe_bin(), "-v", "error", "-show_format", "-show_streams", "-of", "json",
+           local_url(path)]  # fmt: skip
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -74,8 +75,19 @@ def process_video(
     from the start. Raises SkipInput or MediaError otherwise.
     """
     t0 = time.perf_counter()
+    if not os.path.exists(inp.path):
+        broken = os.path.islink(inp.path)
+        raise MediaError("missing: broken symlink" if broken else "missing: no such file")
     info = probe(inp.path, timeout_s=cfg.timeout_seconds)
-    check_policy(info, cfg)
+    try:
+        check_policy(info, cfg)
+        return _write_video(inp, info, cfg, writer, logmel, threads, on_segment, t0)
+    except MediaError as e:
+        e.media = {**info.facts(), "duration_s": info.duration_s, **e.media}
+        raise
+
+
+def _write_video(inp, info, cfg, writer, logmel, threads, on_segment, t0) -> dict:
     for decoder in ("decord", "ffmpeg"):
         shard = writer.begin_video()
         try:
@@ -92,6 +104,8 @@ def process_video(
             raise
     row = manifest.make_row(
         source=inp.source,
+        path=inp.real_path,
+        input_key=inp.input_key,
         video_id=inp.video_id,
         status=manifest.OK,
         n_segments=n,
@@ -139,6 +153,7 @@ def _write_segments(inp, info, cfg, writer, logmel, decoder, threads, on_segment
                 "key": key,
                 "video_id": inp.video_id,
                 "source": inp.source,
+                "input_key": inp.input_key,
                 "segment": n,
                 "start_s": round(start, 6),
                 "end_s": round(end, 6),

@@ -86,6 +86,20 @@ def mel_filterbank(preset: SpecPreset, sample_rate: int, n_freqs: int) -> np.nda
     return fb.T.astype(np.float32)
 
 
+def unusable(preset: SpecPreset, sample_rate: int) -> str | None:
+    """Why ``preset`` cannot be computed at ``sample_rate`` (None when it can): a band
+    above the Nyquist frequency, or mel bands that no FFT bin reaches (constant rows)."""
+    if preset.f_max_hz and preset.f_max_hz > sample_rate / 2:
+        return (
+            f"its bands reach {preset.f_max_hz:g} Hz, above {sample_rate / 2:g} Hz (half the rate)"
+        )
+    n_fft = round(preset.win_s * sample_rate)
+    empty = int((mel_filterbank(preset, sample_rate, n_fft // 2 + 1).max(axis=1) == 0).sum())
+    if empty:
+        return f"{empty} of its {preset.n_mels} mel bands would be empty (too few FFT bins)"
+    return None
+
+
 class LogMel:
     """Waveform ``[n_samples]`` float32 -> log-mel ``[n_mels, n_columns]`` float16.
 

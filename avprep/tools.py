@@ -36,6 +36,12 @@ def require_ffmpeg() -> None:
     ffprobe_bin()
 
 
+def local_url(path: str) -> str:
+    """``path`` as ffmpeg's file protocol, so a name with a colon (``a:b.mp4``) is never
+    read as a protocol."""
+    return "file:" + path
+
+
 _CONTEXT = re.compile(
     r"^(\[[^\]]* @ 0x[0-9a-fA-F]+\] )?(\[(?:panic|fatal|error|warning|info|verbose|debug)\] )?"
 )
@@ -45,8 +51,13 @@ def clean_message(line: str, path: str | None = None) -> str:
     """One stderr line as a manifest reason: no ``[demuxer @ 0x55..]`` or ``[error]`` tag,
     no leading ``{path}: `` (so one cause reads the same for every file), at most 300 chars."""
     line = _CONTEXT.sub("", line.strip())
-    if path and line.startswith(f"{path}: "):
-        line = line[len(path) + 2 :]
+    if path:
+        line = line.encode("utf-8", "replace").decode()
+        shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        for name in (local_url(shown), shown):
+            if line.startswith(f"{name}: "):
+                line = line[len(name) + 2 :]
+                break
     return line[:300]
 
 

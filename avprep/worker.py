@@ -7,6 +7,7 @@ parent only receives small messages (start, segment, done, commit, exit).
 from __future__ import annotations
 
 import ctypes
+import json
 import multiprocessing as mp
 import os
 import queue
@@ -86,19 +87,25 @@ def worker_main(
             results.send(("ok", worker_id, index, None))
             continue
         except SkipInput as e:
-            status, reason = manifest.SKIPPED, e.reason
+            status, reason, media = manifest.SKIPPED, e.reason, e.media
         except MediaError as e:
-            status, reason = manifest.FAILED, e.reason
+            status, reason, media = manifest.FAILED, e.reason, e.media
         except Exception as e:  # a bad file must never stop the run
-            status, reason = manifest.FAILED, f"error: {type(e).__name__}: {e}"[:300]
+            status, reason, media = manifest.FAILED, f"error: {type(e).__name__}: {e}"[:300], {}
+        media = dict(media)
         row = manifest.make_row(
             source=inp.source,
+            path=inp.real_path,
+            input_key=inp.input_key,
             video_id=inp.video_id,
             status=status,
             reason=reason,
             n_segments=0,
             shards=[],
+            duration_s=media.pop("duration_s", None),
             label=inp.label,
+            extra_json=json.dumps(inp.extra),
+            media=media,
             rank=cfg.rank,
             run=run,
             seconds=round(time.perf_counter() - t0, 3),

@@ -21,7 +21,7 @@ import pytest
 from conftest import read_manifest, read_shards, run_cli
 
 from avprep.config import ShardConfig
-from avprep.discover import rank_world_from_env
+from avprep.discover import discover, partition, rank_world_from_env
 from avprep.pipeline import shard_videos
 from avprep.synth import make_demo_video
 
@@ -122,9 +122,39 @@ def test_three_ranks_in_parallel_cover_every_input_once(clips, tmp_path):
         assert p.returncode == 0, stderr
     rows = _assert_exactly_once(out, [str(c) for c in clips], segments=1)
     rank_of = {r["source"]: r["rank"] for r in rows}
-    assert rank_of == {str(c): i % 3 for i, c in enumerate(clips)}  # sorted, round robin
+    owner = {i.source: r for r in range(3) for i in partition(discover([folder]), r, 3)}
+    assert rank_of == owner and len(owner) == len(clips)
     shard_ranks = {p.name.split("-")[1] for p in out.glob("*.tar")}
-    assert shard_ranks == {"r0000", "r0001", "r0002"}
+    assert shard_ranks == {f"r{r:04d}" for r in owner.values()}
+
+
+def test_a_grown_folder_keeps_every_input_on_its_rank(clips, tmp_path):
+    """Files added between runs move no input to another rank: one row each, ok or failed."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for c in clips[:4]:
+        os.link(c, folder / c.name)
+    (folder / "broken.mp4").write_text("not a video")
+    out = tmp_path / "out"
+    for r in (0, 1):
+        args = ("--rank", str(r), "--world-size", "2", "--workers", "1")
+        run_cli("shard", str(folder), "--out", str(out), *args, *SHARD)
+    owner = {i.source: r for r in (0, 1) for i in partition(discover([str(folder)]), r, 2)}
+    for c in clips[4:]:  # names sorting first: every W-th input would now be another file
+        os.link(c, folder / f"a{c.name}")
+    for r in (0, 1):  # each rank alone, as a job array's task does, then both
+        args = ("--rank", str(r), "--world-size", "2", "--workers", "1")
+        proc = run_cli("shard", str(folder), "--out", str(out), *args, *SHARD)
+        assert "unaccounted" not in proc.stderr
+        rows = read_manifest(out).to_pylist()
+        assert len(rows) == len({r["source"] for r in rows}), rows
+    rows = {r["source"]: r for r in read_manifest(out).to_pylist()}
+    added = {str(folder / f"a{c.name}") for c in clips[4:]}
+    assert set(rows) == {str(folder / c.name) for c in clips[:4]} | added | {
+        str(folder / "broken.mp4")
+    }
+    assert all(rows[s]["rank"] == r for s, r in owner.items())
+    assert rows[str(folder / "broken.mp4")]["status"] == "failed"
 
 
 ENV_CASES = [
@@ -161,13 +191,14 @@ def test_env_variables_set_the_default_rank(clips, tmp_path):
     folder = str(clips[0].parent)
     run_cli("shard", folder, "--out", str(out), "--workers", "1", *SHARD,
             env={"RANK": "1", "WORLD_SIZE": "2"})  # fmt: skip
+    owner = {i.source: r for r in (0, 1) for i in partition(discover([folder]), r, 2)}
     rows = read_manifest(out).to_pylist()
-    assert sorted(r["source"] for r in rows) == [str(c) for c in clips[1::2]]
+    assert sorted(r["source"] for r in rows) == sorted(s for s, r in owner.items() if r == 1)
     assert {r["rank"] for r in rows} == {1}
     run_cli("shard", folder, "--out", str(out), "--workers", "1", *SHARD,
             env={"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})  # fmt: skip
     rows = _assert_exactly_once(out, [str(c) for c in clips], segments=1)
-    assert {r["source"]: r["rank"] for r in rows} == {str(c): i % 2 for i, c in enumerate(clips)}
+    assert {r["source"]: r["rank"] for r in rows} == owner
     # an explicit --rank wins over the environment (and this rank is already done)
     proc = run_cli("shard", folder, "--out", str(out), "--rank", "0", "--world-size", "2",
                    "--workers", "1", "--segment-seconds", "2",
@@ -427,6 +458,12 @@ BAD_ARGS = {
     "world 0": ["--world-size", "0"],
     "workers -1": ["--workers", "-1"],
     "timeout 0": ["--timeout", "0"],
+    "timeout inf": ["--timeout", "inf"],
+    "timeout past a timer": ["--timeout", "1e12"],
+    "fps nan": ["--fps", "nan"],
+    "bands above nyquist": ["--sample-rate", "8000", "--spec-preset", "vggish64"],
+    "empty mel bands": ["--sample-rate", "8000"],
+    "segments without a column": ["--segment-seconds", "0.02", "--min-seconds", "0.01"],
     "unknown preset": ["--spec-preset", "mfcc"],
     "jpeg quality": ["--jpeg-quality", "101"],
     "missing input": ["{tmp}/does not exist.mp4"],

@@ -102,7 +102,7 @@ def test_broken_inputs_are_recorded_and_the_run_succeeds(broken):
 def test_failure_reasons_name_the_cause(broken):
     _, out, _, _ = broken
     rows = _rows(out)
-    assert "No such file or directory" in rows["missing.mp4"]["reason"]
+    assert rows["missing.mp4"]["reason"] == "missing: no such file"
     for name in ("text.mp4", "empty.mp4", "trunc_moov_at_end.mp4", "trunc_faststart.mp4"):
         reason = rows[name]["reason"]
         assert reason.startswith("decode_error: "), reason
@@ -110,6 +110,15 @@ def test_failure_reasons_name_the_cause(broken):
         assert "\n" not in reason and len(reason) <= 300
     assert rows["text.mp4"]["reason"] == rows["empty.mp4"]["reason"]
     assert "partial file" in rows["trunc_faststart.mp4"]["reason"]
+
+
+def test_skipped_rows_keep_what_probing_found(broken):
+    _, out, _, _ = broken
+    rows = _rows(out)
+    assert abs(rows["short.mp4"]["duration_s"] - 0.5) < 0.1
+    assert (rows["silent.mp4"]["video_codec"], rows["silent.mp4"]["audio_codec"]) == ("h264", None)
+    assert (rows["tone.wav"]["video_codec"], rows["tone.wav"]["audio_rate_hz"]) == (None, 44100)
+    assert rows["missing.mp4"]["container"] is None
 
 
 def test_only_good_inputs_reach_the_shards(broken):
@@ -194,6 +203,50 @@ def test_awkward_names_are_sharded_and_never_reach_a_shell(tmp_path):
     assert not (Path.cwd() / "pwned").exists()
 
 
+def test_names_in_another_encoding_or_with_a_colon(tmp_path):
+    """A name that is not UTF-8 and one ffmpeg could read as a protocol: both sharded."""
+    src = tmp_path / "in"
+    src.mkdir()
+    make_demo_video(src / "plain.mp4", duration_s=2, size=(160, 120))
+    latin1 = os.path.join(os.fsencode(src), b"caf\xe9.mp4")  # Latin-1, not UTF-8
+    os.link(src / "plain.mp4", latin1)
+    os.link(src / "plain.mp4", src / "a:b.mp4")
+    (src / "plain.mp4").unlink()
+    out = tmp_path / "out"
+    proc = run_cli("shard", str(src), "--out", str(out), *SHARD)
+    assert "Traceback" not in proc.stderr
+    rows = {r["source"]: r for r in read_manifest(out).to_pylist()}
+    assert set(rows) == {f"{src}/caf\\xe9.mp4", f"{src}/a:b.mp4"}
+    assert all(r["status"] == "ok" for r in rows.values()), rows
+    assert len(read_shards(out)) == 2
+
+
+def test_resume_goes_by_the_input_not_its_id(clips, tmp_path):
+    """Ids change when a colliding name arrives, and two folders may hold one name:
+    a rerun neither redoes a committed input under a new id nor skips a new one."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    os.link(clips / "a.mp4", a / "日本.mp4")
+    os.link(clips / "b.mp4", b / "clip.mp4")
+    out = tmp_path / "out"
+    run_cli("shard", str(a), "--out", str(out), *SHARD)
+    (first,) = read_manifest(out).to_pylist()
+    assert first["video_id"] == "video"  # nothing of the name is safe
+    os.link(clips / "b.mp4", a / "中国.mov")  # would take the id "video" too
+    os.link(clips / "a.mp4", a / "clip.mp4")
+    run_cli("shard", str(a), "--out", str(out), *SHARD)
+    run_cli("shard", str(b), "--out", str(out), *SHARD)  # B/clip.mp4: an input of its own
+    rows = {r["source"]: r for r in read_manifest(out).to_pylist()}
+    want = {str(a / n) for n in ("日本.mp4", "中国.mov", "clip.mp4")} | {str(b / "clip.mp4")}
+    assert set(rows) == want and len(read_manifest(out)) == 4
+    assert (
+        rows[str(a / "日本.mp4")]["video_id"] == "video" and rows[str(a / "日本.mp4")]["run"] == 1
+    )
+    assert len({r["video_id"] for r in rows.values()}) == 4
+    assert len(read_shards(out)) == 8  # read_shards fails on a key seen twice
+
+
 def test_same_file_given_twice(clips, tmp_path):
     """A file named twice is one input; a manifest listing a path twice, two inputs."""
     folder = tmp_path / "in"
@@ -202,7 +255,9 @@ def test_same_file_given_twice(clips, tmp_path):
     m = tmp_path / "twice.csv"
     m.write_text(f"path,label\n{clips / 'b.mp4'},cat\n{clips / 'b.mp4'},animal\n")
     out = tmp_path / "out"
-    run_cli("shard", str(folder), str(folder / "a.mp4"), str(m), "--out", str(out), *SHARD)
+    os.symlink(folder / "a.mp4", tmp_path / "link.mp4")
+    run_cli("shard", str(folder), str(folder / "a.mp4"), f"{tmp_path}/./in/a.mp4",
+            str(tmp_path / "link.mp4"), str(m), "--out", str(out), *SHARD)  # fmt: skip
     rows = read_manifest(out).to_pylist()
     assert sorted((r["source"], r["label"]) for r in rows) == [
         (str(clips / "b.mp4"), "animal"),
@@ -265,6 +320,22 @@ def test_manifest_columns_reach_every_sample(clips, tmp_path):
             assert (m["label"], m["extra"]) == want[vid]
 
 
+def test_manifest_nan_and_infinity_become_null(clips, tmp_path):
+    """pandas writes missing values as NaN; the sample json must stay strict JSON."""
+    m = tmp_path / "m.jsonl"
+    m.write_text(f'{{"path": "{clips / "a.mp4"}", "x": NaN, "y": [1, Infinity], "z": 2}}\n')
+    out = tmp_path / "out"
+    run_cli("shard", str(m), "--out", str(out), *SHARD)
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in json"))
+
+    (row,) = read_manifest(out).to_pylist()
+    assert strict(row["extra_json"]) == {"x": None, "y": [1, None], "z": 2}
+    for s in read_shards(out).values():
+        assert s["json"]["extra"] == {"x": None, "y": [1, None], "z": 2}
+
+
 def test_csv_manifest_saved_by_excel(clips, tmp_path):
     """A UTF-8 csv with a byte-order mark (Excel's "CSV UTF-8") still has a path column."""
     m = tmp_path / "excel.csv"
@@ -307,12 +378,18 @@ def test_folder_walk_follows_links_once_and_ignores_non_media(clips, tmp_path):
     (root / "cover.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     (root / "sub" / "data.csv").write_text("path\nnowhere.mp4\n")  # only a manifest at top level
     (root / "sub" / "README").write_text("no extension")
+    (root / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")  # dangling: recorded, not ignored
     out = tmp_path / "out"
     run_cli("shard", str(root), "--out", str(out), *SHARD)
     rows = _rows(out)
-    assert set(rows) == {str(root / "top.MP4"), str(root / "sub/deeper/nested.mkv.mp4")}
-    assert all(r["status"] == "ok" for r in rows.values())
-    assert {r["video_id"] for r in rows.values()} == {"top", "sub_deeper_nested_mkv"}
+    ok = {str(root / "top.MP4"), str(root / "sub/deeper/nested.mkv.mp4")}
+    assert set(rows) == ok | {str(root / "gone.mp4")}
+    assert all(rows[s]["status"] == "ok" for s in ok)
+    assert (rows[str(root / "gone.mp4")]["status"], rows[str(root / "gone.mp4")]["reason"]) == (
+        "failed",
+        "missing: broken symlink",
+    )
+    assert {rows[s]["video_id"] for s in ok} == {"top", "sub_deeper_nested_mkv"}
 
 
 # -- real clips ----------------------------------------------------------------
