@@ -190,7 +190,11 @@ class Dispatcher:
             elif w.proc.is_alive() or not w.eof:
                 continue  # alive, or dead with messages still to read
             elif not w.ready:
-                raise AvprepError(f"a worker process failed to start (exit code {w.proc.exitcode})")
+                raise AvprepError(
+                    f"a worker process failed to start (exit code {w.proc.exitcode}); from a "
+                    'script, call shard_videos under `if __name__ == "__main__":` (workers '
+                    "are spawned and import the script again)"
+                )
             else:
                 self.replace(w, f"worker died (exit code {w.proc.exitcode})")
 
