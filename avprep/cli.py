@@ -306,8 +306,10 @@ def embed(
                       f"{report.clips / max(report.seconds, 1e-9):.1f} clips/s; table: {out_dir}/*.parquet"
                       + (f", per video: {report.per_video}" if report.per_video else ""),
                       markup=False, highlight=False, soft_wrap=True)  # fmt: skip
-        if attention_maps is not None and _is_rank0():
-            _localize(shards, ckpt, attention_maps, device=device, limit=None)
+        code = _shard_errors(report.errors)
+        if attention_maps is not None:
+            code = max(code, _localize(shards, ckpt, attention_maps, device=device, limit=None))
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -322,15 +324,30 @@ def localize(
 ) -> None:
     """Where is the sound? Audio-guided visual attention maps over each segment's middle frame."""
     with one_line_errors(), cmac_errors():
-        _localize(shards, ckpt, out_dir, device=device, limit=limit or None)
+        code = _localize(shards, ckpt, out_dir, device=device, limit=None if limit == 0 else limit)
+    raise typer.Exit(code)
 
 
-def _localize(shards: str, ckpt: Path, out_dir: Path, *, device: str, limit: int | None) -> None:
+def _localize(shards: str, ckpt: Path, out_dir: Path, *, device: str, limit: int | None) -> int:
+    """Run localize (every rank); rank 0 reports. The exit code: 1 if a shard was unreadable."""
     from cmac_core.localize import localize as run  # noqa: PLC0415
 
     report = run(shards, ckpt, out_dir, device=device, limit=limit)
-    out.print(f"localize: {report.maps} attention maps ({report.skipped} already there); "
-              f"browse {out_dir / 'index.html'}", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+    if _is_rank0():
+        out.print(f"localize: {report.maps} attention maps ({report.skipped} already there); "
+                  f"browse {out_dir / 'index.html'}", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+    return _shard_errors(report.errors)
+
+
+def _shard_errors(errors: dict[str, str]) -> int:
+    """Rank 0 names the shards that could not be read on (their readable samples were used)."""
+    if errors and _is_rank0():
+        for url, why in sorted(errors.items()):
+            err.print(f"avprep: shard {url} could not be read to its end: {why}",
+                      markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+        err.print(f"avprep: {len(errors)} damaged or foreign shards; the samples read from them "
+                  "are in the output, a rerun will not find the rest", markup=False, highlight=False)  # fmt: skip
+    return 1 if errors else 0
 
 
 @contextlib.contextmanager
@@ -340,7 +357,8 @@ def cmac_errors():
         yield
     except Exception as e:
         names = {"ConfigError", "ShardSpecError", "CheckpointError", "TrainingError",
-                 "UnsafeShardError", "SchemaVersionError", "EmbedError"}  # fmt: skip
+                 "UnsafeShardError", "SchemaVersionError", "EmbedError", "LocalizeError",
+                 "DeviceError", "ShardFormatError"}  # fmt: skip
         chain = [e, e.__cause__, e.__context__]
         known = next((x for x in chain if x is not None and type(x).__name__ in names), None)
         if known is None:

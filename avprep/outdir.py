@@ -26,6 +26,20 @@ CONFIG_FILE = "shard-config.json"
 MANIFEST_VERSION = 2
 
 
+def try_lock(path: Path) -> int | None:
+    """An exclusive flock on ``path`` (created), held while the returned fd is open;
+    None if another process holds it. The fd records who holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.uname().nodename} {os.getpid()}\n".encode())
+    return fd
+
+
 class OutputDir:
     def __init__(self, root: str | Path, rank: int) -> None:
         self.root = Path(root)
@@ -53,18 +67,12 @@ class OutputDir:
 
     def _lock(self) -> None:
         path = self.state / f"lock-r{self.rank:04d}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as e:
-            os.close(fd)
+        self._lock_fd = try_lock(path)
+        if self._lock_fd is None:
             raise UsageError(
                 f"rank {self.rank} is already running on {self.root} (lock {path}); "
                 "wait for it or give another --rank"
-            ) from e
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.uname().nodename} {os.getpid()}\n".encode())
-        self._lock_fd = fd
+            )
 
     def close(self) -> None:
         if self._lock_fd is not None:

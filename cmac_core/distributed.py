@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +26,21 @@ class DistInfo:
         return self.world_size > 1
 
 
+class DeviceError(ValueError):
+    """A --device that is not one, or CUDA asked for where there is none."""
+
+
 def wants_cuda(device: str) -> bool:
     """``auto``: CUDA when present; otherwise as named (``cuda``, ``cuda:1``, ``cpu``)."""
-    return torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if device == "auto":
+        return torch.cuda.is_available()
+    if device == "cpu":
+        return False
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise DeviceError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {device}: no CUDA device is available here")
+    return True
 
 
 def init(device: str = "auto") -> DistInfo:
@@ -72,3 +85,21 @@ def all_reduce_mean(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / dist.get_world_size()
+
+
+def all_reduce_sum(value: int, device: torch.device) -> int:
+    """The sum over ranks (``value`` alone outside a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` outside a process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 
 import cmac_core
 from avprep import schema
+from avprep.outdir import try_lock
 from cmac_core import checkpoint, distributed
 from cmac_core.config import PretrainConfig
 from cmac_core.data.augment import finish_video
@@ -31,6 +33,7 @@ from cmac_core.data.shards import resolve
 from cmac_core.models import build
 
 ROWS_PER_PART = 2048
+PART_EVERY_S = 300.0  # also commit a part this often: a kill loses at most minutes of work
 # Underscore: pyarrow and pandas skip it when they read EMB_DIR as a dataset, and DuckDB's
 # 'EMB_DIR/*.parquet' does not descend into it, so the segment table stays segments only.
 PER_VIDEO_DIR = "_per_video"
@@ -64,9 +67,15 @@ class Frozen:
     @classmethod
     def load(cls, path: str | Path, device: torch.device) -> Frozen:
         ckpt = checkpoint.load(path, map_location="cpu")
-        cfg = PretrainConfig.from_dict(ckpt["config"])
-        model = build(ckpt["arch"], cfg.model)
-        model.load_state_dict(ckpt["model"])
+        try:
+            cfg = PretrainConfig.from_dict(ckpt["config"])
+            model = build(ckpt["arch"], cfg.model)
+            model.load_state_dict(ckpt["model"])
+        except Exception as e:  # missing entries, an unknown arch, weights of another config
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise checkpoint.CheckpointError(
+                f"{path}: its config and weights do not make a model ({type(e).__name__}: {first[:160]})"
+            ) from e
         model.to(device).eval()
         meta = {
             "checkpoint_sha256": checkpoint.sha256(path),
@@ -130,10 +139,11 @@ class PartWriter:
         self.next = max(taken, default=-1) + 1
         self.rows: list[dict] = []
         self.written = 0
+        self.since = time.monotonic()
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
-        if len(self.rows) >= self.rows_per_part:
+        if len(self.rows) >= self.rows_per_part or time.monotonic() - self.since > PART_EVERY_S:
             self.flush()
 
     def flush(self) -> None:
@@ -147,16 +157,18 @@ class PartWriter:
         self.next += 1
         self.written += len(self.rows)
         self.rows = []
+        self.since = time.monotonic()
 
 
 @dataclass
 class EmbedReport:
     out_dir: Path
-    rows_written: int
-    rows_skipped: int
+    rows_written: int  # all ranks
+    rows_skipped: int  # samples of these shards already in the table (all ranks)
     clips: int
     seconds: float
     per_video: Path | None = None  # the per-video table, when written
+    errors: dict[str, str] = field(default_factory=dict)  # shard -> why it could not be read on
 
 
 def embed(
@@ -171,45 +183,91 @@ def embed(
     per_video: bool = False,
     rows_per_part: int = ROWS_PER_PART,
 ) -> EmbedReport:
-    """Embed every sample of ``shards`` with the frozen ``ckpt`` model into ``out_dir``."""
-    import time  # noqa: PLC0415
+    """Embed every sample of ``shards`` with the frozen ``ckpt`` model into ``out_dir``.
 
+    A shard that cannot be read on (damaged, not an avprep shard) does not stop
+    the run: its readable samples are embedded and ``errors`` says which and why.
+    """
+    _check_args(
+        out_dir, batch_size=batch_size, clips_per_segment=clips_per_segment, workers=workers
+    )
     t0 = time.perf_counter()
     info = distributed.init(device)
     out_dir = Path(out_dir)
+    lock = None
     try:
         urls = resolve(shards)
         frozen = Frozen.load(ckpt, info.device)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = try_lock(out_dir / f".lock-{info.rank:05d}")
+        if lock is None:
+            raise EmbedError(f"rank {info.rank} is already embedding into {out_dir}: wait for it")
         _check_same_checkpoint(out_dir, frozen.metadata["checkpoint_sha256"])
         done = committed_keys(out_dir)
         mine = urls[info.rank :: info.world_size]
         dim = frozen.cfg.model.embed_dim
         writer = PartWriter(out_dir, info.rank, table_schema(dim, frozen.metadata), rows_per_part)
+        notes = StreamNotes()
         clips = 0
-        if mine:
-            loader = eval_loader(
-                mine,
-                frozen.cfg.data,
-                clips_per_segment=clips_per_segment,
-                workers=workers,
-                done=done,
-            )
-            for sample, z_v, z_a in _embed_stream(loader, frozen, batch_size, info.device):
-                m = sample["meta"]
-                writer.add({
-                    "key": sample["key"], "video_id": m["video_id"], "segment": m["segment"],
-                    "start_s": m["start_s"], "end_s": m["end_s"], "label": m.get("label"),
-                    "video_embedding": z_v, "audio_embedding": z_a,
-                })  # fmt: skip
-                clips += sample["clips"]
-        writer.flush()
+        try:
+            if mine:
+                loader = eval_loader(mine, frozen.cfg.data, clips_per_segment=clips_per_segment,
+                                     workers=workers, done=done)  # fmt: skip
+                for sample, z_v, z_a in _embed_stream(
+                    loader, frozen, batch_size, info.device, notes
+                ):
+                    m = sample["meta"]
+                    writer.add({
+                        "key": sample["key"], "video_id": m["video_id"], "segment": m["segment"],
+                        "start_s": m["start_s"], "end_s": m["end_s"], "label": m.get("label"),
+                        "video_embedding": z_v, "audio_embedding": z_a,
+                    })  # fmt: skip
+                    clips += sample["clips"]
+        finally:
+            writer.flush()  # every complete row counts, whatever stopped the run
+        written, skipped, clips = (distributed.all_reduce_sum(x, info.device)
+                                   for x in (writer.written, notes.skipped, clips))  # fmt: skip
+        errors = distributed.gather_objects(notes.errors)
         if info.distributed:
             torch.distributed.barrier()
         videos = write_per_video(out_dir, frozen.metadata) if per_video and info.is_main else None
-        seconds = time.perf_counter() - t0
-        return EmbedReport(out_dir, writer.written, len(done), clips, seconds, videos)
+        return EmbedReport(out_dir, written, skipped, clips, time.perf_counter() - t0, videos,
+                           {k: v for e in errors for k, v in e.items()})  # fmt: skip
     finally:
+        if lock is not None:
+            os.close(lock)
         distributed.shutdown()
+
+
+def _check_args(out_dir, *, batch_size: int, clips_per_segment: int | None, workers: int) -> None:
+    checks = [
+        (batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}"),
+        (clips_per_segment is None or clips_per_segment >= 1,
+         f"--clips-per-segment must be >= 1 (or 0: cover the segment), got {clips_per_segment}"),
+        (workers >= 0, f"--workers must be >= 0, got {workers}"),
+        (not Path(out_dir).exists() or Path(out_dir).is_dir(), f"{out_dir} is a file, not a folder"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise EmbedError(message)
+
+
+@dataclass
+class StreamNotes:
+    """What the stream met besides clips: resumed keys, unreadable shards."""
+
+    skipped: int = 0
+    errors: dict[str, str] = field(default_factory=dict)  # url -> first error
+
+    def take(self, sample: dict) -> bool:
+        """True if ``sample`` is a marker (noted here), False for a sample of clips."""
+        if "__skipped__" in sample:
+            self.skipped += 1
+        elif "__error__" in sample:
+            self.errors.setdefault(sample["__url__"], sample["__error__"])
+        else:
+            return False
+        return True
 
 
 class ClipPacker:
@@ -271,7 +329,9 @@ class ClipPacker:
         return self._staging[self._turn]
 
 
-def _embed_stream(loader, frozen: Frozen, batch_size: int, device: torch.device):
+def _embed_stream(
+    loader, frozen: Frozen, batch_size: int, device: torch.device, notes: StreamNotes
+):
     """``(sample, z_v, z_a)`` per sample in loader order; ``sample["clips"]`` is its clip count.
 
     On a GPU, batch i+1's forward (and the copy of its result to pinned host memory)
@@ -326,6 +386,8 @@ def _embed_stream(loader, frozen: Frozen, batch_size: int, device: torch.device)
         inflight = out
 
     for sample in loader:
+        if notes.take(sample):
+            continue
         video, spec = sample.pop("video"), sample.pop("spec")
         sample["clips"] = video.shape[0]
         waiting.append(sample)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,12 @@ import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 
+from cmac_core import distributed
 from cmac_core.data.augment import MEAN, STD, spec_to_tensor
 from cmac_core.data.clip import choose_window, cut_columns, frame_indices
+from cmac_core.data.evaluation import ShardSamples, error_marker
 from cmac_core.data.shards import resolve
-from cmac_core.data.stages import SafeDecode
-from cmac_core.distributed import wants_cuda
+from cmac_core.data.stages import SafeDecode, SchemaVersionError, UnsafeShardError
 from cmac_core.embed import Frozen
 from cmac_core.losses import cross_modal_target
 
@@ -40,8 +41,9 @@ _RAMP = np.array(
 @dataclass
 class LocalizeReport:
     out_dir: Path
-    maps: int
-    skipped: int
+    maps: int  # all ranks
+    skipped: int  # already there
+    errors: dict[str, str] = field(default_factory=dict)  # shard -> why it could not be read on
 
 
 def heat(values: np.ndarray) -> np.ndarray:
@@ -96,19 +98,73 @@ def localize(
     device: str = "auto",
     limit: int | None = None,
 ) -> LocalizeReport:
-    """Attention maps for the segments of ``shards`` (the first ``limit`` if given)."""
-    dev = torch.device("cuda" if wants_cuda(device) else "cpu")
-    frozen = Frozen.load(ckpt, dev)
-    urls = resolve(shards)
+    """Attention maps for the segments of ``shards`` (the first ``limit`` if given).
+
+    Under torchrun each rank takes disjoint shards (``limit`` then counts per
+    rank) and rank 0 writes the page once all are done. A folder holds the maps
+    of one checkpoint: another is refused.
+    """
+    if limit is not None and limit < 1:
+        raise LocalizeError(f"--limit must be >= 1 (or 0: all), got {limit}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise LocalizeError(f"{out} is a file, not a folder")
+    info = distributed.init(device)
+    try:
+        frozen = Frozen.load(ckpt, info.device)
+        urls = resolve(shards)[info.rank :: info.world_size]
+        out.mkdir(parents=True, exist_ok=True)
+        _check_checkpoint(out, frozen.metadata["checkpoint_sha256"], is_main=info.is_main)
+        made, skipped, errors = _maps(frozen, urls, out, limit)
+        made, skipped = (distributed.all_reduce_sum(x, info.device) for x in (made, skipped))
+        errors = {k: v for e in distributed.gather_objects(errors) for k, v in e.items()}
+        if info.distributed:
+            torch.distributed.barrier()
+        if info.is_main:
+            write_index(out)
+        return LocalizeReport(out, made, skipped, errors)
+    finally:
+        distributed.shutdown()
+
+
+class LocalizeError(ValueError):
+    """One-line problems with the arguments or the output folder."""
+
+
+CHECKPOINT_FILE = ".checkpoint-sha256"
+
+
+def _check_checkpoint(out: Path, sha: str, *, is_main: bool) -> None:
+    path = out / CHECKPOINT_FILE
+    if path.exists():
+        have = path.read_text().strip()
+        if have != sha:
+            raise LocalizeError(
+                f"{out} holds attention maps of another checkpoint (sha256 {have[:12]}...): use another --out"
+            )
+    elif is_main:
+        path.write_text(sha + "\n")
+
+
+def _maps(frozen: Frozen, urls: list[str], out: Path, limit: int | None):
+    """Write the maps of ``urls``' segments; (made, skipped, errors by shard)."""
     clip_frames = frozen.cfg.data.clip_frames
     decode = SafeDecode()
     made = skipped = 0
-    for raw in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
+    errors: dict[str, str] = {}
+    for raw in wds.DataPipeline(wds.SimpleShardList(urls), ShardSamples()):
         if limit is not None and made + skipped >= limit:
             break
-        s = decode(raw)
+        if "__error__" in raw:
+            errors.setdefault(raw["__url__"], raw["__error__"])
+            continue
+        try:
+            s = decode(raw)
+        except (UnsafeShardError, SchemaVersionError):
+            raise
+        except Exception as e:  # a damaged shard's last, partial sample
+            errors.setdefault(raw.get("__url__", "?"), error_marker("", e)["__error__"])
+            continue
         key, meta = s["key"], s["meta"]
         if (out / f"{key}.npy").exists():
             skipped += 1
@@ -126,14 +182,16 @@ def localize(
         np.save(out / f".{key}.npy", att.astype(np.float32))
         (out / f".{key}.npy").rename(out / f"{key}.npy")  # the .npy marks the key done
         made += 1
-    write_index(out)
-    return LocalizeReport(out, made, skipped)
+    return made, skipped, errors
 
 
 def write_index(out: Path) -> Path:
     """``index.html``: a grid of every overlay in ``out`` with its key, source and time."""
     cards = []
-    for meta_path in sorted(out.glob("*.json")):
+    for npy in sorted(out.glob("*.npy")):  # a map's json beside its .npy; nothing else here
+        meta_path = npy.with_suffix(".json")
+        if not meta_path.exists():
+            continue
         m = json.loads(meta_path.read_text())
         caption = (
             f"{m['key']}<br>{html.escape(str(m['source']))}<br>frame at {m['frame_time_s']:.2f} s"

@@ -241,3 +241,70 @@ def test_other_schema_version_and_empty_shard_set(demo_shards, tiny_ckpt, tmp_pa
     )
     _expect_one_line_error(proc, "no .tar shards")
     assert not (tmp_path / "e2").exists()
+
+
+def test_a_damaged_shard_is_named_and_the_rest_embedded(demo_shards, tiny_ckpt, tmp_path):
+    """A shard cut in half: its readable samples and every other shard's are embedded, the
+    shard is named on stderr, exit 1; the same shard named twice is read once."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    tars = sorted(demo_shards.glob("*.tar"))
+    for t in tars:
+        os.link(t, shards / t.name)
+    damaged = shards / tars[0].name
+    data = tars[0].read_bytes()
+    damaged.unlink()
+    damaged.write_bytes(data[: len(data) // 2])
+    emb = tmp_path / "emb"
+    spec = f"{shards}::{shards / tars[1].name}"
+    proc = run_cli("embed", spec, "--ckpt", str(tiny_ckpt), "--out", str(emb), "--device", "cpu",
+                   "--workers", "2", check=False, env=ENV)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"shard {damaged} could not be read to its end" in proc.stderr
+    keys = table(emb).column("key").to_pylist()
+    assert len(keys) == len(set(keys))
+    whole = read_shards(demo_shards)
+    intact = {k for k, s in whole.items() if s["shard"] != tars[0].name}
+    assert intact < set(keys) <= set(whole)  # every intact key, and some of the damaged shard's
+
+
+def test_bad_values_and_a_busy_folder_are_one_line(demo_shards, tiny_ckpt, tmp_path):
+    from avprep.outdir import try_lock
+
+    emb = tmp_path / "emb"
+    base = ["embed", str(demo_shards), "--ckpt", str(tiny_ckpt), "--out", str(emb)]
+    for extra, text in ((["--batch-size", "0"], "--batch-size must be >= 1"),
+                        (["--workers", "-1"], "--workers must be >= 0"),
+                        (["--clips-per-segment", "-1"], "--clips-per-segment must be >= 1"),
+                        (["--device", "gpu"], "--device must be auto, cpu, cuda or cuda:N")):  # fmt: skip
+        _expect_one_line_error(run_cli(*base, *extra, check=False, env=ENV), text)
+    emb.mkdir()
+    fd = try_lock(emb / ".lock-00000")  # another embed of rank 0 into this folder
+    try:
+        proc = run_cli(*base, "--device", "cpu", check=False, env=ENV)
+        _expect_one_line_error(proc, "rank 0 is already embedding into")
+    finally:
+        os.close(fd)
+    mismatched = tmp_path / "mismatched.pt"
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["config"]["model"]["embed_dim"] = 7
+    torch.save(ckpt, mismatched)
+    proc = run_cli("embed", str(demo_shards), "--ckpt", str(mismatched), "--out",
+                   str(tmp_path / "e3"), check=False, env=ENV)  # fmt: skip
+    _expect_one_line_error(proc, "its config and weights do not make a model")
+
+
+def test_localize_refuses_another_checkpoints_folder(demo_shards, tiny_ckpt, tmp_path):
+    maps = tmp_path / "maps"
+    run_cli("localize", str(demo_shards), "--ckpt", str(tiny_ckpt), "--out", str(maps),
+            "--device", "cpu", "--limit", "2", env=ENV)  # fmt: skip
+    other = tmp_path / "other.pt"
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    torch.save({**ckpt, "step": ckpt["step"] + 1}, other)
+    proc = run_cli("localize", str(demo_shards), "--ckpt", str(other), "--out", str(maps),
+                   "--device", "cpu", check=False, env=ENV)  # fmt: skip
+    _expect_one_line_error(proc, "holds attention maps of another checkpoint")
+    proc = run_cli("localize", str(demo_shards), "--ckpt", str(tiny_ckpt), "--out", str(maps),
+                   "--limit", "-1", check=False, env=ENV)  # fmt: skip
+    _expect_one_line_error(proc, "--limit must be >= 1")
+    assert len(list(maps.glob("*.npy"))) == 2

@@ -17,7 +17,7 @@ import webdataset as wds
 from cmac_core.config import DataConfig
 from cmac_core.data.augment import crop_resize, spec_to_tensor
 from cmac_core.data.clip import choose_window, cut_columns, frame_indices
-from cmac_core.data.stages import SafeDecode
+from cmac_core.data.stages import SafeDecode, SchemaVersionError, UnsafeShardError
 
 
 def window_starts(n_frames: int, clip_frames: int, clips: int | None) -> list[int]:
@@ -57,25 +57,54 @@ class EvalClips:
         }
 
 
-class SkipKeys:
-    """Drop samples whose key is already done (resume)."""
+class ShardSamples:
+    """Shard URLs -> raw tar samples. A shard that cannot be read on (damaged, cut short,
+    not a tar) ends with ``{"__error__": message, "__url__": url}`` instead of stopping
+    the run: the samples read before the damage still count, and the caller reports it."""
 
-    def __init__(self, done: set[str]) -> None:
-        self.done = done
+    def __call__(self, src):
+        for shard in src:
+            try:
+                yield from wds.tarfile_to_samples()(iter([shard]))
+            except Exception as e:  # tarfile, gzip and I/O errors alike
+                yield error_marker(shard["url"], e)
 
-    def __call__(self, sample: dict) -> bool:
-        return sample["__key__"] not in self.done
+
+def error_marker(url: str, e: Exception) -> dict:
+    first = str(e.args[0] if e.args else e).strip().splitlines()
+    return {"__error__": f"{type(e).__name__}: {first[0] if first else ''}"[:300], "__url__": url}
+
+
+class EvalSample:
+    """Raw sample -> eval clips (``EvalClips``), or a marker: ``{"__skipped__": key}`` for a
+    key already done (resume), an error marker for a sample that is not an avprep sample
+    (a damaged shard's last, partial one). Pickle members and other schema versions stop
+    the run (``SafeDecode``): they concern every shard, not one."""
+
+    def __init__(self, cfg: DataConfig, clips_per_segment: int | None, done: set[str]) -> None:
+        self.decode, self.clips, self.done = SafeDecode(), EvalClips(cfg, clips_per_segment), done
+
+    def __call__(self, raw: dict) -> dict:
+        if "__error__" in raw:
+            return raw
+        if raw["__key__"] in self.done:
+            return {"__skipped__": raw["__key__"]}
+        try:
+            return self.clips(self.decode(raw))
+        except (UnsafeShardError, SchemaVersionError):
+            raise
+        except Exception as e:  # a corrupt member, a sample cut short
+            return error_marker(raw.get("__url__", "?"), e)
 
 
 def eval_loader(urls: list[str], cfg: DataConfig, *, clips_per_segment: int | None, workers: int,
                 done: set[str] | None = None) -> torch.utils.data.DataLoader:  # fmt: skip
+    """Every sample of ``urls`` once, as ``EvalSample`` gives it (clips or a marker)."""
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(urls),
         wds.split_by_worker,
-        wds.tarfile_to_samples(),
-        wds.select(SkipKeys(done or set())),
-        wds.map(SafeDecode()),
-        wds.map(EvalClips(cfg, clips_per_segment)),
+        ShardSamples(),
+        wds.map(EvalSample(cfg, clips_per_segment, done or set())),
     )
     return wds.WebLoader(pipeline, batch_size=None, num_workers=min(workers, len(urls)),
                          prefetch_factor=4 if workers else None)  # fmt: skip

@@ -29,19 +29,21 @@ def _is_url(text: str) -> bool:
 
 
 def resolve(spec: str | list[str]) -> list[str]:
-    """The shard URLs of ``spec``, sorted where they come from a directory or glob."""
+    """The shard URLs of ``spec``, sorted where they come from a directory or glob; each once."""
     parts = spec if isinstance(spec, list) else str(spec).split("::")
     urls: list[str] = []
     for part in parts:
         if _is_url(part):
             urls.extend(braceexpand(part))
+        elif os.path.isfile(part):  # an existing file is itself, "[" or "{" in its name or not
+            urls.append(part)
         elif os.path.isdir(part):
             found = sorted(str(p) for p in Path(part).glob(f"*{schema.SHARD_SUFFIX}"))
             if not found:
                 raise ShardSpecError(f"no {schema.SHARD_SUFFIX} shards in {part}")
             urls.extend(found)
         elif any(c in part for c in "*?["):
-            urls.extend(sorted(glob.glob(part)))
+            urls.extend(sorted(p for p in glob.glob(part) if os.path.isfile(p)))
         else:
             expanded = list(braceexpand(part))
             missing = [u for u in expanded if not os.path.exists(u)]
@@ -50,7 +52,7 @@ def resolve(spec: str | list[str]) -> list[str]:
             urls.extend(expanded)
     if not urls:
         raise ShardSpecError(f"no shards match {spec!r}")
-    return urls
+    return list(dict.fromkeys(urls))  # a shard named twice is read once
 
 
 def count_samples(urls: list[str]) -> int | None:

@@ -35,6 +35,10 @@ class SchemaVersionError(ValueError):
     pass
 
 
+class ShardFormatError(ValueError):
+    """A tar that is not an avprep shard (or a sample cut short in a damaged one)."""
+
+
 class SafeDecode:
     """Raw tar sample -> ``{key, meta, spec, jpegs}``; only json, npy and jpg are touched."""
 
@@ -44,7 +48,7 @@ class SafeDecode:
             if not name.startswith("__") and name.rsplit(".", 1)[-1].lower() in PICKLE_EXTS:
                 raise UnsafeShardError(f"refusing pickle-based member {key}.{name} in {url}")
         if "json" not in sample or schema.SPEC not in sample:
-            raise ValueError(
+            raise ShardFormatError(
                 f"sample {key} in {url} lacks json or {schema.SPEC}: not an avprep shard"
             )
         meta = json.loads(sample["json"])
