@@ -192,7 +192,12 @@ def _demo_pretrain(out_dir: Path, *, steps: int) -> Path:
         "optim", steps=steps, save_every_steps=steps, workers=1, batch_size=batch
     )
     result = run(
-        str(out_dir / "shards"), run_dir, cfg, resume=(run_dir / "last.pt").exists(), device="cpu"
+        str(out_dir / "shards"),
+        run_dir,
+        cfg,
+        resume=(run_dir / "last.pt").exists(),
+        device="cpu",
+        complete_ok=True,
     )
     done = (
         "already complete" if result.final_loss is None else f"final loss {result.final_loss:.3f}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,10 @@ class OptimConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "--lr must be > 0")
+        _check(
+            math.isfinite(self.lr) and self.lr > 0,
+            f"--lr must be a finite number > 0, got {self.lr}",
+        )
         _check(self.batch_size >= 2, "--batch-size must be >= 2 (contrastive negatives)")
         _check(self.steps >= 0 and self.epochs >= 1, "--steps >= 0 and --epochs >= 1")
         _check(self.save_every_steps >= 1, "--save-every must be >= 1")

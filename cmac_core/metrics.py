@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,10 +12,29 @@ from rich.console import Console
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to ``run_dir/metrics.jsonl``."""
+    """Appends one JSON object per logged step to ``run_dir/metrics.jsonl``.
 
-    def __init__(self, run_dir: Path) -> None:
+    A run starting at ``start_step`` (the step of the checkpoint it resumes, 0
+    for a fresh run) first drops the records after that step, so every step is
+    logged once across resumes and a fresh run starts a new file.
+    """
+
+    def __init__(self, run_dir: Path, *, start_step: int = 0) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
+        if self.path.exists():
+            self._keep_until(start_step)
+
+    def _keep_until(self, step: int) -> None:
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):  # a line cut short by a killed run
+                continue
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.path)
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:

@@ -5,6 +5,9 @@ per GPU; gloo on CPU). Every rank takes exactly ``steps_per_epoch`` batches
 per epoch from an endless stream, so no rank waits for another at an epoch's
 end. Rank 0 writes ``config.json``, ``metrics.jsonl`` and checkpoints
 (``step-N.pt``, ``last.pt``); every rank writes ``ranks/rank-R.json`` at the end.
+Nothing is written before every check has passed (a resume must keep the run's
+model, data and loss settings), and a run dir this run made is removed again
+when the run fails before its first step.
 """
 
 from __future__ import annotations
@@ -46,17 +49,43 @@ class TrainResult:
     data_wait_frac: float
 
 
-def _prepare_run_dir(run_dir: Path, cfg: PretrainConfig, *, resume: bool, is_main: bool) -> None:
+def _resume_from(
+    run_dir: Path, cfg: PretrainConfig, *, resume: bool, device: torch.device
+) -> dict | None:
+    """The checkpoint to go on from (None: a fresh run); reads, never writes."""
     last = run_dir / "last.pt"
+    if not last.exists():
+        return None
+    if not resume:
+        raise TrainingError(
+            f"{run_dir} already holds a run (last.pt): add --resume, or use another --out"
+        )
+    ckpt = checkpoint.load(last, map_location=device)
+    saved, new = PretrainConfig.from_dict(ckpt["config"]).to_dict(), cfg.to_dict()
+    differ = [
+        f"{section} ({', '.join(k for k in new[section] if new[section][k] != saved[section][k])})"
+        for section in ("model", "data", "loss")
+        if new[section] != saved[section]
+    ]
+    if differ:
+        raise TrainingError(
+            f"{run_dir} was trained with other settings: {'; '.join(differ)}. Resume with the "
+            f"run's config ({run_dir / 'config.json'}); only optimisation settings such as "
+            "--steps or --lr may change"
+        )
+    return ckpt
+
+
+def _prepare_run_dir(run_dir: Path, cfg: PretrainConfig, *, is_main: bool) -> bool:
+    """Write config.json and ranks/; True where this call made ``run_dir``."""
+    created = False
     if is_main:
-        if last.exists() and not resume:
-            raise TrainingError(
-                f"{run_dir} already holds a run (last.pt): add --resume, or use another --out"
-            )
+        created = not run_dir.exists()
         (run_dir / "ranks").mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     if dist.is_initialized():
         dist.barrier()
+    return created
 
 
 def pretrain(
@@ -65,22 +94,37 @@ def pretrain(
     cfg: PretrainConfig,
     *,
     resume: bool = False,
+    complete_ok: bool = False,
     device: str = "auto",
     show_progress: bool = True,
 ) -> TrainResult:
+    """Train ``cfg`` on ``shards`` into ``run_dir``; ``resume`` goes on from its last.pt.
+
+    Resuming a run already at its last step raises TrainingError, or with
+    ``complete_ok`` returns that run's result (``final_loss`` None) and writes nothing.
+    """
     info = distributed.init(device)
     run_dir = Path(run_dir)
     try:
-        return _pretrain(shards, run_dir, cfg, info, resume=resume, show_progress=show_progress)
+        return _pretrain(shards, run_dir, cfg, info, resume=resume, complete_ok=complete_ok,
+                         show_progress=show_progress)  # fmt: skip
     finally:
         distributed.shutdown()
 
 
 def _pretrain(
-    shards, run_dir: Path, cfg: PretrainConfig, info, *, resume: bool, show_progress: bool
+    shards,
+    run_dir: Path,
+    cfg: PretrainConfig,
+    info,
+    *,
+    resume: bool,
+    complete_ok: bool,
+    show_progress: bool,
 ) -> TrainResult:
     o = cfg.optim
-    _prepare_run_dir(run_dir, cfg, resume=resume, is_main=info.is_main)
+    ckpt = _resume_from(run_dir, cfg, resume=resume, device=info.device)
+    step = ckpt["step"] if ckpt else 0
     torch.manual_seed(o.seed + info.rank)
     cuda = info.device.type == "cuda"
     stream = train_stream(shards, cfg.data, batch_size=o.batch_size, workers=o.workers, rank=info.rank,
@@ -94,6 +138,14 @@ def _pretrain(
     if o.steps == 0 and per_epoch is None:
         raise TrainingError("remote shards: the epoch length is unknown, give --steps")
     total = o.steps or o.epochs * per_epoch
+    if step >= total:
+        if not complete_ok:
+            raise TrainingError(
+                f"{run_dir} is already at step {step} (this run stops at step {total}): "
+                "give more --steps to continue"
+            )
+        return TrainResult(run_dir, step, step / per_epoch if per_epoch else 0.0,
+                           run_dir / "last.pt", None, 0.0, 0.0)  # fmt: skip
     schedule = WarmupCosine(o.lr, min(o.warmup_steps, max(1, total // 10)), total)
 
     model = build("cmac", cfg.model).to(info.device)
@@ -101,12 +153,10 @@ def _pretrain(
         model = model.to(memory_format=torch.channels_last_3d)
     task = PretrainTask(model, cfg.loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-    step = 0
-    if resume and (run_dir / "last.pt").exists():
-        ckpt = checkpoint.load(run_dir / "last.pt", map_location=info.device)
+    if ckpt:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
+        del ckpt
     runner: torch.nn.Module = task
     if info.distributed:
         runner = DDP(task, device_ids=[info.local_rank] if cuda else None,
@@ -114,9 +164,10 @@ def _pretrain(
     if o.compile:
         runner = torch.compile(runner)
 
+    created = _prepare_run_dir(run_dir, cfg, is_main=info.is_main)
+    metrics = MetricsLog(run_dir, start_step=step) if info.is_main else None
+    last_ckpt = run_dir / "last.pt" if step > 0 else None
     display = Display(total, enabled=show_progress and info.is_main)
-    metrics = MetricsLog(run_dir) if info.is_main else None
-    last_ckpt = run_dir / "last.pt" if (run_dir / "last.pt").exists() else None
     wait_s = busy_s = 0.0
     samples = 0
     final_loss = None
@@ -173,6 +224,10 @@ def _pretrain(
                 last_ckpt = _save(
                     run_dir, model, optimizer, cfg, schedule, step, per_epoch, info.is_main
                 )
+    except BaseException:
+        if created and step == 0:  # nothing trained: leave no run dir behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         display.stop()
     (run_dir / "ranks" / f"rank-{info.rank:05d}.json").write_text(

@@ -98,8 +98,7 @@ def test_kill_9_then_resume_continues_the_schedule(demo_shards, tmp_path):
     run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "40",
             "--save-every", "5", "--resume", env=ENV)  # fmt: skip
     records = metrics(run)
-    resumed = [r for r in records if r["step"] > saved]
-    assert [r["step"] for r in resumed][-(40 - saved) :] == list(range(saved + 1, 41))
+    assert [r["step"] for r in records] == list(range(1, 41))  # steps after `saved` logged once
     cfg = json.loads((run / "config.json").read_text())["optim"]
     schedule = WarmupCosine(cfg["lr"], min(cfg["warmup_steps"], 4), 40)
     for r in records:
@@ -153,3 +152,69 @@ def test_non_finite_loss_stops_with_a_clear_message(demo_shards, tmp_path):
                    check=False, env=ENV)  # fmt: skip
     assert proc.returncode == 2
     assert "loss is not finite at step 0" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # failed before its first step: no run dir left
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    proc = run_cli("pretrain", str(bad), "--out", str(kept), "--config", "tiny", "--steps", "3",
+                   check=False, env=ENV)  # fmt: skip
+    assert proc.returncode == 2 and (kept / "notes.txt").read_text() == "mine"
+
+
+def test_resume_refuses_another_model_and_a_finished_run_without_writing(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "3",
+            "--device", "cpu", env=ENV)  # fmt: skip
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    refusals = {
+        ("--config", "base", "--steps", "6", "--batch-size", "8", "--workers", "1"): "model (",
+        ("--config", "tiny", "--method", "avid", "--steps", "6"): "loss (method)",
+        ("--config", "tiny", "--steps", "3"): "already at step 3 (this run stops at step 3)",
+        ("--config", "tiny", "--steps", "2"): "give more --steps to continue",
+        ("--config", "tiny"): "give more --steps",  # one epoch of the demo shards: 2 steps
+    }
+    for args, text in refusals.items():
+        proc = run_cli("pretrain", str(demo_shards), "--out", str(run), *args, "--resume",
+                       "--device", "cpu", check=False, env=ENV)  # fmt: skip
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and text in lines[0], proc.stderr[-2000:]
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "5",
+            "--lr", "5e-4", "--resume", "--device", "cpu", env=ENV)  # fmt: skip
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4, 5]
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 5
+
+
+def test_metrics_hold_one_record_per_step_after_resume_and_restart(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "6",
+            "--save-every", "3", "--device", "cpu", env=ENV)  # fmt: skip
+    # As if killed after logging step 6 but before its checkpoint, mid-way through a record.
+    (run / "step-6.pt").unlink()
+    os.replace(run / "step-3.pt", run / "last.pt")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')
+    run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "8",
+            "--save-every", "3", "--resume", "--device", "cpu", env=ENV)  # fmt: skip
+    assert [r["step"] for r in metrics(run)] == list(range(1, 9))
+    # As if killed before the first checkpoint: a new run in the same folder starts a new log.
+    for p in run.glob("*.pt"):
+        p.unlink()
+    run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "2",
+            "--device", "cpu", env=ENV)  # fmt: skip
+    assert [r["step"] for r in metrics(run)] == [1, 2]
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_no_run_dir(demo_shards, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "shard-000.tar").write_bytes(b"not a tar file" * 100)
+    cases = [(str(empty), ()), (str(tmp_path / "missing"), ()), (str(bad), ()),
+             (str(demo_shards), ("--lr", "inf"))]  # fmt: skip
+    for i, (shards, extra) in enumerate(cases):
+        run = tmp_path / "out" / f"run-{i}"
+        proc = run_cli("pretrain", shards, "--out", str(run), "--config", "tiny", "--steps", "2",
+                       "--device", "cpu", *extra, check=False, env=ENV)  # fmt: skip
+        assert proc.returncode != 0 and not run.exists(), (extra, proc.stderr[-2000:])

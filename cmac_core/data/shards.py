@@ -88,9 +88,12 @@ def _from_manifest(folder: Path, names: set[str]) -> int | None:
 
 def _count_tar(path: Path) -> int:
     keys = set()
-    with tarfile.open(path) as tar:
-        for m in tar:
-            keys.add(m.name.split(".", 1)[0])
+    try:
+        with tarfile.open(path) as tar:
+            for m in tar:
+                keys.add(m.name.split(".", 1)[0])
+    except (tarfile.TarError, OSError) as e:
+        raise ShardSpecError(f"{path} is not a readable tar ({type(e).__name__}: {e})") from e
     return len(keys)
 
 
