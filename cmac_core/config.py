@@ -184,6 +184,15 @@ def load(name_or_path: str) -> PretrainConfig:
     if not path.is_file():
         raise ConfigError(f"--config {name_or_path!r} is neither tiny, base nor a JSON file")
     try:
-        return PretrainConfig.from_dict(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"--config {path}: not JSON ({e})") from e
+    try:
+        return PretrainConfig.from_dict(data)
+    except ConfigError:
+        raise
+    except (AttributeError, TypeError, ValueError) as e:
+        raise ConfigError(
+            f"--config {path}: not a cmac_core config ({type(e).__name__}: {e}); "
+            "see a run dir's config.json for the shape"
+        ) from e

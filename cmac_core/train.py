@@ -53,6 +53,8 @@ def _resume_from(
     run_dir: Path, cfg: PretrainConfig, *, resume: bool, device: torch.device
 ) -> dict | None:
     """The checkpoint to go on from (None: a fresh run); reads, never writes."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"{run_dir} is a file, not a run folder: use another --out")
     last = run_dir / "last.pt"
     if not last.exists():
         return None

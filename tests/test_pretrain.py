@@ -218,3 +218,20 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_run_dir(demo_shards, t
         proc = run_cli("pretrain", shards, "--out", str(run), "--config", "tiny", "--steps", "2",
                        "--device", "cpu", *extra, check=False, env=ENV)  # fmt: skip
         assert proc.returncode != 0 and not run.exists(), (extra, proc.stderr[-2000:])
+
+
+def test_config_files_of_another_shape_and_an_out_that_is_a_file(demo_shards, tmp_path):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "int.json").write_text('{"model": 5}')
+    (tmp_path / "a file").write_text("")
+    cases = [(["--config", str(tmp_path / "list.json")], "not a cmac_core config"),
+             (["--config", str(tmp_path / "int.json")], "not a cmac_core config"),
+             (["--config", "tiny", "--out", str(tmp_path / "a file")], "is a file, not a run folder")]  # fmt: skip
+    for extra, text in cases:
+        out = ["--out", str(tmp_path / "run")] if "--out" not in extra else []
+        proc = run_cli("pretrain", str(demo_shards), *out, *extra, "--steps", "2", "--device", "cpu",
+                       check=False, env=ENV)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and text in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
