@@ -78,7 +78,9 @@ def make_row(**fields: Any) -> dict[str, Any]:
 def write_part(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write rows atomically (temporary name, then rename)."""
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    tmp = path.with_name(path.name + schema.TMP_SUFFIX)
+    # hidden: a kill between write and rename must not leave a file that
+    # ds.dataset("DIR/manifest") tries to read (it skips names starting with ".")
+    tmp = path.with_name(f".{path.name}{schema.TMP_SUFFIX}")
     pq.write_table(table, tmp, compression="zstd")
     os.replace(tmp, path)
 

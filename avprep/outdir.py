@@ -121,7 +121,7 @@ class OutputDir:
         prefix = f"{schema.SHARD_PREFIX}-r{self.rank:04d}-"
         for tmp in self.root.glob(f"{prefix}*{schema.TMP_SUFFIX}"):
             tmp.unlink(missing_ok=True)
-        for tmp in self.manifest.glob(f"*r{self.rank:04d}-*{schema.TMP_SUFFIX}"):
+        for tmp in self.manifest.glob(f".*r{self.rank:04d}-*{schema.TMP_SUFFIX}"):
             tmp.unlink(missing_ok=True)
 
     def recover_orphans(self, pattern: str | None = None) -> set[str]:

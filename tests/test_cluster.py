@@ -499,3 +499,25 @@ def test_unwritable_dir_names_the_cause(clips, tmp_path):
     assert proc.stderr.strip() == (
         f"avprep: error: cannot write to {tmp_path / 'a file' / 'out'}: Not a directory"
     )
+
+
+def test_a_manifest_part_cut_by_a_kill_is_invisible_to_readers(clips, tmp_path, monkeypatch):
+    """A kill between writing a manifest part and renaming it leaves a temporary that
+    ``pyarrow.dataset`` skips (its name starts with "."), and the next run removes it."""
+    from avprep import manifest
+
+    out = tmp_path / "out"
+    run_cli("shard", str(clips[0]), "--out", str(out), "--workers", "1", *SHARD)
+    row = read_manifest(out).to_pylist()[0]
+
+    def killed(src, dst):  # the process dies after writing, before the rename
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(SystemExit):
+        manifest.write_part(out / "manifest" / "shard-r0000-002-w00-00001.parquet", [row])
+    monkeypatch.undo()
+    (left,) = [p for p in (out / "manifest").iterdir() if p.name.endswith(".tmp")]
+    assert len(read_manifest(out)) == 1  # the reader skips it
+    run_cli("shard", str(clips[0]), "--out", str(out), "--workers", "1", *SHARD)
+    assert not left.exists()

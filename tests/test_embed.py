@@ -136,6 +136,18 @@ def test_two_processes_cover_every_key_once(demo_shards, tiny_ckpt, tmp_path):
     keys = table(emb).column("key").to_pylist()
     assert sorted(keys) == sorted(read_shards(demo_shards)) and len(keys) == len(set(keys))
     assert {p.name.split("-")[1] for p in emb.glob("part-*.parquet")} == {"00000", "00001"}
+    assert f"embed: {len(keys)} segments embedded (0 already done)" in proc.stdout
+    maps = tmp_path / "maps"  # localize splits the shards too; rank 0 writes the page
+    cmd = [*cmd[: cmd.index("embed")], "localize", str(demo_shards), "--ckpt", str(tiny_ckpt),
+           "--out", str(maps), "--device", "cpu"]  # fmt: skip
+    cmd[cmd.index("29527")] = "29528"
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **ENV}
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {p.stem for p in maps.glob("*.npy")} == set(keys)
+    assert (maps / "index.html").read_text().count("<figure>") == len(keys)
+    assert f"localize: {len(keys)} attention maps" in proc.stdout
 
 
 @pytest.mark.slow
