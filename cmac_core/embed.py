@@ -113,14 +113,22 @@ class EmbedError(ValueError):
     """One-line problems with the output directory."""
 
 
-def _check_same_checkpoint(out_dir: Path, sha: str) -> None:
+def _check_same_table(out_dir: Path, metadata: dict[str, str]) -> None:
+    """One table, one checkpoint and one clip placement: a rerun must match the parts there."""
     parts = sorted(out_dir.glob("part-*.parquet"))
-    if parts:
-        have = (pq.read_schema(parts[0]).metadata or {}).get(b"checkpoint_sha256", b"").decode()
-        if have != sha:
-            raise EmbedError(
-                f"{out_dir} holds embeddings of another checkpoint (sha256 {have[:12]}...): use another --out"
-            )
+    if not parts:
+        return
+    have = {k.decode(): v.decode() for k, v in (pq.read_schema(parts[0]).metadata or {}).items()}
+    sha = have.get("checkpoint_sha256", "")
+    if sha != metadata["checkpoint_sha256"]:
+        raise EmbedError(
+            f"{out_dir} holds embeddings of another checkpoint (sha256 {sha[:12]}...): use another --out"
+        )
+    if have.get("clips_per_segment") != metadata["clips_per_segment"]:
+        raise EmbedError(
+            f"{out_dir} holds embeddings made with --clips-per-segment "
+            f"{have.get('clips_per_segment')}, not {metadata['clips_per_segment']}: use another --out"
+        )
 
 
 class PartWriter:
@@ -202,11 +210,13 @@ def embed(
         lock = try_lock(out_dir / f".lock-{info.rank:05d}")
         if lock is None:
             raise EmbedError(f"rank {info.rank} is already embedding into {out_dir}: wait for it")
-        _check_same_checkpoint(out_dir, frozen.metadata["checkpoint_sha256"])
+        # 0: as many windows as cover the segment (the CLI's word for it)
+        metadata = {**frozen.metadata, "clips_per_segment": str(clips_per_segment or 0)}
+        _check_same_table(out_dir, metadata)
         done = committed_keys(out_dir)
         mine = urls[info.rank :: info.world_size]
         dim = frozen.cfg.model.embed_dim
-        writer = PartWriter(out_dir, info.rank, table_schema(dim, frozen.metadata), rows_per_part)
+        writer = PartWriter(out_dir, info.rank, table_schema(dim, metadata), rows_per_part)
         notes = StreamNotes()
         clips = 0
         try:
@@ -230,7 +240,7 @@ def embed(
         errors = distributed.gather_objects(notes.errors)
         if info.distributed:
             torch.distributed.barrier()
-        videos = write_per_video(out_dir, frozen.metadata) if per_video and info.is_main else None
+        videos = write_per_video(out_dir, metadata) if per_video and info.is_main else None
         return EmbedReport(out_dir, written, skipped, clips, time.perf_counter() - t0, videos,
                            {k: v for e in errors for k, v in e.items()})  # fmt: skip
     finally:

@@ -297,6 +297,9 @@ def test_bad_values_and_a_busy_folder_are_one_line(demo_shards, tiny_ckpt, tmp_p
         _expect_one_line_error(proc, "rank 0 is already embedding into")
     finally:
         os.close(fd)
+    run_cli(*base, "--device", "cpu", "--clips-per-segment", "2", env=ENV)
+    proc = run_cli(*base, "--device", "cpu", check=False, env=ENV)  # the default covers segments
+    _expect_one_line_error(proc, "made with --clips-per-segment 2, not 0")
     mismatched = tmp_path / "mismatched.pt"
     ckpt = torch.load(tiny_ckpt, weights_only=True)
     ckpt["config"]["model"]["embed_dim"] = 7
