@@ -194,7 +194,7 @@ def test_env_variables_set_the_default_rank(clips, tmp_path):
     owner = {i.source: r for r in (0, 1) for i in partition(discover([folder]), r, 2)}
     rows = read_manifest(out).to_pylist()
     assert sorted(r["source"] for r in rows) == sorted(s for s, r in owner.items() if r == 1)
-    assert {r["rank"] for r in rows} == {1}
+    assert {r["rank"] for r in rows} <= {1}  # (empty if rank 1 owns nothing)
     run_cli("shard", folder, "--out", str(out), "--workers", "1", *SHARD,
             env={"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})  # fmt: skip
     rows = _assert_exactly_once(out, [str(c) for c in clips], segments=1)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from conftest import read_manifest, read_shards
 
+from avprep.discover import discover, partition
 from avprep.synth import make_clapper
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -42,13 +43,16 @@ def test_02_slurm_array_covers_every_input_once(tmp_path):
     for var in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
         env.pop(var, None)
     script = ["bash", str(EXAMPLES / "02_slurm_shard_array.sbatch"), str(videos), str(out), "3"]
-    # sbatch --array=0-2, where task 2 is lost; then its resubmission sbatch --array=2
-    for task, count in ((0, 3), (1, 3), (2, 1)):
+    owner = {i.video_id: r for r in range(3) for i in partition(discover([str(videos)]), r, 3)}
+    lost = max(owner.values())  # a task with inputs (the split hashes the paths)
+    # sbatch --array=0-2, where task `lost` is lost; then its resubmission sbatch --array=`lost`
+    tasks = [(t, 3) for t in range(3) if t != lost] + [(lost, 1)]
+    for task, count in tasks:
         task_env = {**env, "SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_COUNT": str(count),
                     "SLURM_ARRAY_TASK_MIN": str(task if count == 1 else 0)}  # fmt: skip
         proc = subprocess.run(script, env=task_env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
     rows = read_manifest(out).to_pylist()
     assert Counter(r["video_id"] for r in rows) == {f"clip{i}": 1 for i in range(5)}
-    assert sorted({r["rank"] for r in rows}) == [0, 1, 2]
+    assert {r["video_id"]: r["rank"] for r in rows} == owner
     assert len(read_shards(out)) == 5
