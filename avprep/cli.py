@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from avprep.errors import AvprepError
+from avprep.errors import AvprepError, UsageError
 
 app = typer.Typer(
     name="avprep",
@@ -303,6 +303,14 @@ def embed(
     """Frozen embeddings of every segment to Parquet; resumable; also under torchrun."""
     with one_line_errors(), cmac_errors():
         from cmac_core.embed import embed as run  # noqa: PLC0415
+
+        if attention_maps is not None and attention_maps.resolve().is_relative_to(
+            out_dir.resolve()
+        ):
+            raise UsageError(
+                f"--attention-maps {attention_maps} is inside --out {out_dir}: readers of the "
+                "table (pandas, pyarrow) would read the maps' files too; put them beside it"
+            )
 
         report = run(shards, ckpt, out_dir, batch_size=batch_size, device=device,
                      clips_per_segment=clips_per_segment or None, workers=workers, per_video=per_video)  # fmt: skip

@@ -300,6 +300,8 @@ def test_bad_values_and_a_busy_folder_are_one_line(demo_shards, tiny_ckpt, tmp_p
     run_cli(*base, "--device", "cpu", "--clips-per-segment", "2", env=ENV)
     proc = run_cli(*base, "--device", "cpu", check=False, env=ENV)  # the default covers segments
     _expect_one_line_error(proc, "made with --clips-per-segment 2, not 0")
+    proc = run_cli(*base, "--attention-maps", str(emb / "maps"), check=False, env=ENV)
+    _expect_one_line_error(proc, "is inside --out")
     mismatched = tmp_path / "mismatched.pt"
     ckpt = torch.load(tiny_ckpt, weights_only=True)
     ckpt["config"]["model"]["embed_dim"] = 7
