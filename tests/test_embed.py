@@ -214,7 +214,7 @@ def _expect_one_line_error(proc, text: str) -> None:
 
 def test_bad_checkpoints_are_named(demo_shards, tiny_ckpt, tmp_path):
     corrupt = tmp_path / "corrupt.pt"
-    corrupt.write_bytes(os.urandom(2048))
+    corrupt.write_bytes(b"\x80\x17" + bytes(2046))  # reads as pickle protocol 23: torch warns
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
     future = tmp_path / "future.pt"
