@@ -26,9 +26,9 @@ from PIL import Image
 from cmac_core import distributed
 from cmac_core.data.augment import MEAN, STD, spec_to_tensor
 from cmac_core.data.clip import choose_window, cut_columns, frame_indices
-from cmac_core.data.evaluation import ShardSamples, error_marker
+from cmac_core.data.evaluation import ShardSamples, decode_or_marker
 from cmac_core.data.shards import resolve
-from cmac_core.data.stages import SafeDecode, SchemaVersionError, UnsafeShardError
+from cmac_core.data.stages import SafeDecode
 from cmac_core.embed import Frozen
 from cmac_core.losses import cross_modal_target
 
@@ -155,15 +155,9 @@ def _maps(frozen: Frozen, urls: list[str], out: Path, limit: int | None):
     for raw in wds.DataPipeline(wds.SimpleShardList(urls), ShardSamples()):
         if limit is not None and made + skipped >= limit:
             break
-        if "__error__" in raw:
-            errors.setdefault(raw["__url__"], raw["__error__"])
-            continue
-        try:
-            s = decode(raw)
-        except (UnsafeShardError, SchemaVersionError):
-            raise
-        except Exception as e:  # a damaged shard's last, partial sample
-            errors.setdefault(raw.get("__url__", "?"), error_marker("", e)["__error__"])
+        s = raw if "__error__" in raw else decode_or_marker(raw, decode)
+        if "__error__" in s:
+            errors.setdefault(s["__url__"], s["__error__"])
             continue
         key, meta = s["key"], s["meta"]
         if (out / f"{key}.npy").exists():

@@ -75,11 +75,24 @@ def error_marker(url: str, e: Exception) -> dict:
     return {"__error__": f"{type(e).__name__}: {first[0] if first else ''}"[:300], "__url__": url}
 
 
+def decode_or_marker(raw: dict, *stages) -> dict:
+    """``raw`` through ``stages`` in turn, or an error marker for a sample that is not an
+    avprep sample (a damaged shard's last, partial one, a corrupt member). Pickle members
+    and other schema versions stop the run: they concern every shard, not one."""
+    sample = raw
+    try:
+        for stage in stages:
+            sample = stage(sample)
+        return sample
+    except (UnsafeShardError, SchemaVersionError):
+        raise
+    except Exception as e:  # a corrupt member, a sample cut short
+        return error_marker(raw.get("__url__", "?"), e)
+
+
 class EvalSample:
     """Raw sample -> eval clips (``EvalClips``), or a marker: ``{"__skipped__": key}`` for a
-    key already done (resume), an error marker for a sample that is not an avprep sample
-    (a damaged shard's last, partial one). Pickle members and other schema versions stop
-    the run (``SafeDecode``): they concern every shard, not one."""
+    key already done (resume), an error marker as ``decode_or_marker`` gives it."""
 
     def __init__(self, cfg: DataConfig, clips_per_segment: int | None, done: set[str]) -> None:
         self.decode, self.clips, self.done = SafeDecode(), EvalClips(cfg, clips_per_segment), done
@@ -89,12 +102,7 @@ class EvalSample:
             return raw
         if raw["__key__"] in self.done:
             return {"__skipped__": raw["__key__"]}
-        try:
-            return self.clips(self.decode(raw))
-        except (UnsafeShardError, SchemaVersionError):
-            raise
-        except Exception as e:  # a corrupt member, a sample cut short
-            return error_marker(raw.get("__url__", "?"), e)
+        return decode_or_marker(raw, self.decode, self.clips)
 
 
 def eval_loader(urls: list[str], cfg: DataConfig, *, clips_per_segment: int | None, workers: int,
