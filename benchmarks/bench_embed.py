@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -35,16 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from common import cpu_model  # benchmarks/common.py: the script's folder is on sys.path
 
 
 def make_shards(data: Path, n_videos: int) -> Path:

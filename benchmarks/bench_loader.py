@@ -55,6 +55,11 @@ import numpy as np
 import simplejpeg
 import torch
 import webdataset as wds
+from common import (  # benchmarks/common.py: the script's folder is on sys.path
+    REPO,
+    commit,
+    cpu_model,
+)
 from torch.utils.data import DataLoader, IterableDataset
 
 from avprep import schema
@@ -64,7 +69,6 @@ from cmac_core.data.loader import train_stream
 from cmac_core.data.shards import resolve, worker_coords
 from cmac_core.data.stages import Augment
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = (640, 360)
 FPS = 16.0  # avprep shard's default, and the clip rate of the from-source side
 SHORT_SIDE = 128
@@ -283,28 +287,17 @@ def median_run(runs: list[dict], workers: int) -> dict:
 
 # -- report ------------------------------------------------------------------
 def machine() -> dict:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import decord  # noqa: PLC0415
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
-    changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "cmac_core"], cwd=REPO)
-    commit += "+changes" if changed.returncode else ""
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "webdataset": wds.__version__,
         "decord": decord.__version__,
         "simplejpeg": simplejpeg.__version__,
-        "commit": commit,
+        "commit": commit("cmac_core"),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "loadavg_before": os.getloadavg()[0],  # other work on the machine skews wall times
     }

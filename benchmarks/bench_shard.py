@@ -50,7 +50,12 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import (  # benchmarks/common.py: the script's folder is on sys.path
+    REPO,
+    commit,
+    cpu_model,
+)
+
 SIZE = (640, 360)
 FPS = 25
 GRAIN = 12  # noise strength: ~1.1 Mbit/s at CRF 23 for this picture
@@ -305,16 +310,7 @@ def summarize(runs: list[dict], video_s: float) -> dict:
 
 # -- report ------------------------------------------------------------------
 def machine() -> dict:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     ffmpeg = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
     versions = {}
     for dist in ("decord", "torch", "torchaudio", "simplejpeg", "numpy"):
         try:
@@ -322,12 +318,12 @@ def machine() -> dict:
         except metadata.PackageNotFoundError:
             versions[dist] = None
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "packages": versions,
         "ffmpeg": ffmpeg.split(" Copyright", 1)[0],
-        "commit": commit,
+        "commit": commit(),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
 
