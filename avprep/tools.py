@@ -36,6 +36,16 @@ def require_ffmpeg() -> None:
     ffprobe_bin()
 
 
+@functools.cache
+def filter_options(name: str) -> frozenset[str]:
+    """The options ffmpeg's filter ``name`` takes here (from ``ffmpeg -h filter=NAME``):
+    newer options are used only where the installed ffmpeg has them."""
+    out = subprocess.run(
+        [ffmpeg_bin(), "-hide_banner", "-h", f"filter={name}"], capture_output=True, text=True
+    ).stdout
+    return frozenset(m.group(1) for m in re.finditer(r"^\s+(\w+)\s+<", out, re.MULTILINE))
+
+
 def local_url(path: str) -> str:
     """``path`` as ffmpeg's file protocol, so a name with a colon (``a:b.mp4``) is never
     read as a protocol."""
