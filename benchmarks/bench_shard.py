@@ -14,6 +14,11 @@ For each worker count N, in one run on the same files:
   N files at a time;
 - decode+resize, a second reference: the same with
   ``-vf fps=16,scale=-2:128,format=rgb24``, the least avprep must do to frames;
+- decord frames, a third: avprep's own frame decoder alone (``DecordFrames``,
+  as a worker opens it: resized while decoding, the worker's thread count) reading
+  every 10 s segment's 16 fps frames, in N processes that import decord once,
+  each file probed beforehand outside the timing. Nothing is encoded or
+  written; it is the floor of ``avprep shard`` with decord as the decoder;
 - ``python -m avprep shard CLIPS --out TMP --workers N --quiet`` with its
   defaults (16 fps, short side 128, 10 s segments, logmel128), process start-up
   included.
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -152,7 +158,12 @@ def wait_until_idle(*, below_cores: float, max_wait_s: float) -> float:
 
 
 class Meter:
-    """Wall seconds, our CPU seconds and other processes' load (cores) over a block."""
+    """Wall seconds, our CPU seconds and other processes' load (cores) over a block.
+
+    ``cpu_s`` counts this process and the children it waited for; CPU spent in
+    processes it did not wait for (a pool's) is added with ``add_cpu`` before
+    ``as_dict``, so that it is not counted as other processes' load.
+    """
 
     def __enter__(self) -> Meter:
         self.t0, self.cpu0, self.busy0 = time.perf_counter(), own_cpu_s(), machine_busy_s()
@@ -161,11 +172,14 @@ class Meter:
     def __exit__(self, *exc) -> None:
         self.wall_s = time.perf_counter() - self.t0
         self.cpu_s = own_cpu_s() - self.cpu0
-        other = machine_busy_s() - self.busy0 - self.cpu_s
-        self.other_cores = max(0.0, other / self.wall_s)
+        self.busy_s = machine_busy_s() - self.busy0
+
+    def add_cpu(self, seconds: float) -> None:
+        self.cpu_s += seconds
 
     def as_dict(self) -> dict:
-        return {"wall_s": self.wall_s, "cpu_s": self.cpu_s, "other_cores": self.other_cores}
+        other_cores = max(0.0, (self.busy_s - self.cpu_s) / self.wall_s)
+        return {"wall_s": self.wall_s, "cpu_s": self.cpu_s, "other_cores": other_cores}
 
 
 def _read_status(pid: int) -> dict[str, str]:
@@ -271,6 +285,49 @@ def resize_bound(files: list[Path], workers: int) -> dict:
     return decode_bound(files, workers, resize=True)
 
 
+def _import_decord() -> None:
+    import decord  # noqa: F401, PLC0415
+
+    import avprep.decode  # noqa: F401, PLC0415
+
+
+def _decord_frames(path: str, info, threads: int) -> float:
+    """Read every segment's frames of one file as an avprep worker does; the CPU seconds."""
+    c0 = time.process_time()  # this process, all its threads
+    from avprep.config import ShardConfig  # noqa: PLC0415  (in the pool's processes)
+    from avprep.decode import DecordFrames  # noqa: PLC0415
+
+    cfg = ShardConfig(out_dir=Path("unused"))
+    frames = DecordFrames(path, info, short_side_px=cfg.short_side_px, threads=threads)
+    n, start = 0, 0.0
+    while start < frames.end_s:
+        images, _ = frames.read(start, start + cfg.segment_seconds, cfg.fps)
+        n += len(images)
+        start += cfg.segment_seconds
+    frames.close()
+    if n == 0:
+        raise RuntimeError(f"decord read no frames from {path}")
+    return time.process_time() - c0
+
+
+def decord_bound(files: list[Path], workers: int) -> dict:
+    """Wall and CPU seconds of avprep's decord reader alone over every file, N processes."""
+    from avprep.probe import probe  # noqa: PLC0415
+
+    infos = [probe(str(f), timeout_s=60) for f in files]  # outside the timing
+    threads = max(1, (os.cpu_count() or 1) // workers)  # as avprep.worker does
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_import_decord) as pool:  # started, decord imported
+        pool.map(time.sleep, [0.5] * workers)  # every process is up before timing starts
+        with Meter() as m:
+            task_cpu = pool.starmap(
+                _decord_frames, [(str(f), info, threads) for f, info in zip(files, infos, strict=True)],
+                chunksize=1,
+            )  # fmt: skip
+        m.add_cpu(sum(task_cpu))
+    return m.as_dict()
+
+
 def shard_run(folder: Path, workers: int) -> dict:
     """Wall and CPU seconds and peak RSS of one ``avprep shard`` run into a fresh folder."""
     out = Path(tempfile.mkdtemp(prefix="avprep-bench-out-"))
@@ -335,6 +392,7 @@ def mb(n: int) -> str:
 KIND_LABELS = {
     "decode_only": "decode-only",
     "decode_resize": "decode+resize",
+    "decord_frames": "decord frames",
     "shard": "avprep shard",
 }
 
@@ -357,16 +415,17 @@ def print_report(res: dict) -> None:
                 f"{k['median_video_s_per_s']:>6.1f}  {k['cpu_s_per_video_s']:>10.4f}"
             )
     print()
-    print(f"{'':>7}  avprep shard / decode-only   avprep shard / decode+resize")
-    print(
-        f"{'workers':>7}  {'best':>6} {'median':>6} {'CPU':>6}     {'best':>6} {'median':>6} {'CPU':>6}"
-    )
+    print("ratios of throughput (best run, median run) and of CPU per video second")
+    print(f"{'workers':>7}  {'':<36}  {'best':>6} {'median':>6} {'CPU':>6}")
+    pairs = [("shard", ref) for ref in REFS] + [("decord_frames", "decode_only")]
     for row in res["by_workers"]:
-        a, b = row["ratio_to_decode_only"], row["ratio_to_decode_resize"]
-        print(
-            f"{row['workers']:>7}  {a['best']:>6.2f} {a['median']:>6.2f} {a['cpu']:>6.2f}     "
-            f"{b['best']:>6.2f} {b['median']:>6.2f} {b['cpu']:>6.2f}"
-        )
+        for kind, ref in pairs:
+            r = row["ratios"][f"{kind}/{ref}"]
+            label = f"{KIND_LABELS[kind]} / {KIND_LABELS[ref]}"
+            print(
+                f"{row['workers']:>7}  {label:<36}  {r['best']:>6.2f} {r['median']:>6.2f} "
+                f"{r['cpu']:>6.2f}"
+            )
     for sc in res["scaling"]:
         parts = ", ".join(f"{label} {sc[k]:.2f}x" for k, label in KIND_LABELS.items())
         print(f"scaling {sc['workers']} vs {sc['base']} workers (best runs): {parts}")
@@ -381,6 +440,18 @@ def print_report(res: dict) -> None:
         peak, anon = mem["peak_rss_bytes"], mem["peak_anon_bytes"]
         roles = ", ".join(f"{r} {mb(peak[r])} ({mb(anon[r])})" for r in ROLES if r in peak)
         print(f"  {mem['input']:>16}: {roles}; whole tree at once {mb(mem['peak_tree_rss_bytes'])}")
+
+
+REFS = ("decode_only", "decode_resize", "decord_frames")
+
+
+def ratio(a: dict, b: dict) -> dict:
+    """How ``a`` compares with the reference ``b``: throughput (best, median) and CPU."""
+    return {
+        "best": a["best_video_s_per_s"] / b["best_video_s_per_s"],
+        "median": a["median_video_s_per_s"] / b["median_video_s_per_s"],
+        "cpu": b["cpu_s_per_video_s"] / a["cpu_s_per_video_s"],
+    }
 
 
 ROLES = ("worker", "parent", "ffmpeg", "ffprobe", "resource_tracker")
@@ -430,7 +501,12 @@ def main() -> None:
         )
         return r
 
-    kinds = {"decode_only": decode_bound, "decode_resize": resize_bound, "shard": None}
+    kinds = {
+        "decode_only": decode_bound,
+        "decode_resize": resize_bound,
+        "decord_frames": decord_bound,
+        "shard": None,
+    }
     runs: dict[tuple[str, int], list[dict]] = {}
     for rep in range(args.repeats):  # interleaved, so drift hits all alike
         for n in workers:
@@ -446,14 +522,10 @@ def main() -> None:
     res["by_workers"] = []
     for n in workers:
         row = {"workers": n, **{k: summarize(runs[(k, n)], video_s) for k in kinds}}
-        s = row["shard"]
-        for ref in ("decode_only", "decode_resize"):
-            d = row[ref]
-            row[f"ratio_to_{ref}"] = {
-                "best": s["best_video_s_per_s"] / d["best_video_s_per_s"],
-                "median": s["median_video_s_per_s"] / d["median_video_s_per_s"],
-                "cpu": d["cpu_s_per_video_s"] / s["cpu_s_per_video_s"],
-            }
+        row["ratios"] = {
+            f"{kind}/{ref}": ratio(row[kind], row[ref])
+            for kind, ref in [("shard", r) for r in REFS] + [("decord_frames", "decode_only")]
+        }
         res["by_workers"].append(row)
     base = res["by_workers"][0]
     res["scaling"] = [
