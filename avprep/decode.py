@@ -25,6 +25,7 @@ from collections import deque
 
 import ffmpeg
 import numpy as np
+import simplejpeg
 
 from avprep.errors import MediaError
 from avprep.probe import AudioStream, MediaInfo, VideoStream
@@ -60,7 +61,7 @@ def ffmpeg_command(stream, path: str) -> list[str]:
 
 
 class DecordFrames:
-    """Random-access frames from decord, resized while decoding."""
+    """Random-access frames from decord, resized while decoding: RGB ``[H, W, 3]`` each."""
 
     name = "decord"
     error = ""  # decord raises instead
@@ -74,7 +75,7 @@ class DecordFrames:
             raise MediaError(f"decord: not used for {info.format_name} (no exact frame index)")
         v = info.video
         # decord applies the rotation metadata itself; width/height are display sizes.
-        w, h = output_size(v, short_side_px)
+        w, h = self.size = output_size(v, short_side_px)
         try:
             if info.n_video_streams > 1:
                 native = decord.VideoReader(path, num_threads=1)
@@ -104,6 +105,12 @@ class DecordFrames:
         except Exception as e:
             raise MediaError(decord_message(e)) from e
         return frames, self.starts[idx]
+
+    @staticmethod
+    def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+        return simplejpeg.encode_jpeg(
+            frame, quality=quality, colorspace="RGB", colorsubsampling="420"
+        )
 
     def close(self) -> None:
         self.vr = None
@@ -136,20 +143,30 @@ class FfmpegFrames:
     the same rule as DecordFrames. Segments must be read in time order.
     ``error`` is the last error ffmpeg logged ("partial file" for a truncated
     file), complete once the stream is exhausted.
+
+    Frames stay in YUV 4:2:0, converted while scaling to the full-range BT.601
+    that JPEG (JFIF) stores, and go to the JPEG encoder as planes: no RGB
+    conversion on either side (a 60 s 360p clip: 1.85 s of CPU for the ffmpeg
+    process instead of 2.15 s for RGB out). A frame is one flat array, Y then
+    U then V; ``encode_jpeg`` takes it apart.
     """
 
     name = "ffmpeg"
 
     def __init__(self, path: str, info: MediaInfo, *, short_side_px: int, threads: int) -> None:
         v = info.video
-        self.w, self.h = output_size(v, short_side_px)
+        self.w, self.h = self.size = output_size(v, short_side_px)
+        cw, ch = (self.w + 1) // 2, (self.h + 1) // 2
+        self._chroma = (ch, cw)
+        self._split = (self.w * self.h, self.w * self.h + cw * ch)  # Y | U | V
+        self.frame_bytes = self.w * self.h + 2 * cw * ch
         self.v_start = v.start_s
         self.frame_s = 1.0 / v.avg_fps if v.avg_fps else 0.04
         stream = (
             ffmpeg.input(_INPUT, copyts=None, threads=threads)[f"v:{v.type_index}"]
             .filter("showinfo", **showinfo_options())
-            .filter("scale", self.w, self.h)
-            .output("pipe:", format="rawvideo", pix_fmt="rgb24", vsync="passthrough")
+            .filter("scale", self.w, self.h, out_color_matrix="bt601", out_range="full")
+            .output("pipe:", format="rawvideo", pix_fmt="yuv420p", vsync="passthrough")
             .global_args("-nostdin", "-hide_banner", "-loglevel", "level+info", "-nostats")
         )
         cmd = ffmpeg_command(stream, path)
@@ -186,9 +203,8 @@ class FfmpegFrames:
             return True
 
     def _advance(self) -> None:
-        size = self.w * self.h * 3
-        buf = self.proc.stdout.read(size)
-        if len(buf) < size:
+        buf = self.proc.stdout.read(self.frame_bytes)
+        if len(buf) < self.frame_bytes:
             self._next, self._eof = None, True
             self.proc.wait()
             self.drain.join()  # every error line is read
@@ -199,8 +215,7 @@ class FfmpegFrames:
             pts = self._pts.popleft()
         if pts is None:
             raise MediaError("decode_error: ffmpeg sent a frame without a timestamp")
-        frame = np.frombuffer(buf, np.uint8).reshape(self.h, self.w, 3)
-        self._next = (frame, pts - self.v_start)
+        self._next = (np.frombuffer(buf, np.uint8), pts - self.v_start)
 
     @property
     def end_s(self) -> float:
@@ -209,6 +224,8 @@ class FfmpegFrames:
         return float("inf") if not self._eof else (last[1] + self.frame_s if last else 0.0)
 
     def read(self, start_s: float, end_s: float, fps: float) -> tuple[np.ndarray, np.ndarray]:
+        """Frames ``[n, frame_bytes]`` uint8 (Y, U, V planes) shown at the grid times, and
+        their timestamps."""
         frames, times = [], []
         for t in grid_times(start_s, end_s, fps):
             while self._next is not None and self._next[1] <= t + EPS:
@@ -222,8 +239,17 @@ class FfmpegFrames:
             frames.append(shown[0])
             times.append(shown[1])
         if not frames:
-            return np.zeros((0, self.h, self.w, 3), np.uint8), np.zeros(0)
+            return np.zeros((0, self.frame_bytes), np.uint8), np.zeros(0)
         return np.stack(frames), np.asarray(times)
+
+    def encode_jpeg(self, frame: np.ndarray, quality: int) -> bytes:
+        y, u, v = np.split(frame, self._split)
+        return simplejpeg.encode_jpeg_yuv_planes(
+            y.reshape(self.h, self.w),
+            u.reshape(self._chroma),
+            v.reshape(self._chroma),
+            quality=quality,
+        )
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import simplejpeg
 
 from avprep import manifest, schema
 from avprep.config import ShardConfig
@@ -28,10 +27,6 @@ from avprep.writer import ShardWriter
 
 EPS = 1e-6
 TRUNCATED_S = 1.0  # a decoder that fails this much before the stated end: a truncated file
-
-
-def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
-    return simplejpeg.encode_jpeg(frame, quality=quality, colorspace="RGB", colorsubsampling="420")
 
 
 def encode_npy(array: np.ndarray) -> bytes:
@@ -164,14 +159,14 @@ def _write_segments(inp, info, cfg, writer, logmel, decoder, threads, on_segment
                 "spec_start_s": round(first / sr, 6),
                 "n_frames": len(images),
                 "n_columns": int(spec.shape[1]),
-                "frame_size": [int(images.shape[2]), int(images.shape[1])],
+                "frame_size": list(frames.size),
                 "media": media,
                 "label": inp.label,
                 "extra": inp.extra,
             }
             members = {schema.JSON: json.dumps(meta, separators=(",", ":")).encode()}
             for i, image in enumerate(images):
-                members[schema.frame_member(i)] = encode_jpeg(image, cfg.jpeg_quality)
+                members[schema.frame_member(i)] = frames.encode_jpeg(image, cfg.jpeg_quality)
             members[schema.SPEC] = encode_npy(spec)
             if cfg.keep_audio:
                 members[schema.FLAC] = encode_flac(wave, sr)

@@ -8,6 +8,9 @@ whatever the container, codec, decoder, stream start or frame-rate regularity.
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import decode_frames, read_manifest, read_shards, run_cli
@@ -120,3 +123,42 @@ def test_frames_and_spectrogram_cover_the_same_seconds(clapper_shards):
         assert m["end_s"] - hop <= spec_end <= m["end_s"] + 1e-6
         assert s["spec"].dtype == np.float16 and s["spec"].shape[0] == m["spec"]["n_mels"]
         assert "." not in s["json"]["key"]
+
+
+def test_both_decoders_store_the_same_pictures(tmp_path):
+    """Colour bars tagged BT.709 and BT.601 (limited range), in MP4 (decord) and MPEG-TS
+    (the ffmpeg pipe, which hands JPEG the YUV planes): the same frames at the same
+    times, and the same colours to within JPEG noise. Limited-range or BT.709 planes
+    stored as if they were JPEG's full-range BT.601 would be off by ~11 levels on average."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for bars, matrix in (("smptehdbars", "bt709"), ("smptebars", "bt470bg")):
+        for ext in ("mp4", "ts"):
+            subprocess.run(
+                ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", f"{bars}=s=320x180:d=2:r=25",
+                 "-f", "lavfi", "-i", "sine=f=440:d=2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                 "-colorspace", matrix, "-color_range", "tv", "-c:a", "aac", "-shortest",
+                 str(src / f"{bars}.{ext}")],
+                check=True,
+            )  # fmt: skip
+    out = tmp_path / "out"
+    run_cli("shard", str(src), "--out", str(out), "--workers", "1")
+    by_source = {Path(s["json"]["source"]).name: s for s in read_shards(out).values()}
+    for bars in ("smptehdbars", "smptebars"):
+        mp4, ts = by_source[f"{bars}.mp4"], by_source[f"{bars}.ts"]
+        assert (mp4["json"]["media"]["decoder"], ts["json"]["media"]["decoder"]) == (
+            "decord",
+            "ffmpeg",
+        )
+        assert mp4["json"]["frame_times"] == ts["json"]["frame_times"]
+        assert (
+            mp4["json"]["frame_size"] == ts["json"]["frame_size"] == [228, 128]
+        )  # 320x180 at 128 px
+        a, b = decode_frames(mp4).astype(int), decode_frames(ts).astype(int)
+        assert a.shape == b.shape
+        diff = np.abs(a - b)
+        assert diff.mean() < 3, (bars, diff.mean())
+        assert np.abs((a - b).mean(axis=(0, 1, 2))).max() < 1.5, (
+            bars,
+            (a - b).mean(axis=(0, 1, 2)),
+        )
