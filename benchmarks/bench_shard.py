@@ -18,7 +18,9 @@ For each worker count N, in one run on the same files:
   as a worker opens it: resized while decoding, the worker's thread count) reading
   every 10 s segment's 16 fps frames, in N processes that import decord once,
   each file probed beforehand outside the timing. Nothing is encoded or
-  written; it is the floor of ``avprep shard`` with decord as the decoder;
+  written; it is the floor of ``avprep shard`` with decord as the decoder.
+  With ``--container ts`` the clips are remuxed to MPEG-TS, which avprep
+  decodes with its ffmpeg pipe, and this reference is that pipe ("ffmpeg frames");
 - ``python -m avprep shard CLIPS --out TMP --workers N --quiet`` with its
   defaults (16 fps, short side 128, 10 s segments, logmel128), process start-up
   included.
@@ -109,13 +111,29 @@ def make_inputs(
     return clip_dir, long_dir
 
 
+def remux_ts(clip_dir: Path) -> Path:
+    """The clips stream-copied into MPEG-TS, which avprep decodes with its ffmpeg pipe
+    (decord has no exact frame index there): the same pictures through the other decoder."""
+    ts_dir = clip_dir.with_name(clip_dir.name + "-ts")
+    ts_dir.mkdir(exist_ok=True)
+    for clip in sorted(clip_dir.glob("*.mp4")):
+        out = ts_dir / f"{clip.stem}.ts"
+        if not out.exists():
+            tmp = out.with_name(f".part-{out.name}")
+            cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(clip), "-c", "copy",
+                   "-f", "mpegts", str(tmp)]  # fmt: skip
+            subprocess.run(cmd, check=True)
+            tmp.replace(out)
+    return ts_dir
+
+
 def duration_s(path: Path) -> float:
     out = subprocess.run(
         ["ffprobe", "-v", "error", "-select_streams", "v:0",
          "-show_entries", "stream=duration", "-of", "csv=p=0", str(path)],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    return float(out.strip())
+    return float(out.split()[0])  # MPEG-TS lists the stream again under its program
 
 
 def bit_rate(path: Path) -> float:
@@ -291,14 +309,16 @@ def _import_decord() -> None:
     import avprep.decode  # noqa: F401, PLC0415
 
 
-def _decord_frames(path: str, info, threads: int) -> float:
+def _decoder_frames(path: str, info, threads: int, decoder: str) -> float:
     """Read every segment's frames of one file as an avprep worker does; the CPU seconds."""
-    c0 = time.process_time()  # this process, all its threads
+    c0 = own_cpu_s()  # this process (all its threads) and its ffmpeg, once waited for
     from avprep.config import ShardConfig  # noqa: PLC0415  (in the pool's processes)
-    from avprep.decode import DecordFrames  # noqa: PLC0415
+    from avprep.decode import open_frames  # noqa: PLC0415
 
     cfg = ShardConfig(out_dir=Path("unused"))
-    frames = DecordFrames(path, info, short_side_px=cfg.short_side_px, threads=threads)
+    frames = open_frames(
+        path, info, short_side_px=cfg.short_side_px, threads=threads, decoder=decoder
+    )
     n, start = 0, 0.0
     while start < frames.end_s:
         images, _ = frames.read(start, start + cfg.segment_seconds, cfg.fps)
@@ -306,26 +326,33 @@ def _decord_frames(path: str, info, threads: int) -> float:
         start += cfg.segment_seconds
     frames.close()
     if n == 0:
-        raise RuntimeError(f"decord read no frames from {path}")
-    return time.process_time() - c0
+        raise RuntimeError(f"{decoder} read no frames from {path}")
+    return own_cpu_s() - c0
 
 
-def decord_bound(files: list[Path], workers: int) -> dict:
-    """Wall and CPU seconds of avprep's decord reader alone over every file, N processes."""
+def frames_bound(files: list[Path], workers: int) -> dict:
+    """Wall and CPU seconds of avprep's frame decoder alone over every file, N processes:
+    decord for MP4, the ffmpeg pipe for MPEG-TS (as avprep picks)."""
     from avprep.probe import probe  # noqa: PLC0415
 
     infos = [probe(str(f), timeout_s=60) for f in files]  # outside the timing
     threads = max(1, (os.cpu_count() or 1) // workers)  # as avprep.worker does
+    decoder = frames_decoder(files)
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers, initializer=_import_decord) as pool:  # started, decord imported
         pool.map(time.sleep, [0.5] * workers)  # every process is up before timing starts
         with Meter() as m:
             task_cpu = pool.starmap(
-                _decord_frames, [(str(f), info, threads) for f, info in zip(files, infos, strict=True)],
+                _decoder_frames,
+                [(str(f), info, threads, decoder) for f, info in zip(files, infos, strict=True)],
                 chunksize=1,
-            )  # fmt: skip
+            )
         m.add_cpu(sum(task_cpu))
     return m.as_dict()
+
+
+def frames_decoder(files: list[Path]) -> str:
+    return "ffmpeg" if files[0].suffix == ".ts" else "decord"
 
 
 def shard_run(folder: Path, workers: int) -> dict:
@@ -392,7 +419,7 @@ def mb(n: int) -> str:
 KIND_LABELS = {
     "decode_only": "decode-only",
     "decode_resize": "decode+resize",
-    "decord_frames": "decord frames",
+    "frames": "decord frames",  # "ffmpeg frames" for --container ts
     "shard": "avprep shard",
 }
 
@@ -417,7 +444,7 @@ def print_report(res: dict) -> None:
     print()
     print("ratios of throughput (best run, median run) and of CPU per video second")
     print(f"{'workers':>7}  {'':<36}  {'best':>6} {'median':>6} {'CPU':>6}")
-    pairs = [("shard", ref) for ref in REFS] + [("decord_frames", "decode_only")]
+    pairs = [("shard", ref) for ref in REFS] + [("frames", "decode_only")]
     for row in res["by_workers"]:
         for kind, ref in pairs:
             r = row["ratios"][f"{kind}/{ref}"]
@@ -442,7 +469,7 @@ def print_report(res: dict) -> None:
         print(f"  {mem['input']:>16}: {roles}; whole tree at once {mb(mem['peak_tree_rss_bytes'])}")
 
 
-REFS = ("decode_only", "decode_resize", "decord_frames")
+REFS = ("decode_only", "decode_resize", "frames")
 
 
 def ratio(a: dict, b: dict) -> dict:
@@ -467,6 +494,12 @@ def main() -> None:
     ap.add_argument("--clip-seconds", type=float, default=60.0)
     ap.add_argument("--long-seconds", type=float, default=600.0)
     ap.add_argument("--size", default=f"{SIZE[0]}x{SIZE[1]}", help="WxH of the inputs.")
+    ap.add_argument(
+        "--container",
+        choices=("mp4", "ts"),
+        default="mp4",
+        help="ts: the clips remuxed to MPEG-TS, so avprep decodes them with its ffmpeg pipe.",
+    )
     ap.add_argument("--idle-below", type=float, default=0.2, help="Cores; see the doc.")
     ap.add_argument("--max-wait", type=float, default=15.0, help="Seconds; see the doc.")
     args = ap.parse_args()
@@ -476,7 +509,10 @@ def main() -> None:
     clip_dir, long_dir = make_inputs(
         args.data, clips=args.clips, clip_s=args.clip_seconds, long_s=args.long_seconds, size=size
     )
-    files = sorted(clip_dir.glob("*.mp4"))
+    if args.container == "ts":
+        clip_dir = remux_ts(clip_dir)
+    files = sorted(clip_dir.glob(f"*.{args.container}"))
+    KIND_LABELS["frames"] = f"{frames_decoder(files)} frames"
     video_s = sum(duration_s(f) for f in files)
     res = {
         "machine": machine(),
@@ -504,7 +540,7 @@ def main() -> None:
     kinds = {
         "decode_only": decode_bound,
         "decode_resize": resize_bound,
-        "decord_frames": decord_bound,
+        "frames": frames_bound,
         "shard": None,
     }
     runs: dict[tuple[str, int], list[dict]] = {}
@@ -524,7 +560,7 @@ def main() -> None:
         row = {"workers": n, **{k: summarize(runs[(k, n)], video_s) for k in kinds}}
         row["ratios"] = {
             f"{kind}/{ref}": ratio(row[kind], row[ref])
-            for kind, ref in [("shard", r) for r in REFS] + [("decord_frames", "decode_only")]
+            for kind, ref in [("shard", r) for r in REFS] + [("frames", "decode_only")]
         }
         res["by_workers"].append(row)
     base = res["by_workers"][0]

@@ -75,7 +75,9 @@ def instrument() -> None:
     sample.AudioReader.__init__ = timed("audio ffmpeg start", sample.AudioReader.__init__)
     sample.AudioReader.read = timed("audio pipe read (waits on ffmpeg)", sample.AudioReader.read)
     LogMel.__call__ = timed("log-mel (numpy)", LogMel.__call__)
-    sample.encode_jpeg = timed("JPEG encode (simplejpeg)", sample.encode_jpeg)
+    decode.DecordFrames.encode_jpeg = staticmethod(
+        timed("JPEG encode (simplejpeg)", decode.DecordFrames.encode_jpeg)
+    )
     sample.encode_npy = timed("spectrogram .npy", sample.encode_npy)
     writer.ShardWriter.add = timed("tar writing (headers + write)", writer.ShardWriter.add)
     writer.ShardWriter.commit = timed("shard commit (fsync + rename)", writer.ShardWriter.commit)
