@@ -162,3 +162,28 @@ def test_both_decoders_store_the_same_pictures(tmp_path):
             bars,
             (a - b).mean(axis=(0, 1, 2)),
         )
+
+
+def test_decord_reads_across_keyframes_match_a_fresh_reader(tmp_path):
+    """DecordFrames also reads the frame before each keyframe it would skip past (so that
+    decord does not seek); what it returns must be exactly the frames asked for."""
+    import decord
+
+    from avprep.decode import DecordFrames
+    from avprep.probe import probe
+
+    path = tmp_path / "gop10.mp4"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=s=320x240:d=4:r=25",
+         "-c:v", "libx264", "-g", "10", "-bf", "2", "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+    )  # fmt: skip
+    frames = DecordFrames(str(path), probe(str(path), timeout_s=60), short_side_px=64, threads=1)
+    assert frames.pad_keys and len(frames.keys) == 10
+    for start in (0.0, 1.0, 2.0, 3.0):
+        got, times = frames.read(start, start + 1.0, 16)  # 16 of every 25 frames: skips
+        idx = np.searchsorted(frames.starts, times)
+        fresh = decord.VideoReader(str(path), width=85, height=64, num_threads=1)
+        assert np.array_equal(got, fresh.get_batch(idx.tolist()).asnumpy())
+        assert np.array_equal(times, frames.starts[idx])
+    frames.close()
