@@ -1,6 +1,6 @@
 """Where the time of ``avprep shard`` goes, on one video, inside one process.
 
-    python benchmarks/profile_shard.py VIDEO [--threads 1] [--repeats 3]
+    python benchmarks/profile_shard.py VIDEO [VIDEO...] [--threads 1] [--repeats 3] [--workers 2]
 
 Runs ``avprep.sample.process_video`` (the worker's per-file call) on VIDEO with
 a ShardWriter into a temporary folder, with timers wrapped around its parts,
@@ -10,6 +10,9 @@ its child processes' CPU seconds (ffprobe, the audio ffmpeg).
 Then times what happens before a worker can start (imports) and, as
 experiments for changes to avprep (none of avprep is edited here): decord's
 thread count, JPEG from YUV planes, a numpy log-mel instead of torchaudio's.
+Last, a whole ``avprep shard VIDEO... --workers N`` run with its CPU split by
+process and thread (decord's decoding threads apart from each worker's main
+thread), sampled from /proc every 10 ms.
 """
 
 from __future__ import annotations
@@ -241,21 +244,84 @@ def exp_logmel(repeats: int) -> dict:
     return res
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc."""
+    out, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    stack += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _role(pid: int, root: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().split(b"\0")
+    exe = os.path.basename(argv[0].decode(errors="replace"))
+    if pid == root:
+        return "parent"
+    if exe.startswith(("ffprobe", "ffmpeg")):
+        return exe
+    return "worker" if b"multiprocessing" in b" ".join(argv) else exe
+
+
+def cpu_by_thread(videos: list[Path], workers: int) -> dict:
+    """CPU seconds of a whole ``avprep shard`` run by (process role, thread), sampled from
+    /proc every 10 ms (a thread that ends loses its last 10 ms); the rusage of the run for
+    comparison."""
+    tick = os.sysconf("SC_CLK_TCK")
+    last: dict[tuple[int, int], tuple[str, str, float]] = {}
+    roles: dict[int, str] = {}  # a process that has exited has no cmdline: keep the first
+    with tempfile.TemporaryDirectory() as tmp:
+        before = children_cpu_s()
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "avprep", "shard", *map(str, videos), "--out", tmp + "/o",
+               "--workers", str(workers), "--quiet"]  # fmt: skip
+        proc = subprocess.Popen(cmd)
+        while proc.poll() is None:
+            for pid in _tree(proc.pid):
+                try:
+                    role = roles.get(pid) or _role(pid, proc.pid)
+                    if role:
+                        roles[pid] = role
+                    for t in os.listdir(f"/proc/{pid}/task"):
+                        with open(f"/proc/{pid}/task/{t}/stat") as f:
+                            st = f.read()
+                        fields = st[st.rindex(")") + 2 :].split()
+                        name = "main thread" if int(t) == pid else "other threads"
+                        cpu = (int(fields[11]) + int(fields[12])) / tick
+                        last[(pid, int(t))] = (role, name, cpu)
+                except (OSError, ValueError, IndexError):
+                    continue  # ended between listing and reading
+            time.sleep(0.01)
+        wall = time.perf_counter() - t0
+        total = children_cpu_s() - before
+    parts: dict[str, float] = defaultdict(float)
+    for role, name, cpu in last.values():
+        parts[f"{role}: {name}"] += cpu
+    return {"wall_s": wall, "cpu_s": total, "parts_s": dict(parts)}
+
+
 def exp_overlap(video: Path, threads: int, repeats: int) -> dict:
     """Frames + JPEG of a whole video: in turn (today) vs JPEG on a thread, one segment behind."""
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
     from avprep.decode import open_frames  # noqa: PLC0415
     from avprep.probe import probe  # noqa: PLC0415
-    from avprep.sample import encode_jpeg  # noqa: PLC0415
 
     info = probe(str(video))
 
-    def encode_all(images) -> int:
-        return sum(len(encode_jpeg(im, 90)) for im in images)
-
     def run(overlap: bool) -> float:
         f = open_frames(str(video), info, short_side_px=128, threads=threads, decoder="decord")
+
+        def encode_all(images) -> int:
+            return sum(len(f.encode_jpeg(im, 90)) for im in images)
+
         t0, start, pending = time.perf_counter(), 0.0, None
         with ThreadPoolExecutor(1) as pool:
             while start < info.duration_s - 1:
@@ -281,10 +347,12 @@ def exp_overlap(video: Path, threads: int, repeats: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("video", type=Path)
+    ap.add_argument("video", type=Path, nargs="+", help="Profiled: the first; all: the run.")
     ap.add_argument("--threads", type=int, default=1, help="decord threads (the worker's).")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2, help="For the whole run's CPU split.")
     args = ap.parse_args()
+    videos, args.video = args.video, args.video[0]
 
     print("before a worker's first file (fresh interpreter, wall s / peak RSS MB):")
     for label, code in (
@@ -355,6 +423,18 @@ def main() -> None:
                 f"CPU; max |diff| {lm['max_abs_diff']:.4f} on values in "
                 f"[{lm['range'][0]:.1f}, {lm['range'][1]:.1f}] (float16), shape {lm['shape']}"
             )
+
+    runs = [cpu_by_thread(videos, args.workers) for _ in range(args.repeats)]
+    best = min(runs, key=lambda r: r["wall_s"])
+    sampled = sum(best["parts_s"].values())
+    print(
+        f"\navprep shard of {len(videos)} file(s), --workers {args.workers}, CPU by process and "
+        f"thread (fastest of {args.repeats}): wall {best['wall_s']:.2f} s, CPU {best['cpu_s']:.2f} s "
+        f"(rusage), {sampled:.2f} s sampled"
+    )
+    for name, sec in sorted(best["parts_s"].items(), key=lambda kv: -kv[1]):
+        if sec >= 0.005:
+            print(f"  {name:<40} {sec:6.2f} s {100 * sec / sampled:5.1f}%")
 
 
 if __name__ == "__main__":
