@@ -60,8 +60,10 @@ from pathlib import Path
 
 from common import (  # benchmarks/common.py: the script's folder is on sys.path
     REPO,
+    children,
     commit,
     cpu_model,
+    role,
 )
 
 SIZE = (640, 360)
@@ -209,31 +211,6 @@ def _read_status(pid: int) -> dict[str, str]:
     return fields
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
-    return kids
-
-
-def _role(pid: int, depth: int) -> str:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-    if not cmd:
-        raise ValueError("exited")
-    if depth == 0:
-        return "parent"
-    if "resource_tracker" in cmd:
-        return "resource_tracker"
-    if "multiprocessing" in cmd:
-        return "worker"
-    return os.path.basename(cmd.split(" ", 1)[0]) or "other"  # ffmpeg, ffprobe
-
-
 class TreeRSS:
     """Polls a process tree's memory from /proc on a thread.
 
@@ -259,16 +236,16 @@ class TreeRSS:
             pid, depth = stack.pop()
             try:
                 st = _read_status(pid)
-                role = _role(pid, depth)
+                kind = role(pid, depth)
             except (OSError, ValueError):
                 continue  # it just exited
             if "VmHWM" not in st:
                 continue  # a zombie: no memory left
             rss, hwm, anon = (int(st[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM", "RssAnon"))
             total += rss
-            self.peak_by_role[role] = max(self.peak_by_role.get(role, 0), hwm)
-            self.anon_by_role[role] = max(self.anon_by_role.get(role, 0), anon)
-            stack += [(c, depth + 1) for c in _children(pid)]
+            self.peak_by_role[kind] = max(self.peak_by_role.get(kind, 0), hwm)
+            self.anon_by_role[kind] = max(self.anon_by_role.get(kind, 0), anon)
+            stack += [(c, depth + 1) for c in children(pid)]
         self.peak_total = max(self.peak_total, total)
 
     def _run(self) -> None:

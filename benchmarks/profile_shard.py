@@ -30,6 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from common import children, role  # benchmarks/common.py: the script's folder is on sys.path
 
 TIMES: dict[str, float] = defaultdict(float)  # wall seconds
 # CPU seconds of the calling thread: decord decodes on a thread of its own, which a
@@ -244,32 +245,6 @@ def exp_logmel(repeats: int) -> dict:
     return res
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its descendants, from /proc."""
-    out, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        out.append(p)
-        try:
-            for t in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{t}/children") as f:
-                    stack += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-    return out
-
-
-def _role(pid: int, root: int) -> str:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        argv = f.read().split(b"\0")
-    exe = os.path.basename(argv[0].decode(errors="replace"))
-    if pid == root:
-        return "parent"
-    if exe.startswith(("ffprobe", "ffmpeg")):
-        return exe
-    return "worker" if b"multiprocessing" in b" ".join(argv) else exe
-
-
 def cpu_by_thread(videos: list[Path], workers: int) -> dict:
     """CPU seconds of a whole ``avprep shard`` run by (process role, thread), sampled from
     /proc every 10 ms (a thread that ends loses its last 10 ms); the rusage of the run for
@@ -284,26 +259,27 @@ def cpu_by_thread(videos: list[Path], workers: int) -> dict:
                "--workers", str(workers), "--quiet"]  # fmt: skip
         proc = subprocess.Popen(cmd)
         while proc.poll() is None:
-            for pid in _tree(proc.pid):
+            stack = [(proc.pid, 0)]
+            while stack:
+                pid, depth = stack.pop()
+                stack += [(c, depth + 1) for c in children(pid)]
                 try:
-                    role = roles.get(pid) or _role(pid, proc.pid)
-                    if role:
-                        roles[pid] = role
+                    kind = roles.get(pid) or roles.setdefault(pid, role(pid, depth))
                     for t in os.listdir(f"/proc/{pid}/task"):
                         with open(f"/proc/{pid}/task/{t}/stat") as f:
                             st = f.read()
                         fields = st[st.rindex(")") + 2 :].split()
                         name = "main thread" if int(t) == pid else "other threads"
                         cpu = (int(fields[11]) + int(fields[12])) / tick
-                        last[(pid, int(t))] = (role, name, cpu)
+                        last[(pid, int(t))] = (kind, name, cpu)
                 except (OSError, ValueError, IndexError):
                     continue  # ended between listing and reading
             time.sleep(0.01)
         wall = time.perf_counter() - t0
         total = children_cpu_s() - before
     parts: dict[str, float] = defaultdict(float)
-    for role, name, cpu in last.values():
-        parts[f"{role}: {name}"] += cpu
+    for kind, name, cpu in last.values():
+        parts[f"{kind}: {name}"] += cpu
     return {"wall_s": wall, "cpu_s": total, "parts_s": dict(parts)}
 
 
