@@ -52,99 +52,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
-from common import (  # benchmarks/common.py: the script's folder is on sys.path
-    REPO,
-    children,
-    commit,
-    cpu_model,
-    role,
-)
-
-SIZE = (640, 360)
-FPS = 25
-GRAIN = 12  # noise strength: ~1.1 Mbit/s at CRF 23 for this picture
-POLL_S = 0.1
-
-
-# -- inputs ------------------------------------------------------------------
-def make_video(path: Path, *, duration_s: float, seed: int, size: tuple[int, int] = SIZE) -> Path:
-    """A 25 fps H.264 + AAC video of ``size`` with motion and grain in every frame."""
-    if path.exists():
-        return path
-    w, h = size
-    video = (
-        f"testsrc2=s={w}x{h}:r={FPS}:d={duration_s},format=yuv420p,"
-        f"noise=alls={GRAIN}:allf=t+u:all_seed={seed}"
-    )
-    audio = f"anoisesrc=c=pink:r=44100:a=0.05:d={duration_s}:seed={seed}"
-    tmp = path.with_name(f".part-{path.name}")
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-           "-f", "lavfi", "-i", video, "-f", "lavfi", "-i", audio,
-           "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-g", str(5 * FPS),
-           "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2", "-b:a", "128k",
-           "-shortest", "-f", "mp4", str(tmp)]  # fmt: skip
-    subprocess.run(cmd, check=True)
-    tmp.replace(path)
-    return path
-
-
-def make_inputs(
-    data: Path, *, clips: int, clip_s: float, long_s: float, size: tuple[int, int] = SIZE
-) -> tuple[Path, Path]:
-    """(folder of the clips, folder of the long video), made once and reused."""
-    tag = "" if size == SIZE else f"-{size[0]}x{size[1]}"
-    clip_dir = data / f"clips-{clips}x{clip_s:g}s{tag}"
-    long_dir = data / f"long-{long_s:g}s{tag}"
-    clip_dir.mkdir(parents=True, exist_ok=True)
-    long_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    for i in range(clips):
-        make_video(clip_dir / f"clip{i:02d}.mp4", duration_s=clip_s, seed=i + 1, size=size)
-    make_video(long_dir / "long.mp4", duration_s=long_s, seed=1000, size=size)
-    took = time.perf_counter() - t0
-    if took > 1:
-        print(f"made inputs in {data} ({took:.0f} s)", file=sys.stderr)
-    return clip_dir, long_dir
-
-
-def remux_ts(clip_dir: Path) -> Path:
-    """The clips stream-copied into MPEG-TS, which avprep decodes with its ffmpeg pipe
-    (decord has no exact frame index there): the same pictures through the other decoder."""
-    ts_dir = clip_dir.with_name(clip_dir.name + "-ts")
-    ts_dir.mkdir(exist_ok=True)
-    for clip in sorted(clip_dir.glob("*.mp4")):
-        out = ts_dir / f"{clip.stem}.ts"
-        if not out.exists():
-            tmp = out.with_name(f".part-{out.name}")
-            cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(clip), "-c", "copy",
-                   "-f", "mpegts", str(tmp)]  # fmt: skip
-            subprocess.run(cmd, check=True)
-            tmp.replace(out)
-    return ts_dir
-
-
-def duration_s(path: Path) -> float:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0",
-         "-show_entries", "stream=duration", "-of", "csv=p=0", str(path)],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    return float(out.split()[0])  # MPEG-TS lists the stream again under its program
-
-
-def bit_rate(path: Path) -> float:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format=bit_rate", "-of", "csv=p=0",
-         str(path)],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    return float(out.strip())
+from common import REPO, commit, cpu_model  # benchmarks/: the script's folder is on sys.path
+from inputs import FPS, SIZE, bit_rate, duration_s, make_inputs, remux_ts
+from proctree import TreeRSS
 
 
 # -- measuring ---------------------------------------------------------------
@@ -200,62 +115,6 @@ class Meter:
     def as_dict(self) -> dict:
         other_cores = max(0.0, (self.busy_s - self.cpu_s) / self.wall_s)
         return {"wall_s": self.wall_s, "cpu_s": self.cpu_s, "other_cores": other_cores}
-
-
-def _read_status(pid: int) -> dict[str, str]:
-    fields = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-    return fields
-
-
-class TreeRSS:
-    """Polls a process tree's memory from /proc on a thread.
-
-    ``peak_by_role``: the largest VmHWM (the kernel's own peak RSS) seen for any
-    process of each role (parent, worker, ffmpeg, ffprobe, resource_tracker);
-    ``anon_by_role``: the largest RssAnon (private memory, not file pages such
-    as shared libraries); ``peak_total``: the largest sum of VmRSS over the
-    tree at one poll (shared library pages counted once per process). Bytes.
-    """
-
-    def __init__(self, root: int) -> None:
-        self.root = root
-        self.peak_by_role: dict[str, int] = {}
-        self.anon_by_role: dict[str, int] = {}
-        self.peak_total = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        total, stack = 0, [(self.root, 0)]
-        while stack:
-            pid, depth = stack.pop()
-            try:
-                st = _read_status(pid)
-                kind = role(pid, depth)
-            except (OSError, ValueError):
-                continue  # it just exited
-            if "VmHWM" not in st:
-                continue  # a zombie: no memory left
-            rss, hwm, anon = (int(st[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM", "RssAnon"))
-            total += rss
-            self.peak_by_role[kind] = max(self.peak_by_role.get(kind, 0), hwm)
-            self.anon_by_role[kind] = max(self.anon_by_role.get(kind, 0), anon)
-            stack += [(c, depth + 1) for c in children(pid)]
-        self.peak_total = max(self.peak_total, total)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._poll()
-            self._stop.wait(POLL_S)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def decode_bound(files: list[Path], workers: int, *, resize: bool = False) -> dict:

@@ -30,7 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from common import children, role  # benchmarks/common.py: the script's folder is on sys.path
+from proctree import TreeCPU  # benchmarks/: the script's folder is on sys.path
 
 TIMES: dict[str, float] = defaultdict(float)  # wall seconds
 # CPU seconds of the calling thread: decord decodes on a thread of its own, which a
@@ -246,41 +246,20 @@ def exp_logmel(repeats: int) -> dict:
 
 
 def cpu_by_thread(videos: list[Path], workers: int) -> dict:
-    """CPU seconds of a whole ``avprep shard`` run by (process role, thread), sampled from
-    /proc every 10 ms (a thread that ends loses its last 10 ms); the rusage of the run for
-    comparison."""
-    tick = os.sysconf("SC_CLK_TCK")
-    last: dict[tuple[int, int], tuple[str, str, float]] = {}
-    roles: dict[int, str] = {}  # a process that has exited has no cmdline: keep the first
+    """CPU seconds of a whole ``avprep shard`` run by process role and thread, sampled
+    from /proc every 10 ms (``proctree.TreeCPU``); the rusage of the run for comparison."""
     with tempfile.TemporaryDirectory() as tmp:
         before = children_cpu_s()
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "avprep", "shard", *map(str, videos), "--out", tmp + "/o",
                "--workers", str(workers), "--quiet"]  # fmt: skip
         proc = subprocess.Popen(cmd)
-        while proc.poll() is None:
-            stack = [(proc.pid, 0)]
-            while stack:
-                pid, depth = stack.pop()
-                stack += [(c, depth + 1) for c in children(pid)]
-                try:
-                    kind = roles.get(pid) or roles.setdefault(pid, role(pid, depth))
-                    for t in os.listdir(f"/proc/{pid}/task"):
-                        with open(f"/proc/{pid}/task/{t}/stat") as f:
-                            st = f.read()
-                        fields = st[st.rindex(")") + 2 :].split()
-                        name = "main thread" if int(t) == pid else "other threads"
-                        cpu = (int(fields[11]) + int(fields[12])) / tick
-                        last[(pid, int(t))] = (kind, name, cpu)
-                except (OSError, ValueError, IndexError):
-                    continue  # ended between listing and reading
-            time.sleep(0.01)
+        sampler = TreeCPU(proc.pid)
+        proc.wait()
+        sampler.stop()
         wall = time.perf_counter() - t0
         total = children_cpu_s() - before
-    parts: dict[str, float] = defaultdict(float)
-    for kind, name, cpu in last.values():
-        parts[f"{kind}: {name}"] += cpu
-    return {"wall_s": wall, "cpu_s": total, "parts_s": dict(parts)}
+    return {"wall_s": wall, "cpu_s": total, "parts_s": sampler.by_part()}
 
 
 def exp_overlap(video: Path, threads: int, repeats: int) -> dict:
