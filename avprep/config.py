@@ -3,16 +3,52 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from avprep import schema
 from avprep.errors import UsageError
+from avprep.media.decoder import DECODERS
 from avprep.spectrogram import PRESETS, unusable
+from avprep.urls import refusal
 
 SPEC_PRESETS = tuple(PRESETS)
 MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: beyond it a timer overflows, and no file needs it
+# Upper bounds: past them a value is a typo, and would exhaust memory or processes.
+MAX_FPS = 1000.0  # above any camera's stored frame rate but high-speed ones
+MAX_SHORT_SIDE_PX = 4096  # 4K: a segment of frames at this size already takes gigabytes
+MAX_SEGMENT_S = 600.0  # a segment's audio is held whole: 10 min at 192 kHz is 460 MB
+MAX_SHARD_SAMPLES = 1_000_000
+MAX_SHARD_BYTES = 64 * 1024**3
+MAX_WORKERS = 1024  # each a process of ~170 MB
+MAX_WORLD_SIZE = 1_000_000  # ranks are int32 in the manifest
+
+_NUMBERS = {  # field -> CLI flag, whether an integer
+    "fps": ("--fps", False),
+    "short_side_px": ("--short-side", True),
+    "segment_seconds": ("--segment-seconds", False),
+    "min_seconds": ("--min-seconds", False),
+    "sample_rate_hz": ("--sample-rate", True),
+    "jpeg_quality": ("--jpeg-quality", True),
+    "shard_max_samples": ("--shard-max-samples", True),
+    "shard_max_bytes": ("--shard-max-bytes", True),
+    "workers": ("--workers", True),
+    "rank": ("--rank", True),
+    "world_size": ("--world-size", True),
+    "timeout_seconds": ("--timeout", False),
+}
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (Slurm's and taskset's allocation), not the
+    machine's core count; the core count where the affinity mask is not available."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # macOS has no sched_getaffinity
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -36,20 +72,34 @@ class ShardConfig:
     jpeg_quality: int = 90
     shard_max_samples: int = 1000
     shard_max_bytes: int = 256 * 1024**2
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = field(default_factory=lambda: available_cpus())
     rank: int = 0
     world_size: int = 1
     timeout_seconds: float = 120.0
+    decoder: str = "auto"
     strict: bool = False
     quiet: bool = False
 
     def __post_init__(self) -> None:
+        if refusal(self.out_dir) is not None:
+            raise UsageError(refusal(self.out_dir))
+        for name, (flag, integer) in _NUMBERS.items():
+            value = getattr(self, name)
+            kinds = int if integer else (int, float)
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                kind = "an integer" if integer else "a number"
+                raise UsageError(f"{flag} must be {kind}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"{flag} must be a finite number, got {value}")
         checks = [
-            (self.fps > 0, f"--fps must be > 0, got {self.fps}"),
-            (self.short_side_px >= 16, f"--short-side must be >= 16, got {self.short_side_px}"),
+            (0 < self.fps <= MAX_FPS, f"--fps must be in (0, {MAX_FPS:g}], got {self.fps}"),
             (
-                self.segment_seconds > 0,
-                f"--segment-seconds must be > 0, got {self.segment_seconds}",
+                16 <= self.short_side_px <= MAX_SHORT_SIDE_PX,
+                f"--short-side must be in 16..{MAX_SHORT_SIDE_PX}, got {self.short_side_px}",
+            ),
+            (
+                0 < self.segment_seconds <= MAX_SEGMENT_S,
+                f"--segment-seconds must be in (0, {MAX_SEGMENT_S:g}], got {self.segment_seconds}",
             ),
             (self.min_seconds > 0, f"--min-seconds must be > 0, got {self.min_seconds}"),
             (
@@ -63,11 +113,27 @@ class ShardConfig:
             ),
             (8000 <= self.sample_rate_hz <= 192000, "--sample-rate must be in 8000..192000"),
             (self.spec_preset in SPEC_PRESETS, f"--spec-preset must be one of {SPEC_PRESETS}"),
+            (
+                self.decoder in DECODERS,
+                f"--decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}",
+            ),
             (1 <= self.jpeg_quality <= 100, "--jpeg-quality must be in 1..100"),
-            (self.shard_max_samples >= 1, "--shard-max-samples must be >= 1"),
-            (self.shard_max_bytes >= 1024**2, "--shard-max-bytes must be >= 1 MiB"),
-            (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
-            (self.world_size >= 1, f"--world-size must be >= 1, got {self.world_size}"),
+            (
+                1 <= self.shard_max_samples <= MAX_SHARD_SAMPLES,
+                f"--shard-max-samples must be in 1..{MAX_SHARD_SAMPLES}",
+            ),
+            (
+                1024**2 <= self.shard_max_bytes <= MAX_SHARD_BYTES,
+                f"--shard-max-bytes must be in 1 MiB..64 GiB ({MAX_SHARD_BYTES})",
+            ),
+            (
+                1 <= self.workers <= MAX_WORKERS,
+                f"--workers must be in 1..{MAX_WORKERS}, got {self.workers}",
+            ),
+            (
+                1 <= self.world_size <= MAX_WORLD_SIZE,
+                f"--world-size must be in 1..{MAX_WORLD_SIZE}, got {self.world_size}",
+            ),
             (
                 0 <= self.rank < self.world_size,
                 f"--rank must be in 0..{self.world_size - 1}, got {self.rank}",
@@ -80,6 +146,8 @@ class ShardConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
+        if self.decoder == "decord" and importlib.util.find_spec("decord") is None:
+            raise UsageError("--decoder decord needs decord: pip install 'avprep[decord]'")
         preset = PRESETS[self.spec_preset]
         why = unusable(preset, self.sample_rate_hz)
         if why:

@@ -28,25 +28,18 @@ import numpy as np
 import simplejpeg
 
 from avprep.errors import MediaError
-from avprep.probe import AudioStream, MediaInfo, VideoStream
-from avprep.tools import StderrDrain, clean_message, ffmpeg_bin, filter_options, local_url
-
-EPS = 1e-6
-
-
-def output_size(video: VideoStream, short_side_px: int) -> tuple[int, int]:
-    """Stored (width, height) in display orientation with the short side fixed."""
-    dw, dh = video.display_size
-    if dw <= dh:
-        return short_side_px, max(1, round(dh * short_side_px / dw))
-    return max(1, round(dw * short_side_px / dh)), short_side_px
-
-
-def grid_times(start_s: float, end_s: float, fps: float) -> np.ndarray:
-    """Output frame times in [start_s, end_s) at ``fps``."""
-    n = max(0, int(np.ceil((end_s - start_s) * fps - 1e-6)))
-    return start_s + np.arange(n) / fps
-
+from avprep.media.batch import FrameBatch
+from avprep.media.planes import YuvLayout
+from avprep.media.timeline import EPS, SequentialFrames, grid_times, output_size
+from avprep.probe import AudioStream, MediaInfo
+from avprep.tools import (
+    StderrDrain,
+    clean_message,
+    ffmpeg_bin,
+    filter_options,
+    local_url,
+    popen,
+)
 
 DECORD_CONTAINERS = ("mov", "mp4", "matroska", "webm")
 MIN_GOP = 8  # frames per keyframe on average from which DecordFrames avoids decord's seeks
@@ -85,14 +78,15 @@ class DecordFrames:
         v = info.video
         # decord applies the rotation metadata itself; width/height are display sizes.
         w, h = self.size = output_size(v, short_side_px)
+        url = local_url(path)  # decord hands it to avformat_open_input as it is
         try:
             if info.n_video_streams > 1:
-                native = decord.VideoReader(path, num_threads=1)
+                native = decord.VideoReader(url, num_threads=1)
                 shape = native[0].shape
                 del native
                 if (shape[1], shape[0]) not in ((v.width, v.height), (v.height, v.width)):
                     raise MediaError("decord opened another video stream")
-            self.vr = decord.VideoReader(path, width=w, height=h, num_threads=threads)
+            self.vr = decord.VideoReader(url, width=w, height=h, num_threads=threads)
             ts = self.vr.get_frame_timestamp(range(len(self.vr)))
         except MediaError:
             raise
@@ -109,8 +103,8 @@ class DecordFrames:
         self.pad_keys = len(self.keys) > 0 and len(self.starts) >= MIN_GOP * len(self.keys)
         self.next_index = 0  # where decord's decoding stands: one past the last frame read
 
-    def read(self, start_s: float, end_s: float, fps: float) -> tuple[np.ndarray, np.ndarray]:
-        """Frames ``[n, H, W, 3]`` uint8 shown at the grid times, and their timestamps."""
+    def read(self, start_s: float, end_s: float, fps: float) -> FrameBatch:
+        """Frames ``[n, H, W, 3]`` uint8 RGB shown at the grid times, with their timestamps."""
         times = grid_times(start_s, min(end_s, self.end_s), fps)
         idx = np.searchsorted(self.starts, times + EPS, side="right") - 1
         idx = np.clip(idx, 0, len(self.starts) - 1)
@@ -129,7 +123,7 @@ class DecordFrames:
             frames = frames[np.searchsorted(read, uniq)]
         if len(uniq) != len(idx):  # a frame shown at several grid times
             frames = frames[inverse]
-        return frames, self.starts[idx]
+        return FrameBatch(frames, self.starts[idx])
 
     @staticmethod
     def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
@@ -160,7 +154,7 @@ def showinfo_options() -> dict:
     return {"checksum": 0} if "checksum" in filter_options("showinfo") else {}
 
 
-class FfmpegFrames:
+class FfmpegFrames(SequentialFrames):
     """Sequential frames from an ffmpeg pipe; timestamps from its showinfo filter.
 
     ffmpeg applies the rotation itself (autorotate) and scales; every decoded
@@ -181,10 +175,8 @@ class FfmpegFrames:
     def __init__(self, path: str, info: MediaInfo, *, short_side_px: int, threads: int) -> None:
         v = info.video
         self.w, self.h = self.size = output_size(v, short_side_px)
-        cw, ch = (self.w + 1) // 2, (self.h + 1) // 2
-        self._chroma = (ch, cw)
-        self._split = (self.w * self.h, self.w * self.h + cw * ch)  # Y | U | V
-        self.frame_bytes = self.w * self.h + 2 * cw * ch
+        self.layout = YuvLayout(self.w, self.h)
+        self.frame_bytes = self.layout.frame_bytes
         self.v_start = v.start_s
         self.frame_s = 1.0 / v.avg_fps if v.avg_fps else 0.04
         stream = (
@@ -199,7 +191,7 @@ class FfmpegFrames:
         self.error = ""
         self._pts: deque[float | None] = deque()
         self._cv = threading.Condition()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.drain = StderrDrain(self.proc, on_line=self._on_line, path=path)
         self._next: tuple[np.ndarray, float] | None = None
         self._prev: tuple[np.ndarray, float] | None = None
@@ -242,39 +234,11 @@ class FfmpegFrames:
             raise MediaError("decode_error: ffmpeg sent a frame without a timestamp")
         self._next = (np.frombuffer(buf, np.uint8), pts - self.v_start)
 
-    @property
-    def end_s(self) -> float:
-        """Known end of the video so far (exact once the stream is exhausted)."""
-        last = self._next or self._prev
-        return float("inf") if not self._eof else (last[1] + self.frame_s if last else 0.0)
-
-    def read(self, start_s: float, end_s: float, fps: float) -> tuple[np.ndarray, np.ndarray]:
-        """Frames ``[n, frame_bytes]`` uint8 (Y, U, V planes) shown at the grid times, and
-        their timestamps."""
-        frames, times = [], []
-        for t in grid_times(start_s, end_s, fps):
-            while self._next is not None and self._next[1] <= t + EPS:
-                self._prev = self._next
-                self._advance()
-            shown = self._prev or self._next
-            if shown is None:
-                break
-            if self._next is None and t >= shown[1] + self.frame_s - EPS:
-                break  # past the last frame: the stream ended early
-            frames.append(shown[0])
-            times.append(shown[1])
-        if not frames:
-            return np.zeros((0, self.frame_bytes), np.uint8), np.zeros(0)
-        return np.stack(frames), np.asarray(times)
+    def _row(self, frame: np.ndarray) -> np.ndarray:
+        return frame  # ffmpeg already scaled it into Y|U|V
 
     def encode_jpeg(self, frame: np.ndarray, quality: int) -> bytes:
-        y, u, v = np.split(frame, self._split)
-        return simplejpeg.encode_jpeg_yuv_planes(
-            y.reshape(self.h, self.w),
-            u.reshape(self._chroma),
-            v.reshape(self._chroma),
-            quality=quality,
-        )
+        return self.layout.encode_jpeg(frame, quality)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -287,7 +251,8 @@ DECODERS = {"decord": DecordFrames, "ffmpeg": FfmpegFrames}
 
 
 def open_frames(path: str, info: MediaInfo, *, short_side_px: int, threads: int = 1, decoder: str):
-    """Open frames with ``decoder`` ("decord" or "ffmpeg"); MediaError if it cannot."""
+    """Open frames with ``decoder`` ("decord" or "ffmpeg"); MediaError if it cannot.
+    (PyAV's frames come from an opened container: ``avprep.media.frames.PyavFrames``.)"""
     return DECODERS[decoder](path, info, short_side_px=short_side_px, threads=threads)
 
 
@@ -309,7 +274,7 @@ class AudioReader:
             .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate)
             .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
         )
-        self.proc = subprocess.Popen(
+        self.proc = popen(
             ffmpeg_command(stream, path), stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         self.drain = StderrDrain(self.proc, path=path)

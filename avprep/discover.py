@@ -84,28 +84,78 @@ def _walk(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def _manifest_records(path: Path) -> list[dict[str, Any]]:
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
-                records = list(csv.DictReader(f))
-        elif suffix == ".jsonl":
-            records = []
-            with open(path, encoding="utf-8-sig") as f:
-                for n, line in enumerate(f, 1):
-                    try:
-                        records.append(json.loads(line)) if line.strip() else None
-                    except ValueError as e:
-                        raise UsageError(f"cannot read manifest {path}: line {n}: {e}") from e
-        else:
-            import pyarrow.parquet as pq  # noqa: PLC0415
+def _one_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
-            records = pq.read_table(path).to_pylist()
+
+def _strict_text(value: Any) -> bool:
+    """No lone surrogate (JSON's ``"\\ud800"``) anywhere in ``value``: it is no text."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_strict_text(k) and _strict_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_strict_text(v) for v in value)
+    return True
+
+
+def _csv_records(path: Path) -> list[dict[str, Any]]:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
+        reader = csv.DictReader(f)
+        try:
+            return list(reader)
+        except csv.Error as e:  # a field over csv's 128 KiB limit, a stray quote
+            line = reader.line_num + 1  # line_num: the lines read before the one that failed
+            raise UsageError(f"cannot read manifest {path}: line {line}: {e}") from e
+
+
+def _jsonl_records(path: Path) -> list[Any]:
+    records = []
+    with open(path, encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except RecursionError as e:
+                raise UsageError(f"cannot read manifest {path}: line {n}: nested too deeply") from e
+            except ValueError as e:
+                raise UsageError(f"cannot read manifest {path}: line {n}: {e}") from e
+            if not _strict_text(record):
+                raise UsageError(f"cannot read manifest {path}: line {n}: a lone surrogate escape")
+            records.append(record)
+    return records
+
+
+def _parquet_records(path: Path) -> list[dict[str, Any]]:
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pa.ArrowException, ValueError, OverflowError) as e:
+        raise UsageError(f"cannot read manifest {path}: {_one_line(e)}") from e
+
+
+def _manifest_records(path: Path) -> list[dict[str, Any]]:
+    """The rows of a csv/jsonl/parquet manifest; UsageError in one line for anything else
+    (unreadable, malformed, no usable ``path`` in a row)."""
+    read = {".csv": _csv_records, ".jsonl": _jsonl_records}.get(
+        path.suffix.lower(), _parquet_records
+    )
+    try:
+        records = read(path)
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read manifest {path}: {e}") from e
-    if records and not all(isinstance(r, dict) and r.get("path") for r in records):
-        raise UsageError(f"manifest {path} needs a non-empty 'path' column in every row")
+        raise UsageError(f"cannot read manifest {path}: {_one_line(e)}") from e
+    for n, r in enumerate(records, 1):
+        if not (isinstance(r, dict) and r.get("path")):
+            raise UsageError(f"manifest {path} needs a non-empty 'path' column in every row")
+        if "\0" in str(r["path"]):
+            raise UsageError(f"manifest {path}: row {n}: the path holds a NUL character")
     return records
 
 

@@ -7,14 +7,15 @@ the shards) and hands them to ``avprep.sheet`` to draw.
 
 from __future__ import annotations
 
-import io
 import json
+import re
 import tarfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import simplejpeg
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -39,6 +40,41 @@ def _check_out_dir(shard_dir: Path) -> Path:
 def shard_paths(shard_dir: Path) -> list[Path]:
     """Committed shards (``*.tar``; temporary ``*.tar.tmp`` ones are not counted), sorted."""
     return sorted(Path(shard_dir).glob(f"*{schema.SHARD_SUFFIX}"))
+
+
+def shard_pattern(paths: list[Path]) -> str:
+    """One string naming exactly ``paths`` for ``webdataset.WebDataset`` (which splits on
+    ``::`` and expands braces): shards whose names differ only in their last number, of
+    one width and consecutive, become ``prefix{first..last}.tar``; the rest are named as
+    they are (braces escaped; a name holding ``::`` cannot be named this way). ``""`` for
+    no paths."""
+    groups: dict[tuple[str, str, int], list[int]] = {}
+    single: list[str] = []
+    for p in paths:
+        m = _LAST_NUMBER.match(str(p))
+        if m is None or "{" in str(p) or "}" in str(p) or "::" in str(p):
+            single.append(str(p).replace("{", r"\{").replace("}", r"\}"))  # braceexpand's escape
+            continue
+        head, digits, tail = m.groups()
+        groups.setdefault((head, tail, len(digits)), []).append(int(digits))
+    parts = []
+    for (head, tail, width), numbers in sorted(groups.items()):
+        numbers.sort()
+        start = prev = numbers[0]
+        for n in [*numbers[1:], None]:
+            if n is not None and n == prev + 1:
+                prev = n
+                continue
+            if start == prev:
+                parts.append(f"{head}{start:0{width}d}{tail}")
+            else:
+                parts.append(f"{head}{{{start:0{width}d}..{prev:0{width}d}}}{tail}")
+            if n is not None:
+                start = prev = n
+    return "::".join(parts + single)
+
+
+_LAST_NUMBER = re.compile(r"^(.*?)(\d+)(\D*)$")
 
 
 def reason_code(reason: str | None) -> str:
@@ -87,6 +123,7 @@ def stats(shard_dir: Path) -> dict[str, Any]:
         "hours": seconds / 3600,
         "reasons": {status: dict(sorted(c.items())) for status, c in reasons.items()},
         "examples": examples,
+        "pattern": shard_pattern(tars),  # for webdataset.WebDataset(pattern)
     }
 
 
@@ -115,6 +152,9 @@ def print_stats(st: dict[str, Any], console: Console) -> None:
             example = st["examples"].get(code, "")
             table.add_row(escape(f"    {code}"), str(n), escape(example[:200]))
     console.print(table)
+    if st.get("pattern"):
+        console.print(f"webdataset: WebDataset({escape(repr(st['pattern']))})",
+                      soft_wrap=True, highlight=False)  # fmt: skip
 
 
 # -- samples for the contact sheet ---------------------------------------------
@@ -131,7 +171,8 @@ def choose_samples(shard_dir: Path, n_samples: int) -> list[tuple[Path, str]]:
     columns = ["status", "video_id", "n_segments", "shards"]
     videos: dict[str, list[tuple[str, int]]] = {}
     for row in manifest.read(shard_dir).select(columns).to_pylist():
-        if row["status"] == manifest.OK and row["shards"] and row["n_segments"]:
+        ok = row["status"] == manifest.OK and row["shards"] and row["n_segments"]
+        if ok and schema.is_key(f"{row['video_id']}_0000"):  # a stranger's manifest: ids checked
             videos.setdefault(row["shards"][0], []).append((row["video_id"], row["n_segments"]))
     present = [p for p in shard_paths(shard_dir) if p.name in videos]
     if not present or n_samples <= 0:
@@ -148,56 +189,87 @@ def choose_samples(shard_dir: Path, n_samples: int) -> list[tuple[Path, str]]:
     return chosen
 
 
-def read_samples(pairs: list[tuple[Path, str]]) -> list[dict[str, Any]]:
+def read_samples(
+    pairs: list[tuple[Path, str]], problems: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Read the chosen samples: ``{"json": dict, "frames": [jpeg bytes] in order, "spec": array}``.
 
-    ``spec`` is the float16 ``[n_mels, n_columns]`` log-mel (None if absent).
-    Each tar is read once, up to the last wanted sample; a key that is not in
-    its shard is left out.
+    ``spec`` is the float16 ``[n_mels, n_columns]`` log-mel. Each tar is read once, up to
+    the last wanted sample; a key that is not in its shard is left out, and so is a sample
+    that breaks the shard format (``schema.check_sample``), with a line in ``problems``.
     """
     by_shard: dict[Path, set[str]] = {}
     for path, key in pairs:
         by_shard.setdefault(path, set()).add(key)
-    found: dict[str, dict[str, Any]] = {}
+    raw: dict[str, dict[str, bytes]] = {}
     for path, wanted in by_shard.items():
         left = set(wanted)
-        with tarfile.open(path) as tar:
-            for member in tar:
-                key, _, suffix = member.name.partition(".")
-                if key not in wanted:
-                    if not left:
-                        break
-                    continue
-                left.discard(key)
-                sample = found.setdefault(key, {"frames": {}, "spec": None, "json": None})
-                data = tar.extractfile(member).read()
-                if suffix == schema.JSON:
-                    sample["json"] = json.loads(data)
-                elif suffix == schema.SPEC:
-                    sample["spec"] = np.load(io.BytesIO(data), allow_pickle=False)
-                elif schema.is_frame_member(suffix):
-                    sample["frames"][int(suffix[1 : 1 + schema.FRAME_DIGITS])] = data
+        try:
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    key, _, suffix = member.name.partition(".")
+                    if key not in wanted:
+                        if not left:
+                            break
+                        continue
+                    left.discard(key)
+                    if member.isreg():
+                        raw.setdefault(key, {})[suffix] = tar.extractfile(member).read()
+        except (tarfile.TarError, OSError) as e:
+            if problems is not None:
+                problems.append(
+                    f"shard {path} could not be read to its end: {type(e).__name__}: {e}"
+                )
     out = []
-    for _, key in pairs:
-        sample = found.get(key)
-        if sample is not None and sample["json"] is not None:
-            sample["frames"] = [sample["frames"][i] for i in sorted(sample["frames"])]
-            out.append(sample)
+    for path, key in pairs:
+        if key not in raw:
+            continue
+        try:
+            out.append(_checked(key, raw[key]))
+        except schema.SampleError as e:
+            if problems is not None:
+                problems.append(f"shard {path}: {e}")
     return out
 
 
-def contact_sheet(shard_dir: Path, png_path: Path, *, n_samples: int = 4) -> Path:
+def _checked(key: str, members: dict[str, bytes]) -> dict[str, Any]:
+    """One sample's members, checked against the shard format, as ``read_samples`` gives it."""
+    try:
+        meta = json.loads(members.get(schema.JSON, b"null"))
+    except (ValueError, RecursionError) as e:
+        raise schema.SampleError(f"sample {key}: its json does not parse") from e
+    meta = schema.check_sample(key, meta, members)
+    n_mels = meta["spec"]["n_mels"]
+    try:
+        dtype, shape, offset = schema.spec_layout(members[schema.SPEC], n_mels)
+    except schema.SampleError as e:
+        raise schema.SampleError(f"sample {key}: {e}") from None
+    spec = np.frombuffer(members[schema.SPEC], dtype, shape[0] * shape[1], offset).reshape(shape)
+    if not np.isfinite(spec).all():
+        raise schema.SampleError(f"sample {key}: {schema.SPEC} holds NaN or inf")
+    frames = [members[schema.frame_member(i)] for i in range(len(meta["frame_times"]))]
+    for data in frames:
+        try:
+            simplejpeg.decode_jpeg(data, colorspace="RGB")
+        except ValueError as e:
+            raise schema.SampleError(f"sample {key}: a frame does not decode ({e})") from e
+    return {"json": meta, "frames": frames, "spec": spec}
+
+
+def contact_sheet(
+    shard_dir: Path, png_path: Path, *, n_samples: int = 4, problems: list[str] | None = None
+) -> Path:
     """Write a PNG of ``n_samples`` samples: frames and log-mel on one time axis per sample.
 
-    Returns ``png_path``. Raises UsageError if the directory has no samples or
-    the PNG cannot be written.
+    Returns ``png_path``; damaged samples are left out, with a line in ``problems``.
+    Raises UsageError if the directory has no samples or the PNG cannot be written.
     """
     from avprep.sheet import draw_sheet  # noqa: PLC0415  (Pillow only when drawing)
 
     shard_dir = _check_out_dir(shard_dir)
     if n_samples < 1:
         raise UsageError(f"--samples must be at least 1, got {n_samples}")
-    samples = read_samples(choose_samples(shard_dir, n_samples))
+    samples = read_samples(choose_samples(shard_dir, n_samples), problems)
     if not samples:
         raise UsageError(f"{shard_dir} holds no samples to draw")
     title = (

@@ -4,21 +4,28 @@ Rows live in Parquet part files under ``DIR/manifest/``, read together with
 ``pyarrow.dataset``. ``{shard_stem}.parquet`` holds the ok rows of the videos
 in that shard (written right after the shard is renamed into place);
 ``other-r{rank}-{run}.parquet`` holds a rank run's skipped and failed rows.
+
+A part is checked where it is read: one that is not Parquet, has another
+schema, or holds rows no avprep run writes raises ``DamagedPart`` naming the
+file (``OutputDir.recover_orphans`` rebuilds a damaged shard part from its tar).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from avprep import schema
+from avprep.errors import UsageError
 
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 
@@ -89,16 +96,84 @@ def manifest_dir(out_dir: Path) -> Path:
     return Path(out_dir) / schema.MANIFEST_DIR
 
 
-def read(out_dir: Path) -> pa.Table:
-    """Every committed row under ``out_dir/manifest`` (an empty table if none)."""
-    parts = sorted(manifest_dir(out_dir).glob("*.parquet"))
-    if not parts:
-        return SCHEMA.empty_table()
-    return ds.dataset([str(p) for p in parts], schema=SCHEMA, format="parquet").to_table()
+class DamagedPart(UsageError):
+    """A manifest part that no avprep run wrote as it is; ``path`` names it."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"damaged manifest part {path}: {why}")
+        self.path, self.why = Path(path), why
+
+
+REQUIRED = ("source", "input_key", "video_id", "status", "shards", "rank", "run")
+
+
+def _first_line(e: Exception) -> str:
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return re.sub(r"^Could not open Parquet input source '.*?': ", "", line)[:200]
+
+
+def _damage(table: pa.Table, shard: str | None) -> str | None:
+    """Why ``table`` cannot be a part avprep wrote (None if it can); ``shard``: the tar
+    name every row of a shard's part holds."""
+    if not table.schema.equals(SCHEMA, check_metadata=False):
+        return "another schema than avprep's manifest"
+    nulls = [name for name in REQUIRED if table.column(name).null_count]
+    if nulls:
+        return f"empty {', '.join(nulls)}"
+    if set(table.column("status").to_pylist()) - {OK, SKIPPED, FAILED}:
+        return "a status other than ok, skipped or failed"
+    if shard is not None and any(s != [shard] for s in table.column("shards").to_pylist()):
+        return f"rows of another shard than {shard}"
+    return None
+
+
+def _twice(table: pa.Table) -> bool:
+    keys = table.column("input_key")
+    return len(keys) != len(pc.unique(keys))
 
 
 def read_part(path: Path) -> pa.Table:
-    return pq.read_table(path, schema=SCHEMA)
+    """One part, checked; DamagedPart if it is not one avprep wrote (a shard's part,
+    ``{stem}.parquet``, must hold rows of ``{stem}.tar`` only)."""
+    path = Path(path)
+    shard = f"{path.stem}{schema.SHARD_SUFFIX}" if schema.parse_shard_stem(path.stem) else None
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DamagedPart(path, f"not readable as Parquet ({_first_line(e)})") from e
+    why = _damage(table, shard)
+    if why:
+        raise DamagedPart(path, why)
+    return table
+
+
+def read(out_dir: Path) -> pa.Table:
+    """Every committed row under ``out_dir/manifest`` (an empty table if none).
+
+    DamagedPart names the first part that is not one avprep wrote (each part is
+    checked on its own only when the rows read together show damage: an input
+    twice counts)."""
+    parts = sorted(manifest_dir(out_dir).glob("*.parquet"))
+    if not parts:
+        return SCHEMA.empty_table()
+    try:
+        table = ds.dataset([str(p) for p in parts], schema=SCHEMA, format="parquet").to_table()
+    except (OSError, pa.ArrowException):
+        table = None
+    if table is None or _damage(table, None) or _twice(table):
+        for part in parts:
+            try:
+                read_part(part)
+            except DamagedPart as e:
+                repair = (
+                    "the next run of its rank rebuilds it from its shard"
+                    if schema.parse_shard_stem(part.stem)
+                    else "delete it, and its rank's next run tries those inputs again"
+                )
+                raise DamagedPart(part, f"{e.why}; {repair}") from None
+        if table is None:  # every part reads alone but not together: not seen
+            raise UsageError(f"cannot read the manifest parts under {manifest_dir(out_dir)}")
+    return table
 
 
 def rows_from_shard(

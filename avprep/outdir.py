@@ -10,10 +10,12 @@ again and recorded exactly once.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import re
+import tarfile
 from pathlib import Path
 
 from avprep import manifest, schema
@@ -27,14 +29,21 @@ MANIFEST_VERSION = 2
 
 
 def try_lock(path: Path) -> int | None:
-    """An exclusive flock on ``path`` (created), held while the returned fd is open;
-    None if another process holds it. The fd records who holds it."""
+    """An exclusive lock on ``path`` (created), held while the returned fd is open;
+    None if another process holds it. The fd records who holds it.
+
+    A POSIX record lock (``lockf``), not ``flock``: it belongs to this process alone, so
+    the processes it forks (data-loader workers) do not inherit it, and it goes the
+    moment this process dies, even while orphaned workers linger. (Take each lock once
+    per process: closing any fd of the file releases it.)"""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:  # EAGAIN or EACCES: another process holds it
         os.close(fd)
-        return None
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.uname().nodename} {os.getpid()}\n".encode())
     return fd
@@ -49,6 +58,7 @@ class OutputDir:
         self._lock_fd: int | None = None
         self.run = 0
         self.paths: dict[str, str] = {}  # input_key -> real path, for rows rebuilt from shards
+        self.notices: list[str] = []  # one line per manifest part rebuilt from its shard
 
     def open(self, cfg: ShardConfig) -> None:
         """Create, lock this rank, check settings, pick this run's number, clean up."""
@@ -125,22 +135,45 @@ class OutputDir:
             tmp.unlink(missing_ok=True)
 
     def recover_orphans(self, pattern: str | None = None) -> set[str]:
-        """Write the missing manifest parts of this rank's committed shards.
+        """Write the manifest parts of this rank's committed shards that are missing or
+        damaged (not Parquet, another schema, rows of another shard), rebuilt from the
+        tar; each damaged one adds a line to ``notices``. UsageError naming the tar if it
+        cannot be read either.
 
         Returns the video ids in the shards matched by ``pattern`` (default: all
         of this rank's shards).
         """
         pattern = pattern or f"{schema.SHARD_PREFIX}-r{self.rank:04d}-*{schema.SHARD_SUFFIX}"
         ids: set[str] = set()
-        for tar in self.root.glob(pattern):
+        for tar in sorted(self.root.glob(pattern)):
             part = self.manifest / f"{tar.stem}.parquet"
-            if not part.exists():
-                parsed = schema.parse_shard_stem(tar.stem)
-                run = parsed[1] if parsed else 0
-                rows = manifest.rows_from_shard(tar, rank=self.rank, run=run, paths=self.paths)
+            table = None
+            if part.exists():
+                try:
+                    table = manifest.read_part(part)
+                except manifest.DamagedPart as e:
+                    self.notices.append(f"{e}; rebuilt from {tar.name}")
+            if table is None:
+                rows = self._rows_from_shard(tar)
                 manifest.write_part(part, rows)
-            ids.update(manifest.read_part(part).column("video_id").to_pylist())
+                table = manifest.read_part(part)
+            ids.update(table.column("video_id").to_pylist())
         return ids
+
+    def _rows_from_shard(self, tar: Path) -> list[dict]:
+        parsed = schema.parse_shard_stem(tar.stem)
+        run = parsed[1] if parsed else 0
+        try:
+            rows = manifest.rows_from_shard(tar, rank=self.rank, run=run, paths=self.paths)
+            why = "" if rows else "it holds no samples"
+        except (OSError, tarfile.TarError, ValueError, KeyError, TypeError) as e:
+            rows, why = [], str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not rows:
+            raise UsageError(
+                f"cannot rebuild the manifest part of {tar} from it: {why}; "
+                "move the shard away to shard its videos again"
+            )
+        return rows
 
     def recover_worker(self, worker_id: int) -> set[str]:
         """Recover one (dead) worker of this run; the video ids it committed."""

@@ -3,10 +3,17 @@
 The parent process discovers inputs, takes this rank's share, works out what an
 earlier run already committed, and hands the rest to ``dispatch.Dispatcher``
 (worker processes, timeouts, replacement). No per-file problem is ever raised.
+
+SIGTERM (Slurm's scancel and time limit) stops a run as Ctrl-C does: a
+KeyboardInterrupt, so the workers are killed with their ffmpegs, the lock is
+released, and the same command resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,6 +22,7 @@ from avprep import manifest
 from avprep.config import ShardConfig
 from avprep.discover import discover, keep_committed_ids, partition
 from avprep.dispatch import Dispatcher
+from avprep.media.decoder import Decoder
 from avprep.outdir import OutputDir
 from avprep.tools import require_ffmpeg
 
@@ -53,41 +61,64 @@ class Progress:
     def stop(self) -> None: ...
 
 
+def _interrupt(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM raises KeyboardInterrupt (main thread only; elsewhere
+    signal handlers cannot be set and nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def shard_videos(
     inputs: list[str], cfg: ShardConfig, *, progress: Progress | None = None
 ) -> ShardReport:
     """Shard this rank's share of ``inputs`` into ``cfg.out_dir``; see the module doc."""
-    require_ffmpeg()
+    if Decoder(cfg.decoder).needs_ffmpeg:
+        require_ffmpeg()
     progress = progress or Progress()
     t0 = time.perf_counter()
     everything = discover(inputs)
     out = OutputDir(cfg.out_dir, cfg.rank)
-    out.open(cfg)
-    try:
-        out.paths = {inp.input_key: inp.real_path for inp in everything}
-        out.recover_orphans()
-        out.drop_other_rows()
-        done = out.committed_inputs()
-        items = partition(keep_committed_ids(everything, done), cfg.rank, cfg.world_size)
-        todo = [i for i, inp in enumerate(items) if inp.input_key not in done]
-        report = ShardReport(
-            out_dir=str(cfg.out_dir),
-            rank=cfg.rank,
-            world_size=cfg.world_size,
-            run=out.run,
-            n_inputs=len(items),
-            n_already_done=len(items) - len(todo),
-        )
-        progress.start(len(items), report.n_already_done)
-        other_rows = Dispatcher(items, cfg, out, report, progress).run(todo)
-        if other_rows:
-            manifest.write_part(out.other_part(), other_rows)
-        final = manifest.read(cfg.out_dir)
-        seen = Counter(final.column("input_key").to_pylist())
-        report.unaccounted = [inp.source for inp in items if seen[inp.input_key] != 1]
-        report.seconds = time.perf_counter() - t0
-        progress.update(report, segments=report.n_segments)
-        return report
-    finally:
-        progress.stop()
-        out.close()
+    with sigterm_as_interrupt():
+        out.open(cfg)
+        try:
+            out.paths = {inp.input_key: inp.real_path for inp in everything}
+            out.recover_orphans()
+            for notice in out.notices:
+                progress.log(notice)
+            out.drop_other_rows()
+            done = out.committed_inputs()
+            items = partition(keep_committed_ids(everything, done), cfg.rank, cfg.world_size)
+            todo = [i for i, inp in enumerate(items) if inp.input_key not in done]
+            report = ShardReport(
+                out_dir=str(cfg.out_dir),
+                rank=cfg.rank,
+                world_size=cfg.world_size,
+                run=out.run,
+                n_inputs=len(items),
+                n_already_done=len(items) - len(todo),
+            )
+            progress.start(len(items), report.n_already_done)
+            other_rows = Dispatcher(items, cfg, out, report, progress).run(todo)
+            if other_rows:
+                manifest.write_part(out.other_part(), other_rows)
+            final = manifest.read(cfg.out_dir)
+            seen = Counter(final.column("input_key").to_pylist())
+            report.unaccounted = [inp.source for inp in items if seen[inp.input_key] != 1]
+            report.seconds = time.perf_counter() - t0
+            progress.update(report, segments=report.n_segments)
+            return report
+        finally:
+            progress.stop()
+            out.close()

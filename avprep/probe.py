@@ -16,7 +16,7 @@ from fractions import Fraction
 from typing import Any
 
 from avprep.errors import MediaError
-from avprep.tools import clean_message, ffprobe_bin, local_url
+from avprep.tools import clean_message, ffprobe_bin, local_url, run
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ def probe(path: str, *, timeout_s: float = 60.0) -> MediaInfo:
     cmd = [ffprobe_bin(), "-v", "error", "-show_format", "-show_streams", "-of", "json",
            local_url(path)]  # fmt: skip
     try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+        proc = run(cmd, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as e:
         raise MediaError("timeout") from e
     if proc.returncode != 0:

@@ -1,7 +1,8 @@
 """The samples of one video: probe, decode segment by segment, encode, write.
 
 Memory stays bounded by one segment whatever the video's length: frames come
-from the decoder a segment at a time and audio is streamed from ffmpeg.
+from the decoder a segment at a time and audio is streamed beside them (from
+the same PyAV container, or from an ffmpeg process).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import time
 from collections.abc import Callable
 
@@ -20,9 +20,14 @@ from avprep.config import ShardConfig
 from avprep.decode import AudioReader, open_frames
 from avprep.discover import Input
 from avprep.errors import MediaError, SkipInput
+from avprep.media.audio import PyavAudio
+from avprep.media.container import Container
+from avprep.media.decoder import Decoder
+from avprep.media.flac import encode_flac
+from avprep.media.frames import PyavFrames
 from avprep.probe import MediaInfo, probe
 from avprep.spectrogram import LogMel
-from avprep.tools import ffmpeg_bin
+from avprep.tools import has_ffmpeg
 from avprep.writer import ShardWriter
 
 EPS = 1e-6
@@ -33,15 +38,6 @@ def encode_npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
-
-
-def encode_flac(wave: np.ndarray, sample_rate: int) -> bytes:
-    cmd = [ffmpeg_bin(), "-nostdin", "-v", "error", "-f", "f32le", "-ar", str(sample_rate),
-           "-ac", "1", "-i", "pipe:", "-c:a", "flac", "-sample_fmt", "s16", "-f", "flac", "pipe:"]  # fmt: skip
-    proc = subprocess.run(cmd, input=wave.astype(np.float32).tobytes(), capture_output=True)
-    if proc.returncode != 0:
-        raise MediaError(f"flac encode failed: {proc.stderr.decode(errors='replace')[-200:]}")
-    return proc.stdout
 
 
 def check_policy(info: MediaInfo, cfg: ShardConfig) -> None:
@@ -65,38 +61,56 @@ def process_video(
 ) -> dict:
     """Write every segment of ``inp`` to ``writer``; return its ok manifest row.
 
-    decord decodes the frames where it can; if it cannot open the file, or fails
-    part way, the video's samples are rolled back and the ffmpeg pipe decodes it
-    from the start. Raises SkipInput or MediaError otherwise.
+    ``cfg.decoder`` names the decoders to try in order (``Decoder.attempts``): when
+    one cannot open the file, or fails part way, the video's samples are rolled
+    back and the next decodes it from the start. The ffmpeg pipe is left out of
+    ``auto`` where no ffmpeg is installed. Raises SkipInput or MediaError otherwise.
     """
     t0 = time.perf_counter()
     if not os.path.exists(inp.path):
         broken = os.path.islink(inp.path)
         raise MediaError("missing: broken symlink" if broken else "missing: no such file")
-    info = probe(inp.path, timeout_s=cfg.timeout_seconds)
-    try:
-        check_policy(info, cfg)
-        return _write_video(inp, info, cfg, writer, logmel, threads, on_segment, t0)
-    except MediaError as e:
-        e.media = {**info.facts(), "duration_s": info.duration_s, **e.media}
-        raise
-
-
-def _write_video(inp, info, cfg, writer, logmel, threads, on_segment, t0) -> dict:
-    for decoder in ("decord", "ffmpeg"):
-        shard = writer.begin_video()
+    attempts = Decoder(cfg.decoder).attempts
+    if len(attempts) > 1 and attempts[-1] == "ffmpeg" and not has_ffmpeg():
+        attempts = attempts[:-1]
+    probed: list[MediaInfo] = []  # ffprobe's facts, shared by decord and the ffmpeg pipe
+    for i, decoder in enumerate(attempts):
         try:
-            n, duration = _write_segments(
-                inp, info, cfg, writer, logmel, decoder, threads, on_segment
-            )
-            break
-        except MediaError as e:
-            writer.rollback_video()
-            if decoder == "ffmpeg" or not e.reason.startswith("decord"):
-                raise
-        except BaseException:
-            writer.rollback_video()
+            return _write_video(inp, cfg, writer, logmel, decoder, threads, on_segment, probed, t0)
+        except SkipInput:
             raise
+        except MediaError as e:
+            last = i == len(attempts) - 1
+            if last or (decoder == "decord" and not e.reason.startswith("decord")):
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _write_video(inp, cfg, writer, logmel, decoder, threads, on_segment, probed, t0) -> dict:
+    container = Container(inp.path) if decoder == "pyav" else None
+    try:
+        if container is not None:
+            info = container.info
+        else:
+            if not probed:
+                probed.append(probe(inp.path, timeout_s=cfg.timeout_seconds))
+            info = probed[0]
+        try:
+            check_policy(info, cfg)
+            shard = writer.begin_video()
+            try:
+                frames, audio = _open_streams(decoder, container, inp.path, info, cfg, threads)
+                n, duration = _write_segments(inp, info, cfg, writer, logmel, frames, audio,
+                                              on_segment)  # fmt: skip
+            except BaseException:
+                writer.rollback_video()
+                raise
+        except MediaError as e:
+            e.media = {**info.facts(), "duration_s": info.duration_s, **e.media}
+            raise
+    finally:
+        if container is not None:
+            container.close()
     row = manifest.make_row(
         source=inp.source,
         path=inp.real_path,
@@ -108,19 +122,32 @@ def _write_video(inp, info, cfg, writer, logmel, threads, on_segment, t0) -> dic
         duration_s=round(duration, 6),
         label=inp.label,
         extra_json=json.dumps(inp.extra),
-        media={**info.facts(), "decoder": decoder},
+        media={**info.facts(), "decoder": frames.name},
         seconds=round(time.perf_counter() - t0, 3),
     )
     writer.end_video(row)
     return row
 
 
-def _write_segments(inp, info, cfg, writer, logmel, decoder, threads, on_segment):
+def _open_streams(decoder, container, path, info, cfg, threads):
+    """(frames, audio) of one decoder: PyAV's from the opened container, else decord or
+    the ffmpeg pipe with an ffmpeg process for the audio."""
+    if decoder == "pyav":
+        frames = PyavFrames(container, short_side_px=cfg.short_side_px)
+        audio = PyavAudio(container, video_start_s=info.video.start_s,
+                          sample_rate=cfg.sample_rate_hz)  # fmt: skip
+        return frames, audio
+    frames = open_frames(path, info, short_side_px=cfg.short_side_px, threads=threads,
+                         decoder=decoder)  # fmt: skip
+    try:
+        return frames, AudioReader(path, info.audio, info.video.start_s, cfg.sample_rate_hz)
+    except BaseException:
+        frames.close()
+        raise
+
+
+def _write_segments(inp, info, cfg, writer, logmel, frames, audio, on_segment):
     """Write the samples of one video with one decoder; (n_segments, duration_s)."""
-    frames = open_frames(
-        inp.path, info, short_side_px=cfg.short_side_px, threads=threads, decoder=decoder
-    )
-    audio = AudioReader(inp.path, info.audio, info.video.start_s, cfg.sample_rate_hz)
     sr = cfg.sample_rate_hz
     media = {**info.facts(), "decoder": frames.name, "duration_s": info.duration_s}
     limit = min(info.duration_s or float("inf"), frames.end_s)
@@ -131,12 +158,12 @@ def _write_segments(inp, info, cfg, writer, logmel, decoder, threads, on_segment
             end = min(start + cfg.segment_seconds, limit)
             if end - start < cfg.min_seconds - EPS:
                 break
-            images, times = frames.read(start, end, cfg.fps)
+            batch = frames.read(start, end, cfg.fps)
             limit = min(limit, frames.end_s)
             end = min(end, limit)
-            if end - start < cfg.min_seconds - EPS or len(images) == 0:
+            if end - start < cfg.min_seconds - EPS or len(batch) == 0:
                 break
-            images, times = images[times < end], times[times < end]
+            batch = batch.before(end)
             first, last = round(start * sr), round(end * sr)
             audio.skip_to(first)
             wave = audio.read(last - first)
@@ -152,12 +179,12 @@ def _write_segments(inp, info, cfg, writer, logmel, decoder, threads, on_segment
                 "segment": n,
                 "start_s": round(start, 6),
                 "end_s": round(end, 6),
-                "frame_times": [round(float(t), 6) for t in times],
+                "frame_times": [round(float(t), 6) for t in batch.pts_seconds],
                 "fps": cfg.fps,
                 "sample_rate": sr,
                 "spec": logmel.preset.to_json(),
                 "spec_start_s": round(first / sr, 6),
-                "n_frames": len(images),
+                "n_frames": len(batch),
                 "n_columns": int(spec.shape[1]),
                 "frame_size": list(frames.size),
                 "media": media,
@@ -165,7 +192,7 @@ def _write_segments(inp, info, cfg, writer, logmel, decoder, threads, on_segment
                 "extra": inp.extra,
             }
             members = {schema.JSON: json.dumps(meta, separators=(",", ":")).encode()}
-            for i, image in enumerate(images):
+            for i, image in enumerate(batch.data):
                 members[schema.frame_member(i)] = frames.encode_jpeg(image, cfg.jpeg_quality)
             members[schema.SPEC] = encode_npy(spec)
             if cfg.keep_audio:

@@ -18,7 +18,9 @@ Timeline: every time is in seconds on the source's presentation timeline, where
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import math
 import re
 
 SCHEMA_VERSION = 1
@@ -54,6 +56,7 @@ SAMPLE_FIELDS = (
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _KEY = re.compile(r"^[A-Za-z0-9_-]+_[0-9]{4,}$")
 MAX_ID_CHARS = 96
+MAX_KEY_CHARS = 128  # an id, "_" and the segment number, with room to spare
 
 
 def frame_member(index: int) -> str:
@@ -110,3 +113,135 @@ def parse_shard_stem(stem: str) -> tuple[int, int, int, int] | None:
     """``(rank, run, worker, seq)`` of a shard stem, or None if it is not one."""
     m = _STEM.match(stem)
     return tuple(int(g) for g in m.groups()) if m else None  # type: ignore[return-value]
+
+
+# -- reading samples of strangers' shards: one set of rules for every reader ----------
+
+
+class SampleError(ValueError):
+    """A sample that breaks this format (a damaged or hostile shard); one-line message."""
+
+
+def shown(text: object, limit: int = 60) -> str:
+    """``text`` for a message: quoted, control characters escaped, at most ``limit`` chars."""
+    out = repr(text)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def is_key(key: object) -> bool:
+    """Whether ``key`` is a sample key: ``[A-Za-z0-9_-]`` and ``_NNNN``, bounded, so it is
+    safe as a file name (no slash, no dot, no ``..``)."""
+    return isinstance(key, str) and len(key) <= MAX_KEY_CHARS and bool(_KEY.match(key))
+
+
+def check_key(key: object) -> str:
+    if not is_key(key):
+        raise SampleError(
+            f"sample key {shown(key)} is not a valid key (refused: a key names files)"
+        )
+    return key
+
+
+def _number(meta: dict, name: str, *, positive: bool = False) -> float:
+    value = meta.get(name)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (positive and value <= 0):
+        need = "a finite number > 0" if positive else "a finite number"
+        raise SampleError(f"{name} must be {need}, got {shown(value)}")
+    return float(value)
+
+
+def check_sample(key: str, meta: object, suffixes) -> dict:
+    """Check a sample's json (already parsed) and member names against this format.
+
+    ``suffixes``: the member suffixes present (``json``, ``spec.npy``, ``f000.jpg``...).
+    Returns ``meta``; raises SampleError saying what is wrong, prefixed with the key.
+    """
+    try:
+        return _check_sample(key, meta, set(suffixes))
+    except SampleError as e:
+        raise SampleError(f"sample {shown(key)}: {e}") from None
+
+
+def _check_sample(key: str, meta: object, suffixes: set[str]) -> dict:
+    check_key(key)
+    if not isinstance(meta, dict):
+        raise SampleError(f"json is {type(meta).__name__}, not an object")
+    if meta.get("key") != key:
+        raise SampleError(f"json names another key, {shown(meta.get('key'))}")
+    for name in ("video_id", "source"):
+        if not isinstance(meta.get(name), str):
+            raise SampleError(f"{name} must be a string, got {shown(meta.get(name))}")
+    segment = meta.get("segment")
+    if not isinstance(segment, int) or isinstance(segment, bool) or segment < 0:
+        raise SampleError(f"segment must be an integer >= 0, got {shown(segment)}")
+    start, end = _number(meta, "start_s"), _number(meta, "end_s")
+    if end < start:
+        raise SampleError(f"end_s {end} is before start_s {start}")
+    _number(meta, "fps", positive=True)
+    _number(meta, "spec_start_s")
+    rate = meta.get("sample_rate")
+    if not isinstance(rate, int) or isinstance(rate, bool) or rate <= 0:
+        raise SampleError(f"sample_rate must be an integer > 0, got {shown(rate)}")
+    spec = meta.get("spec")
+    if not isinstance(spec, dict):
+        raise SampleError(f"spec must be an object, got {shown(spec)}")
+    _number(spec, "hop_s", positive=True)
+    _number(spec, "win_s", positive=True)
+    n_mels = spec.get("n_mels")
+    if not isinstance(n_mels, int) or isinstance(n_mels, bool) or not 0 < n_mels <= 4096:
+        raise SampleError(f"spec.n_mels must be an integer in 1..4096, got {shown(n_mels)}")
+    times = meta.get("frame_times")
+    if not isinstance(times, list) or not 0 < len(times) <= MAX_FRAMES:
+        raise SampleError(f"frame_times must be a list of 1..{MAX_FRAMES} times")
+    for t in times:
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t):
+            raise SampleError(f"frame_times holds {shown(t)}, not a finite number")
+    if any(b < a for a, b in zip(times, times[1:], strict=False)):
+        raise SampleError("frame_times go back in time")
+    missing = [frame_member(i) for i in range(len(times)) if frame_member(i) not in suffixes]
+    missing += [m for m in (JSON, SPEC) if m not in suffixes]
+    if missing:
+        raise SampleError(f"members missing: {', '.join(missing[:3])}")
+    return meta
+
+
+SPEC_DTYPES = ("<f2", "<f4")
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def spec_layout(npy: bytes, n_mels: int) -> tuple[str, tuple[int, int], int]:
+    """``(dtype, (n_mels, n_columns), data offset)`` of a spectrogram member in .npy format,
+    read from its header alone and checked against the bytes that follow, so a header that
+    claims a huge shape costs nothing. Raises SampleError."""
+    if npy[:6] != _NPY_MAGIC or len(npy) < 10:
+        raise SampleError(f"{SPEC} is not a .npy array")
+    if npy[6] == 1:
+        start, size = 10, int.from_bytes(npy[8:10], "little")
+    elif npy[6] in (2, 3) and len(npy) >= 12:
+        start, size = 12, int.from_bytes(npy[8:12], "little")
+    else:
+        raise SampleError(f"{SPEC}: unknown .npy version {npy[6]}")
+    if size > 4096 or start + size > len(npy):
+        raise SampleError(f"{SPEC}: .npy header of {size} bytes")
+    try:
+        header = ast.literal_eval(npy[start : start + size].decode("latin1"))
+    except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
+        raise SampleError(f"{SPEC}: unreadable .npy header") from e
+    if not isinstance(header, dict):
+        raise SampleError(f"{SPEC}: unreadable .npy header")
+    dtype, shape = header.get("descr"), header.get("shape")
+    if dtype not in SPEC_DTYPES or header.get("fortran_order") is not False:
+        raise SampleError(f"{SPEC}: dtype {shown(dtype)}, not float16/float32 in C order")
+    ok = isinstance(shape, tuple) and len(shape) == 2
+    if not ok or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise SampleError(f"{SPEC}: shape {shown(shape)}, not [n_mels, n_columns]")
+    if shape[0] != n_mels or shape[1] == 0:
+        raise SampleError(f"{SPEC}: shape {shape}, the json says {n_mels} mels")
+    offset = start + size
+    need = shape[0] * shape[1] * int(dtype[-1])
+    if len(npy) - offset != need:
+        raise SampleError(
+            f"{SPEC}: shape {shape} needs {need} bytes, the member has {len(npy) - offset}"
+        )
+    return dtype, shape, offset

@@ -6,7 +6,6 @@ parent only receives small messages (start, segment, done, commit, exit).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import multiprocessing as mp
 import os
@@ -17,17 +16,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from avprep import manifest, schema
-from avprep.config import ShardConfig
+from avprep.config import ShardConfig, available_cpus
 from avprep.errors import MediaError, SkipInput
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this worker when its parent dies (kill -9 included)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+from avprep.tools import die_with_parent
 
 
 def worker_main(
@@ -37,7 +28,7 @@ def worker_main(
     tasks: mp.Queue,
     results: Connection,
 ) -> None:
-    _die_with_parent()
+    die_with_parent()  # and its ffmpeg/ffprobe children die with it (tools.popen)
     os.setpgid(0, 0)  # its own process group, so the parent can kill it with its ffmpegs
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides on Ctrl-C
     from avprep.sample import process_video  # noqa: PLC0415  (imports decord, torch)
@@ -46,7 +37,7 @@ def worker_main(
     cfg = ShardConfig.from_dict(cfg_dict)
     out_dir = Path(cfg.out_dir)
     mdir = manifest.manifest_dir(out_dir)
-    threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+    threads = max(1, available_cpus() // cfg.workers)  # decord's and the ffmpeg pipe's
 
     def on_commit(path: Path, rows: list[dict]) -> None:
         for row in rows:

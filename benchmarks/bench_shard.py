@@ -14,16 +14,18 @@ For each worker count N, in one run on the same files:
   N files at a time;
 - decode+resize, a second reference: the same with
   ``-vf fps=16,scale=-2:128,format=rgb24``, the least avprep must do to frames;
-- decord frames, a third: avprep's own frame decoder alone (``DecordFrames``,
-  as a worker opens it: resized while decoding, the worker's thread count) reading
-  every 10 s segment's 16 fps frames, in N processes that import decord once,
-  each file probed beforehand outside the timing. Nothing is encoded or
-  written; it is the floor of ``avprep shard`` with decord as the decoder.
-  With ``--container ts`` the clips are remuxed to MPEG-TS, which avprep
-  decodes with its ffmpeg pipe, and this reference is that pipe ("ffmpeg frames");
-- ``python -m avprep shard CLIPS --out TMP --workers N --quiet`` with its
-  defaults (16 fps, short side 128, 10 s segments, logmel128), process start-up
-  included.
+- "<decoder> frames", a third: avprep's own frame reader of the first of
+  ``--decoders`` alone, as a worker opens it, reading every 10 s segment's 16 fps
+  frames, in N processes that imported it once. For PyAV (``auto``, ``pyav``) that is
+  the container opened and its frames decoded, selected and scaled (``PyavFrames``,
+  one thread); for decord ``DecordFrames`` (resized while decoding, the worker's
+  thread count), each file probed beforehand outside the timing. Nothing is encoded
+  or written: it is the floor of ``avprep shard`` with that decoder. With
+  ``--container ts`` the clips are remuxed to MPEG-TS (decord then hands them to
+  its ffmpeg pipe, and the decord reference is that pipe, "ffmpeg frames");
+- ``python -m avprep shard CLIPS --out TMP --workers N --quiet --decoder D`` for
+  each D of ``--decoders`` (default ``auto``: PyAV), with its defaults (16 fps,
+  short side 128, 10 s segments, logmel128), process start-up included.
 
 Throughput is seconds of video per wall second. Runs are interleaved (the
 three commands for each N, ``--repeats`` times) and each waits until
@@ -42,6 +44,7 @@ and one on the long video. The benchmark measures; it never asserts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -139,10 +142,12 @@ def resize_bound(files: list[Path], workers: int) -> dict:
     return decode_bound(files, workers, resize=True)
 
 
-def _import_decord() -> None:
-    import decord  # noqa: F401, PLC0415
-
+def _import_decoders() -> None:
     import avprep.decode  # noqa: F401, PLC0415
+    import avprep.media.frames  # noqa: F401, PLC0415
+
+    with contextlib.suppress(ImportError):  # decord is an optional extra
+        import decord  # noqa: F401, PLC0415
 
 
 def _decoder_frames(path: str, info, threads: int, decoder: str) -> float:
@@ -152,30 +157,38 @@ def _decoder_frames(path: str, info, threads: int, decoder: str) -> float:
     from avprep.decode import open_frames  # noqa: PLC0415
 
     cfg = ShardConfig(out_dir=Path("unused"))
-    frames = open_frames(
-        path, info, short_side_px=cfg.short_side_px, threads=threads, decoder=decoder
-    )
+    container = None
+    if decoder == "pyav":
+        from avprep.media.container import Container  # noqa: PLC0415
+        from avprep.media.frames import PyavFrames  # noqa: PLC0415
+
+        container = Container(path)
+        frames = PyavFrames(container, short_side_px=cfg.short_side_px)
+    else:
+        frames = open_frames(
+            path, info, short_side_px=cfg.short_side_px, threads=threads, decoder=decoder
+        )
     n, start = 0, 0.0
     while start < frames.end_s:
-        images, _ = frames.read(start, start + cfg.segment_seconds, cfg.fps)
-        n += len(images)
+        n += len(frames.read(start, start + cfg.segment_seconds, cfg.fps))
         start += cfg.segment_seconds
     frames.close()
+    if container is not None:
+        container.close()
     if n == 0:
         raise RuntimeError(f"{decoder} read no frames from {path}")
     return own_cpu_s() - c0
 
 
-def frames_bound(files: list[Path], workers: int) -> dict:
+def frames_bound(files: list[Path], workers: int, decoder: str) -> dict:
     """Wall and CPU seconds of avprep's frame decoder alone over every file, N processes:
-    decord for MP4, the ffmpeg pipe for MPEG-TS (as avprep picks)."""
+    PyAV's, or decord for MP4 and the ffmpeg pipe for MPEG-TS (as avprep picks)."""
     from avprep.probe import probe  # noqa: PLC0415
 
     infos = [probe(str(f), timeout_s=60) for f in files]  # outside the timing
     threads = max(1, (os.cpu_count() or 1) // workers)  # as avprep.worker does
-    decoder = frames_decoder(files)
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=_import_decord) as pool:  # started, decord imported
+    with ctx.Pool(workers, initializer=_import_decoders) as pool:  # started, decoders imported
         pool.map(time.sleep, [0.5] * workers)  # every process is up before timing starts
         with Meter() as m:
             task_cpu = pool.starmap(
@@ -187,15 +200,18 @@ def frames_bound(files: list[Path], workers: int) -> dict:
     return m.as_dict()
 
 
-def frames_decoder(files: list[Path]) -> str:
-    return "ffmpeg" if files[0].suffix == ".ts" else "decord"
+def frames_decoder(files: list[Path], decoder: str) -> str:
+    """The frame reader avprep uses for these files with ``--decoder decoder``."""
+    if decoder in ("auto", "pyav"):
+        return "pyav"
+    return "ffmpeg" if decoder == "ffmpeg" or files[0].suffix == ".ts" else "decord"
 
 
-def shard_run(folder: Path, workers: int) -> dict:
+def shard_run(folder: Path, workers: int, decoder: str = "auto") -> dict:
     """Wall and CPU seconds and peak RSS of one ``avprep shard`` run into a fresh folder."""
     out = Path(tempfile.mkdtemp(prefix="avprep-bench-out-"))
     cmd = [sys.executable, "-m", "avprep", "shard", str(folder), "--out", str(out),
-           "--workers", str(workers), "--quiet"]  # fmt: skip
+           "--workers", str(workers), "--quiet", "--decoder", decoder]  # fmt: skip
     try:
         with Meter() as m:
             proc = subprocess.Popen(cmd, cwd=REPO)
@@ -232,7 +248,7 @@ def summarize(runs: list[dict], video_s: float) -> dict:
 def machine() -> dict:
     ffmpeg = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout
     versions = {}
-    for dist in ("decord", "torch", "torchaudio", "simplejpeg", "numpy"):
+    for dist in ("av", "decord", "torch", "torchaudio", "simplejpeg", "numpy"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -252,11 +268,11 @@ def mb(n: int) -> str:
     return f"{n / 1e6:,.0f} MB"
 
 
-KIND_LABELS = {
+KIND_LABELS = {  # main() adds "shard_<decoder>" for each further --decoders entry
     "decode_only": "decode-only",
     "decode_resize": "decode+resize",
-    "frames": "decord frames",  # "ffmpeg frames" for --container ts
-    "shard": "avprep shard",
+    "frames": "pyav frames",  # the first decoder's frame reader
+    "shard": "avprep shard",  # with the first of --decoders
 }
 
 
@@ -268,25 +284,25 @@ def print_report(res: dict) -> None:
         f"({inp['mbit_per_s']:.2f} Mbit/s); {res['repeats']} runs each, interleaved"
     )
     print()
-    print(f"{'':>7}  {'':<14}  {'video s per s':>15}  {'CPU s per':>10}")
-    print(f"{'workers':>7}  {'':<14}  {'best':>7}  {'median':>6}  {'video s':>10}")
+    print(f"{'':>7}  {'':<22}  {'video s per s':>15}  {'CPU s per':>10}")
+    print(f"{'workers':>7}  {'':<22}  {'best':>7}  {'median':>6}  {'video s':>10}")
     for row in res["by_workers"]:
         for kind, label in KIND_LABELS.items():
             k = row[kind]
             print(
-                f"{row['workers']:>7}  {label:<14}  {k['best_video_s_per_s']:>7.1f}  "
+                f"{row['workers']:>7}  {label:<22}  {k['best_video_s_per_s']:>7.1f}  "
                 f"{k['median_video_s_per_s']:>6.1f}  {k['cpu_s_per_video_s']:>10.4f}"
             )
     print()
     print("ratios of throughput (best run, median run) and of CPU per video second")
-    print(f"{'workers':>7}  {'':<36}  {'best':>6} {'median':>6} {'CPU':>6}")
-    pairs = [("shard", ref) for ref in REFS] + [("frames", "decode_only")]
+    print(f"{'workers':>7}  {'':<44}  {'best':>6} {'median':>6} {'CPU':>6}")
+    pairs = res["pairs"]
     for row in res["by_workers"]:
         for kind, ref in pairs:
             r = row["ratios"][f"{kind}/{ref}"]
             label = f"{KIND_LABELS[kind]} / {KIND_LABELS[ref]}"
             print(
-                f"{row['workers']:>7}  {label:<36}  {r['best']:>6.2f} {r['median']:>6.2f} "
+                f"{row['workers']:>7}  {label:<44}  {r['best']:>6.2f} {r['median']:>6.2f} "
                 f"{r['cpu']:>6.2f}"
             )
     for sc in res["scaling"]:
@@ -336,6 +352,12 @@ def main() -> None:
         default="mp4",
         help="ts: the clips remuxed to MPEG-TS, so avprep decodes them with its ffmpeg pipe.",
     )
+    ap.add_argument(
+        "--decoders",
+        default="auto",
+        help="Comma-separated --decoder values for avprep shard (the first also names the "
+        "frames reference), e.g. auto,decord for the new engine beside the old.",
+    )
     ap.add_argument("--idle-below", type=float, default=0.2, help="Cores; see the doc.")
     ap.add_argument("--max-wait", type=float, default=15.0, help="Seconds; see the doc.")
     args = ap.parse_args()
@@ -348,11 +370,17 @@ def main() -> None:
     if args.container == "ts":
         clip_dir = remux_ts(clip_dir)
     files = sorted(clip_dir.glob(f"*.{args.container}"))
-    KIND_LABELS["frames"] = f"{frames_decoder(files)} frames"
+    decoders = args.decoders.split(",")
+    frames_reader = frames_decoder(files, decoders[0])
+    KIND_LABELS["frames"] = f"{frames_reader} frames"
+    KIND_LABELS["shard"] = f"avprep shard ({decoders[0]})"
+    for d in decoders[1:]:
+        KIND_LABELS[f"shard_{d}"] = f"avprep shard ({d})"
     video_s = sum(duration_s(f) for f in files)
     res = {
         "machine": machine(),
         "repeats": args.repeats,
+        "decoders": decoders,
         "inputs": {
             "clips": len(files),
             "clip_seconds": args.clip_seconds,
@@ -367,37 +395,33 @@ def main() -> None:
         waited = wait_until_idle(below_cores=args.idle_below, max_wait_s=args.max_wait)
         r = fn(*a)
         print(
-            f"  {label:<13}: {r['wall_s']:6.1f} s wall, {r['cpu_s']:6.1f} s CPU, "
+            f"  {label:<22}: {r['wall_s']:6.1f} s wall, {r['cpu_s']:6.1f} s CPU, "
             f"others {r['other_cores']:.2f} cores (waited {waited:.0f} s for idle)",
             file=sys.stderr,
         )
         return r
 
     kinds = {
-        "decode_only": decode_bound,
-        "decode_resize": resize_bound,
-        "frames": frames_bound,
-        "shard": None,
+        "decode_only": (decode_bound, files),
+        "decode_resize": (resize_bound, files),
+        "frames": (frames_bound, files, frames_reader),
+        "shard": (shard_run, clip_dir, decoders[0]),
+        **{f"shard_{d}": (shard_run, clip_dir, d) for d in decoders[1:]},
     }
     runs: dict[tuple[str, int], list[dict]] = {}
     for rep in range(args.repeats):  # interleaved, so drift hits all alike
         for n in workers:
             print(f"run {rep + 1}/{args.repeats}, {n} workers", file=sys.stderr)
-            for kind, fn in kinds.items():
-                r = (
-                    measure(KIND_LABELS[kind], fn, files, n)
-                    if fn
-                    else measure(KIND_LABELS[kind], shard_run, clip_dir, n)
-                )
+            for kind, (fn, what, *rest) in kinds.items():
+                r = measure(KIND_LABELS[kind], fn, what, n, *rest)
                 runs.setdefault((kind, n), []).append(r)
 
     res["by_workers"] = []
+    res["pairs"] = [("shard", r) for r in REFS] + [("frames", "decode_only")]
+    res["pairs"] += [(k, ref) for k in kinds if k.startswith("shard_") for ref in REFS[:2]]
     for n in workers:
         row = {"workers": n, **{k: summarize(runs[(k, n)], video_s) for k in kinds}}
-        row["ratios"] = {
-            f"{kind}/{ref}": ratio(row[kind], row[ref])
-            for kind, ref in [("shard", r) for r in REFS] + [("frames", "decode_only")]
-        }
+        row["ratios"] = {f"{kind}/{ref}": ratio(row[kind], row[ref]) for kind, ref in res["pairs"]}
         res["by_workers"].append(row)
     base = res["by_workers"][0]
     res["scaling"] = [
@@ -418,7 +442,7 @@ def main() -> None:
             "peak_tree_rss_bytes": last["peak_tree_rss_bytes"],
         }
     print(f"memory: {res['inputs']['long_seconds']:.0f} s video, 1 worker", file=sys.stderr)
-    long = measure("avprep shard", shard_run, long_dir, 1)
+    long = measure(KIND_LABELS["shard"], shard_run, long_dir, 1, decoders[0])
     res["memory_long"] = {
         "input": f"{res['inputs']['long_seconds']:.0f} s {res['inputs']['size']}",
         "workers": 1,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,13 @@ from typing import Any
 import torch
 
 import cmac_core
+from cmac_core.errors import CmacError
 
 FORMAT = "cmac_core.checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CmacError):
     """The file is not a usable checkpoint; the message says why, in one line."""
 
 
@@ -63,9 +66,29 @@ def save(
         "metrics": dict(metrics or {}),
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:  # through a file: a full disk's OSError stays in the chain
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: no partial file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+# CSI (colours), OSC (titles, links) and other escapes, then any other control character
+_ESCAPES = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.?|[\x00-\x08\x0b-\x1f\x7f]"
+)
+_PICKLED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def first_line(text: str, limit: int = 160) -> str:
+    """The first non-empty line of a message from torch or a file, for a one-line error:
+    ANSI escapes and control characters removed, at most ``limit`` characters."""
+    lines = [x.strip() for x in _ESCAPES.sub("", text).splitlines() if x.strip()]
+    first = lines[0] if lines else ""
+    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -77,9 +100,19 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 23": garbage, said below
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle errors, truncated zip, unsafe globals, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({first[:160]})") from e
+    except pickle.UnpicklingError as e:
+        text = _ESCAPES.sub("", str(e))
+        found = _PICKLED_GLOBAL.search(text)
+        if found:  # torch's advice (load it unsafely) is not passed on
+            raise CheckpointError(
+                f"{path} is not a plain-data checkpoint: it holds pickled Python objects "
+                f"({found.group(1)[:100]}), and was not loaded because loading it would run "
+                "code (pickle)"
+            ) from e
+        detail = text.split("WeightsUnpickler error:", 1)[-1]
+        raise CheckpointError(f"{path} is not a readable checkpoint ({first_line(detail)})") from e
+    except Exception as e:  # truncated zip, garbage, I/O errors, ...
+        raise CheckpointError(f"{path} is not a readable checkpoint ({_why(e)})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cmac_core checkpoint")
     if ckpt.get("format_version") != FORMAT_VERSION:
@@ -90,9 +123,93 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[
     return ckpt
 
 
+def _why(e: BaseException) -> str:
+    return first_line(str(e)) or type(e).__name__
+
+
 def sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _name(key: object) -> str:
+    """A state-dict entry's name for a message (names come from the file: bounded, escaped)."""
+    text = repr(key)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_state_dict(model: torch.nn.Module, state: Any, path: str | Path) -> None:
+    """Raise CheckpointError (one line) unless ``state`` has exactly ``model``'s entries, each
+    a tensor of the model's shape. Nothing is copied or allocated: ``model`` may live on the
+    meta device, so a checkpoint is checked before a model of its size is built, and a
+    resume is checked before ``load_state_dict`` half-fills a model."""
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path}: its model weights are {type(state).__name__}, not a state dict"
+        )
+    expected = unwrap(model).state_dict(keep_vars=True)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = [f"{len(missing)} missing (e.g. {_name(missing[0])})"] if missing else []
+        parts += [f"{len(unexpected)} unknown (e.g. {_name(unexpected[0])})"] if unexpected else []
+        raise CheckpointError(
+            f"{path}: its weights do not match its model's entries: {', '.join(parts)}"
+        )
+    for key, want in expected.items():
+        got = state[key]
+        if not isinstance(got, torch.Tensor):
+            raise CheckpointError(
+                f"{path}: weight {_name(key)} is {type(got).__name__}, not a tensor"
+            )
+        if tuple(got.shape) != tuple(want.shape):
+            raise CheckpointError(
+                f"{path}: weight {_name(key)} has shape {list(got.shape)}, its model's has "
+                f"{list(want.shape)}: the weights are not of this config's model"
+            )
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of ``model``'s parameters and buffers (a meta-device model says it for free)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for a new model: the GPU's free memory, or for the CPU the smaller of
+    the kernel's MemAvailable and what this cgroup (a container, a Slurm job) may still
+    take. None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    free = []
+    try:
+        with open("/proc/meminfo") as f:
+            free += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit != "max":
+            free.append(max(0, int(limit) - int(used)))
+    except (OSError, ValueError):
+        pass
+    return min(free) if free else None
+
+
+def check_fits(model: torch.nn.Module, path: str | Path, device: torch.device) -> None:
+    """Raise CheckpointError (one line) if a model the size of ``model`` (build it on the
+    meta device) would not fit in the memory free on the CPU, where it is built, or on
+    ``device``: refused before anything is allocated."""
+    need = model_bytes(model)
+    for where in dict.fromkeys([torch.device("cpu"), device]):
+        free = available_bytes(where)
+        if free is not None and need > free:
+            n = sum(p.numel() for p in model.parameters())
+            raise CheckpointError(
+                f"{path}: its config makes a model of {n:,} parameters ({need / 2**30:.1f} GiB), "
+                f"more than the {free / 2**30:.1f} GiB of memory free on {where.type}; not loaded"
+            )

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from cmac_core.errors import CmacError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -26,7 +28,7 @@ class DistInfo:
         return self.world_size > 1
 
 
-class DeviceError(ValueError):
+class DeviceError(CmacError):
     """A --device that is not one, or CUDA asked for where there is none."""
 
 

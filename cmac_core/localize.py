@@ -5,31 +5,37 @@ training crop size, no crop), goes through the frozen model; the map is CMAC's
 target attention beta_v(s) = softmax_s(<phi_v(v_s), z_a> / tau_b), where z_a is
 the same clip's audio embedding. It is upsampled to the stored frame and saved
 as ``{key}.npy`` (float32 [H, W], sums to 1 over the region grid before
-upsampling) and ``{key}.png`` (a heat overlay on the middle frame), with an
+upsampling), the vision-only attention alpha_v beside it as ``{key}.alpha.npy``,
+and ``{key}.png`` (a heat overlay of beta_v on the middle frame), with an
 ``index.html`` grid of all of them.
 """
 
 from __future__ import annotations
 
 import html
+import io
 import json
+import os
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import simplejpeg
 import torch
 import torch.nn.functional as F
 import webdataset as wds
 from PIL import Image
 
+from avprep import schema
+from avprep.schema import SampleError
 from cmac_core import distributed
-from cmac_core.data.augment import MEAN, STD, spec_to_tensor
+from cmac_core.data.augment import MEAN, STD, spec_norm, spec_to_tensor
 from cmac_core.data.clip import choose_window, cut_columns, frame_indices
-from cmac_core.data.evaluation import ShardSamples, decode_or_marker
+from cmac_core.data.damage import SAMPLE, Damage, ShardSamples, decode_or_marker, is_marker, marker
 from cmac_core.data.shards import resolve
-from cmac_core.data.stages import SafeDecode
-from cmac_core.embed import Frozen
+from cmac_core.data.stages import SafeDecode, decode_jpegs
+from cmac_core.embed.frozen import Frozen
+from cmac_core.errors import CmacError
 from cmac_core.losses import cross_modal_target
 
 # A perceptual "inferno"-like ramp: dark purple -> red -> yellow.
@@ -43,7 +49,7 @@ class LocalizeReport:
     out_dir: Path
     maps: int  # all ranks
     skipped: int  # already there
-    errors: dict[str, str] = field(default_factory=dict)  # shard -> why it could not be read on
+    damage: Damage = field(default_factory=Damage)  # damaged samples and shards met (all ranks)
 
 
 def heat(values: np.ndarray) -> np.ndarray:
@@ -68,8 +74,15 @@ def overlay(
 
 
 @torch.no_grad()
-def attention_map(frozen: Frozen, frames: np.ndarray, spec: np.ndarray) -> np.ndarray:
-    """beta_v for one clip, upsampled to the frames' size: ``[H, W]`` float32."""
+def attention_maps(
+    frozen: Frozen, frames: np.ndarray, spec: np.ndarray, meta: dict
+) -> dict[str, np.ndarray]:
+    """One clip's maps, upsampled to the frames' size, ``[H, W]`` float32 each:
+    ``beta_v``, where the clip's sound places the source (CMAC's audio-guided target;
+    for any model, the softmax of region-audio similarity), and ``alpha_v``, where the
+    video alone attends (CMAC's vision-only scorer; untrained in other methods).
+    ``meta``: the sample's json (its preset decides the spectrogram's normalisation where
+    the checkpoint's config leaves it open)."""
     c = frozen.cfg.data
     device = next(frozen.model.parameters()).device
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)  # [T, 3, H, W]
@@ -78,16 +91,27 @@ def attention_map(frozen: Frozen, frames: np.ndarray, spec: np.ndarray) -> np.nd
     x = F.interpolate(x, size=(max(16, round(h * scale)), max(16, round(w * scale))), mode="bilinear",
                       antialias=True, align_corners=False)  # fmt: skip
     video = ((x.permute(1, 0, 2, 3) - MEAN) / STD).unsqueeze(0).to(device)
-    audio = spec_to_tensor(spec, None, mean=c.spec_mean, std=c.spec_std).unsqueeze(0).to(device)
+    mean, std = spec_norm(c, meta)
+    audio = spec_to_tensor(spec, None, mean=mean, std=std).unsqueeze(0).to(device)
     feats = frozen.model(video, audio)
-    _, z_a = frozen.model.embed(feats, attention=frozen.attention)
-    regions, _ = frozen.model.region_embeddings(feats)
-    beta = cross_modal_target(regions, z_a, frozen.cfg.loss.target_temperature)[0]
+    if "beta_v" in feats:  # lla: its audio-guided attention, averaged over heads (coattention.py)
+        beta = feats["beta_v"][0]
+    else:
+        _, z_a = frozen.model.embed(feats, attention=frozen.attention)
+        regions, _ = frozen.model.region_embeddings(feats)
+        beta = cross_modal_target(regions, z_a, frozen.cfg.loss.target_temperature)[0]
     gh, gw = (int(v) for v in feats["grid_hw"])
-    grid = beta.reshape(1, 1, gh, gw).float()
-    return (
-        F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
-    )
+    maps = {"beta_v": beta, "alpha_v": feats["alpha_v"][0]}
+    return {
+        name: F.interpolate(m.reshape(1, 1, gh, gw).float(), size=(h, w), mode="bilinear",
+                            align_corners=False)[0, 0].cpu().numpy()
+        for name, m in maps.items()
+    }  # fmt: skip
+
+
+def attention_map(frozen: Frozen, frames: np.ndarray, spec: np.ndarray, meta: dict) -> np.ndarray:
+    """beta_v for one clip, upsampled to the frames' size: ``[H, W]`` float32."""
+    return attention_maps(frozen, frames, spec, meta)["beta_v"]
 
 
 def localize(
@@ -113,21 +137,24 @@ def localize(
     try:
         frozen = Frozen.load(ckpt, info.device)
         urls = resolve(shards)[info.rank :: info.world_size]
-        out.mkdir(parents=True, exist_ok=True)
-        _check_checkpoint(out, frozen.metadata["checkpoint_sha256"], is_main=info.is_main)
-        made, skipped, errors = _maps(frozen, urls, out, limit)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            _check_checkpoint(out, frozen.metadata["checkpoint_sha256"], is_main=info.is_main)
+        except OSError as e:
+            raise LocalizeError(f"cannot write to {out}: {e.strerror or e}") from e
+        made, skipped, damage = _maps(frozen, urls, out, limit)
         made, skipped = (distributed.all_reduce_sum(x, info.device) for x in (made, skipped))
-        errors = {k: v for e in distributed.gather_objects(errors) for k, v in e.items()}
-        if info.distributed:
-            torch.distributed.barrier()
+        total = Damage()
+        for rank_damage in distributed.gather_objects(damage):
+            total.update(rank_damage)
         if info.is_main:
             write_index(out)
-        return LocalizeReport(out, made, skipped, errors)
+        return LocalizeReport(out, made, skipped, total)
     finally:
         distributed.shutdown()
 
 
-class LocalizeError(ValueError):
+class LocalizeError(CmacError):
     """One-line problems with the arguments or the output folder."""
 
 
@@ -147,53 +174,99 @@ def _check_checkpoint(out: Path, sha: str, *, is_main: bool) -> None:
 
 
 def _maps(frozen: Frozen, urls: list[str], out: Path, limit: int | None):
-    """Write the maps of ``urls``' segments; (made, skipped, errors by shard)."""
+    """Write the maps of ``urls``' segments; ``(made, skipped, damage)``."""
     clip_frames = frozen.cfg.data.clip_frames
     decode = SafeDecode()
     made = skipped = 0
-    errors: dict[str, str] = {}
+    damage = Damage()
     for raw in wds.DataPipeline(wds.SimpleShardList(urls), ShardSamples()):
         if limit is not None and made + skipped >= limit:
             break
-        s = raw if "__error__" in raw else decode_or_marker(raw, decode)
-        if "__error__" in s:
-            errors.setdefault(s["__url__"], s["__error__"])
+        s = decode_or_marker(raw, decode)
+        if is_marker(s):
+            damage.note(s)
             continue
-        key, meta = s["key"], s["meta"]
+        key, meta = schema.check_key(s["key"]), s["meta"]  # a key names files: checked again
         if (out / f"{key}.npy").exists():
             skipped += 1
             continue
         n = len(s["jpegs"])
-        w = choose_window(meta, clip_frames, None, first_frame=max(0, (n - clip_frames) // 2))
+        w = choose_window(
+            meta,
+            clip_frames,
+            None,
+            first_frame=max(0, (n - clip_frames) // 2),
+            audio_seconds=frozen.cfg.data.audio_seconds,
+        )  # as in training
         idx = frame_indices(w, n)
-        frames = np.stack([simplejpeg.decode_jpeg(s["jpegs"][i], colorspace="RGB") for i in idx])
-        att = attention_map(frozen, frames, cut_columns(s["spec"], w))
-        middle = frames[len(idx) // 2]
-        overlay(middle, att).save(out / f"{key}.png")
+        try:
+            frames = decode_jpegs(key, [s["jpegs"][i] for i in idx])
+        except SampleError as e:
+            damage.note(marker(raw["__url__"], e, kind=SAMPLE, key=key))
+            continue
+        maps = attention_maps(frozen, frames, cut_columns(s["spec"], w), meta)
         info = {"key": key, "source": meta["source"], "start_s": meta["start_s"], "end_s": meta["end_s"],
                 "frame_time_s": meta["frame_times"][idx[len(idx) // 2]], "label": meta.get("label")}  # fmt: skip
-        (out / f"{key}.json").write_text(json.dumps(info))
-        np.save(out / f".{key}.npy", att.astype(np.float32))
-        (out / f".{key}.npy").rename(out / f"{key}.npy")  # the .npy marks the key done
+        _save_map(out, key, overlay(frames[len(idx) // 2], maps["beta_v"]), info, maps)
         made += 1
-    return made, skipped, errors
+    return made, skipped, damage
+
+
+def _save_map(
+    out: Path, key: str, picture: Image.Image, info: dict, maps: dict[str, np.ndarray]
+) -> None:
+    """``{key}.png``, ``{key}.json``, ``{key}.alpha.npy`` (alpha_v), then ``{key}.npy``
+    (beta_v, which marks the key done), each encoded in memory, written under a hidden
+    temporary name and renamed: a full disk leaves no partial file, and says so with the
+    system's own words."""
+    files = [(f"{key}.png", _png(picture)), (f"{key}.json", json.dumps(info).encode()),
+             (f"{key}.alpha.npy", _npy(maps["alpha_v"])), (f"{key}.npy", _npy(maps["beta_v"]))]  # fmt: skip
+    for name, data in files:
+        tmp = out / f".{name}.tmp"
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, out / name)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise LocalizeError(f"cannot write to {out}: {e.strerror or e}") from e
+
+
+def _png(picture: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _npy(values: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, values.astype(np.float32))
+    return buf.getvalue()
 
 
 def write_index(out: Path) -> Path:
-    """``index.html``: a grid of every overlay in ``out`` with its key, source and time."""
+    """``index.html``: a grid of every overlay in ``out`` with its key, source and time.
+
+    Everything shown comes from data (keys, source paths, labels): all of it is escaped,
+    and a file whose name is not a sample key is not shown.
+    """
     cards = []
     for npy in sorted(out.glob("*.npy")):  # a map's json beside its .npy; nothing else here
-        meta_path = npy.with_suffix(".json")
-        if not meta_path.exists():
+        key, meta_path = npy.stem, npy.with_suffix(".json")
+        if not schema.is_key(key) or not meta_path.exists():
             continue
-        m = json.loads(meta_path.read_text())
-        caption = (
-            f"{m['key']}<br>{html.escape(str(m['source']))}<br>frame at {m['frame_time_s']:.2f} s"
-        )
+        try:
+            m = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(m, dict):
+            continue
+        lines = [key, str(m.get("source")), f"frame at {_seconds(m.get('frame_time_s'))}"]
         if m.get("label"):
-            caption += f"<br>label: {html.escape(str(m['label']))}"
+            lines.append(f"label: {m['label']}")
+        caption = "<br>".join(html.escape(line) for line in lines)
+        src = html.escape(urllib.parse.quote(f"{key}.png"))
         cards.append(
-            f'<figure><img src="{html.escape(m["key"])}.png" loading="lazy"><figcaption>{caption}</figcaption></figure>'
+            f'<figure><img src="{src}" loading="lazy"><figcaption>{caption}</figcaption></figure>'
         )
     page = (
         "<!doctype html><meta charset='utf-8'><title>avprep localize</title>"
@@ -205,5 +278,16 @@ def write_index(out: Path) -> Path:
         "where the model places the sound.</p><main>" + "".join(cards) + "</main>"
     )
     path = out / "index.html"
-    path.write_text(page)
+    tmp = out / ".index.html.tmp"
+    try:
+        tmp.write_text(page)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise LocalizeError(f"cannot write {path}: {e.strerror or e}") from e
     return path
+
+
+def _seconds(value) -> str:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"{value:.2f} s" if ok else "? s"

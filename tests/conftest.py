@@ -6,9 +6,11 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -29,14 +31,17 @@ def real_clip(name: str) -> Path:
     return path
 
 
-def run_cli(*args: str, check: bool = True, timeout: float = 600, env: dict | None = None):
-    """Run ``python -m avprep ARGS`` as a user would; returns CompletedProcess."""
+def run_cli(*args: str, check: bool = True, timeout: float = 600, env: dict | None = None,
+            prefix: list[str] | None = None):  # fmt: skip
+    """Run ``python -m avprep ARGS`` as a user would; returns CompletedProcess.
+
+    ``prefix``: a command to run it under (``on_small_disk``, ``on_read_only``)."""
     full_env = {**os.environ, **(env or {})}
     for var in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_ARRAY_TASK_ID"):
         if env is None or var not in env:
             full_env.pop(var, None)
     proc = subprocess.run(
-        [sys.executable, "-m", "avprep", *args],
+        [*(prefix or []), sys.executable, "-m", "avprep", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -48,6 +53,46 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600, env: dict | No
             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc
+
+
+def kill_when(args: list[str], ready, *, env: dict | None = None, timeout: float = 300) -> None:
+    """Start ``args`` in its own session, wait until ``ready()`` holds (or it exits, or
+    ``timeout``), then SIGKILL its whole process group and reap it."""
+    proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + timeout
+    while not ready() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _private_mounts() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def on_small_disk(folder: Path, size_kb: int) -> list[str]:
+    """A command prefix that runs the command with a fresh ``size_kb`` tmpfs mounted at
+    ``folder`` (created), in a private mount namespace (``unshare -rm``): a full disk
+    for real, nothing mounted outside the command. Skips where that is not allowed."""
+    if not _private_mounts():
+        pytest.skip("private mount namespaces (unshare -rm) are not allowed here")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    script = 'mount -t tmpfs -o size="$1"k,mode=0777 tmpfs "$0" && shift && exec "$@"'
+    return ["unshare", "-rm", "sh", "-c", script, str(folder), str(size_kb)]
+
+
+def on_read_only(folder: Path) -> list[str]:
+    """A command prefix under which ``folder`` (existing, with what it holds) is read-only
+    (a read-only bind mount in a private mount namespace). Skips where not allowed."""
+    if not _private_mounts():
+        pytest.skip("private mount namespaces (unshare -rm) are not allowed here")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    return ["unshare", "-rm", "sh", "-c", script, str(folder)]
 
 
 def read_shards(out_dir: Path) -> dict[str, dict]:

@@ -63,3 +63,35 @@ def test_audio_offset_augmentation_is_bounded(seg, clip_frames, max_offset, seed
     shown = meta["frame_times"][w.first_frame]
     col_start = meta["spec_start_s"] + w.first_column * hop
     assert abs(col_start - shown) <= max_offset + hop / 2 + 1e-9
+
+
+@settings(max_examples=300, deadline=None)
+@given(segments(), st.integers(1, 16), st.floats(0.05, 4.0), st.integers(0, 2**31 - 1))
+def test_longer_audio_window_is_centred_on_the_clip(seg, clip_frames, audio_s, seed):
+    meta, n_cols = seg
+    w = choose_window(meta, clip_frames, np.random.default_rng(seed), audio_seconds=audio_s)
+    hop, fps = meta["spec"]["hop_s"], meta["fps"]
+    # as many columns as the seconds asked (within half a hop), the same for every window
+    assert w.n_columns == max(1, round(audio_s / hop))
+    # centred on the video clip [t0, t0 + clip_frames / fps) within a hop
+    t0 = meta["frame_times"][w.first_frame]
+    audio_centre = meta["spec_start_s"] + (w.first_column + w.n_columns / 2) * hop
+    assert abs(audio_centre - (t0 + clip_frames / fps / 2)) <= hop + 1e-9
+    # never read outside the stored columns: what lies outside is padded with the minimum
+    spec = np.random.default_rng(seed).normal(size=(4, n_cols)).astype(np.float16)
+    cut = cut_columns(spec, w)
+    assert cut.shape == (4, w.n_columns)
+    for j in range(w.n_columns):
+        col = w.first_column + j
+        expected = spec[:, col] if 0 <= col < n_cols else np.full(4, spec.min(), np.float16)
+        np.testing.assert_array_equal(cut[:, j], expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(segments(), st.integers(1, 16), st.integers(0, 2**31 - 1))
+def test_audio_seconds_zero_is_the_clips_own_span(seg, clip_frames, seed):
+    meta, _ = seg
+    old = choose_window(meta, clip_frames, np.random.default_rng(seed))
+    same = choose_window(meta, clip_frames, np.random.default_rng(seed), audio_seconds=0.0)
+    assert (old.first_column, old.n_columns) == (same.first_column, same.n_columns)
+    assert same.audio_s == same.clip_s

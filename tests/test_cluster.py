@@ -362,45 +362,64 @@ def _processes_with(text: str) -> list[str]:
     return found
 
 
-def _serve_once(fifo: Path, data: bytes) -> threading.Thread:
-    """Feed ``data`` to the first reader of ``fifo``; later readers wait forever."""
+def _serve_once(fifo: Path, data: bytes, *, release: threading.Event | None = None
+                ) -> tuple[threading.Thread, threading.Event]:  # fmt: skip
+    """Feed ``data`` to the first reader of ``fifo``; later readers wait forever. With
+    ``release``, the pipe is then held open, without another byte, until it is set: the
+    reader blocks part way through. Returns the thread and an event set once fed."""
+    fed = threading.Event()
 
     def run() -> None:
         try:
             with open(fifo, "wb") as f:
                 f.write(data)
+                f.flush()
+                fed.set()
+                if release is not None:
+                    release.wait()
         except BrokenPipeError:
-            pass
+            fed.set()
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
-    return t
+    return t, fed
 
 
-def test_hanging_inputs_time_out_and_the_run_goes_on(tmp_path):
-    """A FIFO nobody writes hangs the probe; one written once hangs the decoder.
+@pytest.mark.parametrize("decoder", ["auto", "ffmpeg"])
+def test_hanging_inputs_time_out_and_the_run_goes_on(decoder, tmp_path):
+    """A FIFO nobody writes hangs the opening (PyAV's in the worker, or ffprobe). Another
+    hangs the decoding: fed half a file and then nothing more (PyAV reads it once, and
+    blocks mid-file), or, for the ffmpeg pipe, fed once (ffprobe reads it, and the
+    ffmpeg decoding it waits for a writer).
 
     Both are failed ``timeout`` within --timeout; the worker stuck on the decoder
-    is replaced (with the ffmpeg it started: no process is left behind) and the
+    is replaced (with any ffmpeg it started: no process is left behind) and the
     videos it had finished but not committed are redone.
     """
     clips = _make_clips(tmp_path / "in", 3, duration_s=3.0)
     hang_probe = tmp_path / "hang.mp4"
-    hang_decode = tmp_path / "hang decode.ts"  # MPEG-TS: decoded by an ffmpeg process
+    hang_decode = tmp_path / "hang decode.ts"
     os.mkfifo(hang_probe)
     os.mkfifo(hang_decode)
     ts = tmp_path / "clip.ts"
     subprocess.run(["ffmpeg", "-v", "error", "-i", str(clips[0]), "-c", "copy", str(ts)],
                    check=True)  # fmt: skip
-    feeder = _serve_once(hang_decode, ts.read_bytes())
+    data = ts.read_bytes()
+    release = None if decoder == "ffmpeg" else threading.Event()
+    feeder, fed = _serve_once(hang_decode, data if release is None else data[: len(data) // 2],
+                              release=release)  # fmt: skip
     inputs = [str(clips[0]), str(hang_probe), str(clips[1]), str(hang_decode), str(clips[2])]
     cfg = ShardConfig(out_dir=str(tmp_path / "out"), segment_seconds=2.0, workers=1,
-                      timeout_seconds=3.0, quiet=True)  # fmt: skip
+                      timeout_seconds=8.0, quiet=True, decoder=decoder)  # fmt: skip
     t0 = time.monotonic()
-    report = shard_videos(inputs, cfg)
+    try:
+        report = shard_videos(inputs, cfg)
+    finally:
+        if release is not None:
+            release.set()
     elapsed = time.monotonic() - t0
-    feeder.join(timeout=1)
-    assert not feeder.is_alive(), "the decoder-hang FIFO was never probed"
+    feeder.join(timeout=5)
+    assert fed.is_set(), "the decoder-hang FIFO was never read"
     rows = {r["source"]: r for r in read_manifest(tmp_path / "out").to_pylist()}
     assert set(rows) == set(inputs)
     for hang in (hang_probe, hang_decode):

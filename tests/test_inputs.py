@@ -145,12 +145,13 @@ def test_strict_rerun_retries_failures_and_exits_1(broken):
     assert set(_samples_by_video(out)) == {"good"}
 
 
-def test_truncated_real_clip_is_failed(tmp_path):
+@pytest.mark.parametrize("decoder", ["auto", "pyav", "ffmpeg"])
+def test_truncated_real_clip_is_failed(decoder, tmp_path):
     """The first half of a real clip: decoders stop part way; not an ok half video."""
     clip = real_clip("v_GGSY1Qvo990.mp4")
     trunc = _half(clip, tmp_path / "trunc_real.mp4")
     out = tmp_path / "out"
-    run_cli("shard", str(trunc), "--out", str(out), *SHARD)
+    run_cli("shard", str(trunc), "--out", str(out), *SHARD, "--decoder", decoder)
     row = _rows(out)[str(trunc)]
     assert row["status"] == "failed", row
     assert row["reason"].startswith("decode_error: "), row

@@ -9,6 +9,7 @@ spectrogram, at the x of its true time.
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -19,7 +20,7 @@ from rich.console import Console
 
 from avprep import sheet
 from avprep.errors import UsageError
-from avprep.inspect import choose_samples, print_stats, read_samples, stats
+from avprep.inspect import choose_samples, print_stats, read_samples, shard_pattern, stats
 from avprep.synth import make_clapper
 
 FLASHES = (1.0, 2.5, 4.0, 5.2)
@@ -151,3 +152,37 @@ def test_reasons_are_printed_literally(sharded):
     console = Console(record=True, width=200)
     print_stats(st, console)
     assert "/videos/[bold]clip[/bold].mp4" in console.export_text()
+
+
+def test_json_for_scripts_is_what_stats_returns(sharded, tmp_path):
+    """``--json``: one JSON object on stdout (nothing else there), the same counts as the
+    table; with ``--png`` the sheet's path is in it."""
+    proc = run_cli("inspect", str(sharded), "--json")
+    got = json.loads(proc.stdout)
+    assert got == {**json.loads(json.dumps(stats(sharded))), "contact_sheet": None}
+    assert got["inputs"] == {"ok": 3, "skipped": 1, "failed": 1}
+    assert got["reasons"]["failed"] == {"decode_error": 1}
+    png = tmp_path / "sheet.png"
+    proc = run_cli("inspect", str(sharded), "--json", "--png", str(png), "--samples", "2")
+    assert json.loads(proc.stdout)["contact_sheet"] == str(png) and png.stat().st_size > 0
+
+
+def test_the_printed_pattern_is_what_webdataset_reads(sharded, tmp_path):
+    """``inspect`` prints one string that ``webdataset.WebDataset`` opens as exactly the
+    committed shards: every sample once, nothing else (the real reader)."""
+    import webdataset as wds
+
+    proc = run_cli("inspect", str(sharded))
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("webdataset: WebDataset("))
+    pattern = stats(sharded)["pattern"]
+    assert repr(pattern) in line.replace("\n", "")
+    keys = [s["__key__"] for s in wds.WebDataset(pattern, shardshuffle=False)]
+    assert sorted(keys) == sorted(read_shards(sharded)) and len(keys) == len(set(keys))
+    # gaps, several groups and names with braces are each named exactly
+    names = [tmp_path / f"shard-r0000-001-w00-{i:05d}.tar" for i in (0, 1, 2, 5)]
+    names += [tmp_path / "shard-r0001-001-w00-00000.tar", tmp_path / "odd{a,b}.tar"]
+    from webdataset.shardlists import expand_urls
+
+    assert sorted(expand_urls(shard_pattern(names))) == sorted(map(str, names))
+    assert "{00000..00002}" in shard_pattern(names)
+    assert shard_pattern([]) == ""

@@ -5,17 +5,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import kill_when, run_cli
 
 from avprep.writer import tar_member
 from cmac_core import checkpoint
@@ -26,6 +24,22 @@ ENV = {"OMP_NUM_THREADS": "1"}
 
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_tensorboard_matches_metrics(run: Path) -> None:
+    """TensorBoard's own reader finds every number of every metrics.jsonl record, once,
+    as ``train/<key>`` at its step (after its purge of steps a resumed run logged again)."""
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = ea.EventAccumulator(str(run))
+    acc.Reload()
+    records = metrics(run)
+    keys = {k for r in records for k, v in r.items() if k != "step" and isinstance(v, (int, float))}
+    assert set(acc.Tags()["scalars"]) == {f"train/{k}" for k in keys}
+    for key in keys:
+        logged = [(e.step, e.value) for e in acc.Scalars(f"train/{key}")]
+        expected = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        assert [s for s, _ in logged] == [s for s, _ in expected], key
+        assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6), key
 
 
 def test_loss_falls_and_checkpoints_are_plain_data(demo_shards, tmp_path):
@@ -85,14 +99,8 @@ def test_kill_9_then_resume_continues_the_schedule(demo_shards, tmp_path):
     run = tmp_path / "killed"
     args = [sys.executable, "-m", "avprep", "pretrain", str(demo_shards), "--out", str(run),
             "--config", "tiny", "--steps", "40", "--save-every", "5"]  # fmt: skip
-    proc = subprocess.Popen(args, env={**os.environ, **ENV}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 300
-    while not (run / "step-10.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    kill_when(args, (run / "step-10.pt").exists, env=ENV)
     assert (run / "step-10.pt").exists()
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     saved = torch.load(run / "last.pt", weights_only=True)["step"]
     assert 10 <= saved < 40
     run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "40",
@@ -134,7 +142,7 @@ def test_pickle_member_is_refused(demo_shards, tmp_path):
     assert len(lines) == 1 and "refusing pickle-based member" in lines[0], proc.stderr[-2000:]
 
 
-def test_non_finite_loss_stops_with_a_clear_message(demo_shards, tmp_path):
+def test_non_finite_spectrograms_are_damage_and_a_run_of_only_damage_stops(demo_shards, tmp_path):
     bad = tmp_path / "nan"
     bad.mkdir()
 
@@ -146,12 +154,14 @@ def test_non_finite_loss_stops_with_a_clear_message(demo_shards, tmp_path):
             data = buf.getvalue()
         return {name: data}
 
-    for src in sorted(demo_shards.glob("*.tar")):
+    shards = sorted(demo_shards.glob("*.tar"))  # how many depends on the demo's worker count
+    for src in shards:
         _rewrite_shard(src, bad / src.name, nan_spec)
     proc = run_cli("pretrain", str(bad), "--out", str(tmp_path / "run"), "--config", "tiny", "--steps", "3",
                    check=False, env=ENV)  # fmt: skip
-    assert proc.returncode == 2
-    assert "loss is not finite at step 0" in proc.stderr and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert f"no readable sample in any of the {len(shards)} shards" in lines[0] and "NaN or inf" in lines[0]
     assert not (tmp_path / "run").exists()  # failed before its first step: no run dir left
     kept = tmp_path / "kept"
     kept.mkdir()
@@ -161,11 +171,34 @@ def test_non_finite_loss_stops_with_a_clear_message(demo_shards, tmp_path):
     assert proc.returncode == 2 and (kept / "notes.txt").read_text() == "mine"
 
 
+def test_non_finite_loss_stops_with_a_clear_message(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "2",
+            "--device", "cpu", env=ENV)  # fmt: skip
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    name = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][name].fill_(float("nan"))  # a model gone bad: every loss is NaN
+    torch.save(ckpt, run / "last.pt")
+    proc = run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "4",
+                   "--resume", "--device", "cpu", check=False, env=ENV)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "loss is not finite at step 2 (nan/inf); stopped. last good checkpoint:" in lines[-1]
+
+
 def test_resume_refuses_another_model_and_a_finished_run_without_writing(demo_shards, tmp_path):
     run = tmp_path / "run"
     run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "3",
             "--device", "cpu", env=ENV)  # fmt: skip
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+    def files():  # the run's files; a refused run only takes and leaves the folder's lock
+        return {
+            p.name: p.read_bytes()
+            for p in run.iterdir()
+            if p.is_file() and not p.name.startswith(".lock")
+        }
+
+    before = files()
     refusals = {
         ("--config", "base", "--steps", "6", "--batch-size", "8", "--workers", "1"): "model (",
         ("--config", "tiny", "--method", "avid", "--steps", "6"): "loss (method)",
@@ -178,7 +211,7 @@ def test_resume_refuses_another_model_and_a_finished_run_without_writing(demo_sh
                        "--device", "cpu", check=False, env=ENV)  # fmt: skip
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and text in lines[0], proc.stderr[-2000:]
-        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+        assert files() == before
     run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "5",
             "--lr", "5e-4", "--resume", "--device", "cpu", env=ENV)  # fmt: skip
     assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4, 5]
@@ -194,15 +227,37 @@ def test_metrics_hold_one_record_per_step_after_resume_and_restart(demo_shards, 
     os.replace(run / "step-3.pt", run / "last.pt")
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 7, "lo')
+    first_events = sorted(run.glob("events.out.tfevents.*"))
+    assert len(first_events) == 1
     run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "8",
             "--save-every", "3", "--resume", "--device", "cpu", env=ENV)  # fmt: skip
     assert [r["step"] for r in metrics(run)] == list(range(1, 9))
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2  # steps 4-6 are in both files
+    assert_tensorboard_matches_metrics(run)  # the resumed run's 4-6, once
     # As if killed before the first checkpoint: a new run in the same folder starts a new log.
     for p in run.glob("*.pt"):
         p.unlink()
     run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "2",
             "--device", "cpu", env=ENV)  # fmt: skip
     assert [r["step"] for r in metrics(run)] == [1, 2]
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1  # the earlier attempt's removed
+    assert_tensorboard_matches_metrics(run)
+
+
+def test_without_tensorboard_only_metrics_jsonl_is_written(tmp_path):
+    """tensorboard absent (``sys.modules`` entry None: an import of it fails, as when it is
+    not installed): the records still go to metrics.jsonl, no event file, nothing said."""
+    code = (
+        "import sys\nsys.modules['tensorboard'] = None\n"
+        "from pathlib import Path\nfrom cmac_core.metrics import MetricsLog\n"
+        f"log = MetricsLog(Path({str(tmp_path)!r}))\n"
+        "assert log.tensorboard is None\n"
+        "log.write({'step': 1, 'loss': 2.5, 'lr': 0.001})\nlog.close()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == proc.stderr == "", proc.stderr
+    assert metrics(tmp_path) == [{"step": 1, "loss": 2.5, "lr": 0.001}]
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
 
 
 def test_a_run_that_fails_before_its_first_step_leaves_no_run_dir(demo_shards, tmp_path):
@@ -235,3 +290,18 @@ def test_config_files_of_another_shape_and_an_out_that_is_a_file(demo_shards, tm
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and text in lines[0], proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_from_weights_of_another_shape_says_one_line(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "2",
+            "--device", "cpu", env=ENV)  # fmt: skip
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    name = next(k for k, v in ckpt["model"].items() if v.dim() == 2)
+    ckpt["model"][name] = torch.zeros(3, 3)  # the same config, tampered weights
+    torch.save(ckpt, run / "last.pt")
+    proc = run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "4",
+                   "--resume", "--device", "cpu", check=False, env=ENV)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert name in lines[0] and "last.pt" in lines[0]

@@ -8,6 +8,7 @@ whatever the container, codec, decoder, stream start or frame-rate regularity.
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 from pathlib import Path
 
@@ -46,8 +47,26 @@ def onsets(values: np.ndarray, times: np.ndarray, threshold: float) -> list[floa
     return [float(times[i]) for i in range(len(on)) if on[i] and (i == 0 or not on[i - 1])]
 
 
+NO_DECORD = pytest.mark.skipif(
+    importlib.util.find_spec("decord") is None, reason="decord (avprep[decord]) not installed"
+)
+# --decoder -> the decoder each clapper must be decoded by (default: the first).
+EXPECTED_DECODERS = {
+    "auto": {"*": "pyav"},
+    "pyav": {"*": "pyav"},
+    # decord cannot open AV1, and its frame index is wrong in stream containers
+    "decord": {
+        "*": "decord",
+        "av1_opus": "ffmpeg",
+        "mpeg4_30fps": "ffmpeg",
+        "mpegts_offset": "ffmpeg",
+    },  # fmt: skip
+    "ffmpeg": {"*": "ffmpeg"},
+}
+
+
 @pytest.fixture(scope="module")
-def clapper_shards(tmp_path_factory):
+def clapper_sources(tmp_path_factory):
     src = tmp_path_factory.mktemp("clappers")
     truth = {}
     for name, kw in CASES.items():
@@ -56,24 +75,35 @@ def clapper_shards(tmp_path_factory):
     ts = src / "mpegts_offset.ts"  # MPEG-TS streams start at 1.4 s, not 0
     make_clapper(ts, flashes_s=FLASHES, duration_s=6.5, extra_args=["-f", "mpegts"])
     truth["mpegts_offset"] = FLASHES
-    out = tmp_path_factory.mktemp("shards")
-    run_cli("shard", str(src), "--out", str(out), "--fps", str(FPS),
-            "--segment-seconds", str(SEGMENT), "--workers", "2")  # fmt: skip
-    return out, truth
+    return src, truth
+
+
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(d, marks=[NO_DECORD] if d == "decord" else []) for d in EXPECTED_DECODERS],
+)
+def clapper_shards(request, clapper_sources, tmp_path_factory):
+    src, truth = clapper_sources
+    out = tmp_path_factory.mktemp(f"shards-{request.param}")
+    run_cli("shard", str(src), "--out", str(out), "--fps", str(FPS), "--segment-seconds",
+            str(SEGMENT), "--workers", "2", "--decoder", request.param)  # fmt: skip
+    return out, truth, request.param
 
 
 def test_every_clapper_is_sharded(clapper_shards):
-    out, truth = clapper_shards
+    out, truth, decoder = clapper_shards
     table = read_manifest(out).to_pylist()
     assert {r["video_id"] for r in table} == set(truth)
     assert all(r["status"] == "ok" for r in table), [(r["video_id"], r["reason"]) for r in table]
-    decoders = {r["video_id"]: r["decoder"] for r in table}
-    assert decoders["av1_opus"] == "ffmpeg"  # decord cannot open AV1
-    assert decoders["h264_aac"] == "decord"
+    want = EXPECTED_DECODERS[decoder]
+    for r in table:
+        assert r["decoder"] == want.get(r["video_id"], want["*"]), (decoder, r["video_id"])
+    for s in read_shards(out).values():
+        assert s["json"]["media"]["decoder"] == want.get(s["json"]["video_id"], want["*"])
 
 
 def test_flashes_and_beeps_at_true_times(clapper_shards):
-    out, truth = clapper_shards
+    out, truth, _ = clapper_shards
     samples = read_shards(out)
     by_video: dict[str, list[dict]] = {}
     for s in samples.values():
@@ -101,7 +131,7 @@ def test_flashes_and_beeps_at_true_times(clapper_shards):
 
 
 def test_late_audio_starts_with_silence(clapper_shards):
-    out, _ = clapper_shards
+    out, _, _ = clapper_shards
     s = read_shards(out)["audio_late_1p2_0000"]
     spec = s["spec"].astype(np.float32)
     hop = s["json"]["spec"]["hop_s"]
@@ -110,7 +140,7 @@ def test_late_audio_starts_with_silence(clapper_shards):
 
 
 def test_frames_and_spectrogram_cover_the_same_seconds(clapper_shards):
-    out, _ = clapper_shards
+    out, _, _ = clapper_shards
     for s in read_shards(out).values():
         m = s["json"]
         times = np.asarray(m["frame_times"])
@@ -125,14 +155,20 @@ def test_frames_and_spectrogram_cover_the_same_seconds(clapper_shards):
         assert "." not in s["json"]["key"]
 
 
-def test_both_decoders_store_the_same_pictures(tmp_path):
-    """Colour bars tagged BT.709 and BT.601 (limited range), in MP4 (decord) and MPEG-TS
-    (the ffmpeg pipe, which hands JPEG the YUV planes): the same frames at the same
-    times, and the same colours to within JPEG noise. Limited-range or BT.709 planes
-    stored as if they were JPEG's full-range BT.601 would be off by ~11 levels on average."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for bars, matrix in (("smptehdbars", "bt709"), ("smptebars", "bt470bg")):
+BARS = (("smptehdbars", "bt709"), ("smptebars", "bt470bg"))
+
+
+def _shard_by_source(src: Path, out: Path, decoder: str) -> dict[str, dict]:
+    run_cli("shard", str(src), "--out", str(out), "--workers", "1", "--decoder", decoder)
+    return {Path(s["json"]["source"]).name: s for s in read_shards(out).values()}
+
+
+@pytest.fixture(scope="module")
+def colour_bars(tmp_path_factory):
+    """Colour bars tagged BT.709 and BT.601 (limited range) in MP4 and MPEG-TS, and what
+    the ffmpeg pipe stores of them (scaled by ffmpeg into JPEG's full-range BT.601)."""
+    src = tmp_path_factory.mktemp("bars")
+    for bars, matrix in BARS:
         for ext in ("mp4", "ts"):
             subprocess.run(
                 ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", f"{bars}=s=320x180:d=2:r=25",
@@ -141,29 +177,37 @@ def test_both_decoders_store_the_same_pictures(tmp_path):
                  str(src / f"{bars}.{ext}")],
                 check=True,
             )  # fmt: skip
-    out = tmp_path / "out"
-    run_cli("shard", str(src), "--out", str(out), "--workers", "1")
-    by_source = {Path(s["json"]["source"]).name: s for s in read_shards(out).values()}
-    for bars in ("smptehdbars", "smptebars"):
-        mp4, ts = by_source[f"{bars}.mp4"], by_source[f"{bars}.ts"]
-        assert (mp4["json"]["media"]["decoder"], ts["json"]["media"]["decoder"]) == (
-            "decord",
-            "ffmpeg",
+    return src, _shard_by_source(src, tmp_path_factory.mktemp("ffmpeg"), "ffmpeg")
+
+
+@pytest.mark.parametrize("decoder", ["auto", "pyav", pytest.param("decord", marks=NO_DECORD)])
+def test_decoders_store_the_same_pictures(colour_bars, decoder, tmp_path):
+    """Every decoder stores the ffmpeg pipe's frames at the same times, with the same
+    colours to within JPEG and scaler noise. Limited-range or BT.709 planes stored as if
+    they were JPEG's full-range BT.601 would be off by ~11 levels on average."""
+    src, reference = colour_bars
+    got = _shard_by_source(src, tmp_path / "out", decoder)
+    assert set(got) == set(reference) == {f"{b}.{e}" for b, _ in BARS for e in ("mp4", "ts")}
+    for name, ref in reference.items():
+        sample = got[name]
+        want = {"auto": "pyav", "pyav": "pyav"}.get(decoder) or (
+            "decord" if name.endswith(".mp4") else "ffmpeg"  # decord: not for MPEG-TS
         )
-        assert mp4["json"]["frame_times"] == ts["json"]["frame_times"]
-        assert (
-            mp4["json"]["frame_size"] == ts["json"]["frame_size"] == [228, 128]
-        )  # 320x180 at 128 px
-        a, b = decode_frames(mp4).astype(int), decode_frames(ts).astype(int)
+        assert (ref["json"]["media"]["decoder"], sample["json"]["media"]["decoder"]) == (
+            "ffmpeg",
+            want,
+        )
+        assert sample["json"]["frame_times"] == ref["json"]["frame_times"]
+        assert sample["json"]["frame_size"] == ref["json"]["frame_size"] == [228, 128]
+        a, b = decode_frames(sample).astype(int), decode_frames(ref).astype(int)
         assert a.shape == b.shape
         diff = np.abs(a - b)
-        assert diff.mean() < 3, (bars, diff.mean())
-        assert np.abs((a - b).mean(axis=(0, 1, 2))).max() < 1.5, (
-            bars,
-            (a - b).mean(axis=(0, 1, 2)),
-        )
+        assert diff.mean() < 3, (name, decoder, diff.mean())
+        channel = np.abs((a - b).mean(axis=(0, 1, 2))).max()
+        assert channel < 1.5, (name, decoder, (a - b).mean(axis=(0, 1, 2)))
 
 
+@NO_DECORD
 def test_decord_reads_across_keyframes_match_a_fresh_reader(tmp_path):
     """DecordFrames also reads the frame before each keyframe it would skip past (so that
     decord does not seek); what it returns must be exactly the frames asked for."""
@@ -181,7 +225,8 @@ def test_decord_reads_across_keyframes_match_a_fresh_reader(tmp_path):
     frames = DecordFrames(str(path), probe(str(path), timeout_s=60), short_side_px=64, threads=1)
     assert frames.pad_keys and len(frames.keys) == 10
     for start in (0.0, 1.0, 2.0, 3.0):
-        got, times = frames.read(start, start + 1.0, 16)  # 16 of every 25 frames: skips
+        batch = frames.read(start, start + 1.0, 16)  # 16 of every 25 frames: skips
+        got, times = batch.data, batch.pts_seconds
         idx = np.searchsorted(frames.starts, times)
         fresh = decord.VideoReader(str(path), width=85, height=64, num_threads=1)
         assert np.array_equal(got, fresh.get_batch(idx.tolist()).asnumpy())

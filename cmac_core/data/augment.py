@@ -3,7 +3,8 @@
 Video: random resized crop and horizontal flip in the loader workers (on
 uint8), then colour jitter (brightness, contrast, saturation) and ImageNet
 normalisation on the training device (``finish_video``). Audio: optional
-SpecAugment-style time and frequency masks, then fixed normalisation.
+SpecAugment-style time and frequency masks, then normalisation by the constants
+of the spectrogram's preset (``spec_norm``).
 """
 
 from __future__ import annotations
@@ -93,6 +94,35 @@ def finish_video(video: torch.Tensor, jitter: torch.Tensor | None = None) -> tor
         x = ((x - gray) * s + gray).clamp_(0, 255)
     mean, std = MEAN.to(x).view(1, 3, 1, 1, 1), STD.to(x).view(1, 3, 1, 1, 1)
     return x.div_(255).sub_(mean).div_(std)
+
+
+# (mean, std) of log-mel values per avprep preset (avprep.spectrogram.PRESETS). logmel128:
+# the constants every run before used (measured on the two real clips with sound in
+# shared/data/real at 16 kHz: mean -7.0, std 3.6). vggish64 (log(|mel| + 0.01), another
+# scale): mean -0.94, std 1.62 on the same clips, where -6 / 5 would squeeze its values
+# into (x + 6) / 5 = 1.0 +- 0.3.
+SPEC_NORMS: dict[str, tuple[float, float]] = {"logmel128": (-6.0, 5.0), "vggish64": (-1.0, 1.6)}
+
+
+class SpecNormError(ValueError):
+    """No normalisation is known for a spectrogram preset and none was configured."""
+
+
+def preset_norm(preset: object) -> tuple[float, float]:
+    """``(mean, std)`` for a preset name (``SPEC_NORMS``); SpecNormError if unknown."""
+    if preset not in SPEC_NORMS:
+        raise SpecNormError(
+            f"no log-mel normalisation is known for spectrogram preset {str(preset)[:40]!r} "
+            f"(known: {', '.join(SPEC_NORMS)}): set data.spec_mean and data.spec_std"
+        )
+    return SPEC_NORMS[preset]
+
+
+def spec_norm(data_cfg, meta: dict) -> tuple[float, float]:
+    """``(mean, std)`` for one sample: the config's numbers, or (None) its preset's."""
+    if data_cfg.spec_mean is not None:
+        return data_cfg.spec_mean, data_cfg.spec_std
+    return preset_norm(meta["spec"].get("preset"))
 
 
 def spec_to_tensor(

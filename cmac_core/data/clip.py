@@ -5,6 +5,12 @@ Times come from the sample json (schema v1): frame i was shown at
 +win_s)``. A clip starting at frame i0 covers ``[t0, t0 + clip_frames / fps)``
 with ``t0 = frame_times[i0]``; its audio is the ``n_columns = round(clip_s /
 hop_s)`` columns starting at the column nearest t0.
+
+With ``audio_seconds`` > 0 the audio window is that long instead, centred on the
+video clip: ``round(audio_seconds / hop_s)`` columns starting at the column nearest
+``t0 + clip_s / 2 - audio_seconds / 2`` (so its centre is within a hop of the
+clip's). Columns outside the stored spectrogram (a window near a segment's edge,
+longer than the segment) are padded by ``cut_columns``'s rule, never read.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ class Window:
     n_columns: int
     start_s: float
     clip_s: float
+    audio_s: float = 0.0  # the audio window's nominal length (n_columns * hop_s rounds it)
 
 
-def n_columns_for(clip_frames: int, fps: float, hop_s: float) -> int:
-    return max(1, round(clip_frames / fps / hop_s))
+def n_columns_for(clip_frames: int, fps: float, hop_s: float, audio_seconds: float = 0.0) -> int:
+    """Columns of a clip's audio: ``audio_seconds`` of them, or (0) the clip's span."""
+    return max(1, round((audio_seconds or clip_frames / fps) / hop_s))
 
 
 def choose_window(
@@ -35,8 +43,10 @@ def choose_window(
     *,
     audio_offset_max_s: float = 0.0,
     first_frame: int | None = None,
+    audio_seconds: float = 0.0,
 ) -> Window:
-    """A window at a random offset (``rng``) or at ``first_frame`` (evaluation)."""
+    """A window at a random offset (``rng``) or at ``first_frame`` (evaluation); its audio
+    ``audio_seconds`` long centred on the clip (0: the clip's own seconds)."""
     times = meta["frame_times"]
     n = len(times)
     if first_frame is None:
@@ -48,10 +58,11 @@ def choose_window(
     shift = 0.0
     if audio_offset_max_s > 0 and rng is not None:
         shift = float(rng.uniform(-audio_offset_max_s, audio_offset_max_s))
-    first_col = round((t0 + shift - float(meta["spec_start_s"])) / hop)
-    return Window(
-        first_frame, clip_frames, first_col, n_columns_for(clip_frames, fps, hop), t0, clip_s
-    )
+    audio_s = audio_seconds or clip_s
+    a0 = t0 if not audio_seconds else t0 + clip_s / 2 - audio_s / 2
+    first_col = round((a0 + shift - float(meta["spec_start_s"])) / hop)
+    n_cols = n_columns_for(clip_frames, fps, hop, audio_seconds)
+    return Window(first_frame, clip_frames, first_col, n_cols, t0, clip_s, audio_s)
 
 
 def frame_indices(window: Window, n_available: int) -> list[int]:

@@ -15,9 +15,10 @@ import torch
 import webdataset as wds
 
 from cmac_core.config import DataConfig
-from cmac_core.data.augment import crop_resize, spec_to_tensor
+from cmac_core.data.augment import crop_resize, spec_norm, spec_to_tensor
 from cmac_core.data.clip import choose_window, cut_columns, frame_indices
-from cmac_core.data.stages import SafeDecode, SchemaVersionError, UnsafeShardError
+from cmac_core.data.damage import ShardSamples, decode_or_marker, is_marker
+from cmac_core.data.stages import SafeDecode, check_preset, decode_jpegs
 
 
 def window_starts(n_frames: int, clip_frames: int, clips: int | None) -> list[int]:
@@ -28,27 +29,32 @@ def window_starts(n_frames: int, clip_frames: int, clips: int | None) -> list[in
 
 
 class EvalClips:
-    """Decoded sample -> ``{key, meta, video [K, 3, T, S, S] uint8, spec [K, 1, F, N]}``."""
+    """Decoded sample -> ``{key, meta, video [K, 3, T, S, S] uint8, spec [K, 1, F, N]}``.
+
+    The windows' audio is as in training (``data.audio_seconds``, centred on each clip),
+    normalised as in training (``data.spec_mean``/``spec_std``, or the preset's); a
+    sample of another spectrogram preset than ``data.spec_preset`` is damage."""
 
     def __init__(self, cfg: DataConfig, clips_per_segment: int | None = None) -> None:
         self.cfg, self.clips = cfg, clips_per_segment
 
     def __call__(self, s: dict) -> dict:
-        import simplejpeg  # noqa: PLC0415
-
         c, meta = self.cfg, s["meta"]
         videos, specs = [], []
         cache: dict[int, np.ndarray] = {}
+        check_preset(s["key"], meta, c.spec_preset)
+        mean, std = spec_norm(c, meta)  # what training used (the checkpoint's config)
         for first in window_starts(len(s["jpegs"]), c.clip_frames, self.clips):
-            w = choose_window(meta, c.clip_frames, None, first_frame=first)
+            w = choose_window(meta, c.clip_frames, None, first_frame=first,
+                              audio_seconds=c.audio_seconds)  # fmt: skip
             idx = frame_indices(w, len(s["jpegs"]))
-            for i in idx:
-                if i not in cache:
-                    cache[i] = simplejpeg.decode_jpeg(s["jpegs"][i], colorspace="RGB")
+            todo = sorted({i for i in idx if i not in cache})
+            if todo:
+                cache.update(
+                    zip(todo, decode_jpegs(s["key"], [s["jpegs"][i] for i in todo]), strict=True)
+                )
             videos.append(crop_resize(np.stack([cache[i] for i in idx]), c.crop_px, None))
-            specs.append(
-                spec_to_tensor(cut_columns(s["spec"], w), None, mean=c.spec_mean, std=c.spec_std)
-            )
+            specs.append(spec_to_tensor(cut_columns(s["spec"], w), None, mean=mean, std=std))
         return {
             "key": s["key"],
             "meta": meta,
@@ -57,52 +63,22 @@ class EvalClips:
         }
 
 
-class ShardSamples:
-    """Shard URLs -> raw tar samples. A shard that cannot be read on (damaged, cut short,
-    not a tar) ends with ``{"__error__": message, "__url__": url}`` instead of stopping
-    the run: the samples read before the damage still count, and the caller reports it."""
-
-    def __call__(self, src):
-        for shard in src:
-            try:
-                yield from wds.tarfile_to_samples()(iter([shard]))
-            except Exception as e:  # tarfile, gzip and I/O errors alike
-                yield error_marker(shard["url"], e)
-
-
-def error_marker(url: str, e: Exception) -> dict:
-    first = str(e.args[0] if e.args else e).strip().splitlines()
-    return {"__error__": f"{type(e).__name__}: {first[0] if first else ''}"[:300], "__url__": url}
-
-
-def decode_or_marker(raw: dict, *stages) -> dict:
-    """``raw`` through ``stages`` in turn, or an error marker for a sample that is not an
-    avprep sample (a damaged shard's last, partial one, a corrupt member). Pickle members
-    and other schema versions stop the run: they concern every shard, not one."""
-    sample = raw
-    try:
-        for stage in stages:
-            sample = stage(sample)
-        return sample
-    except (UnsafeShardError, SchemaVersionError):
-        raise
-    except Exception as e:  # a corrupt member, a sample cut short
-        return error_marker(raw.get("__url__", "?"), e)
-
-
 class EvalSample:
     """Raw sample -> eval clips (``EvalClips``), or a marker: ``{"__skipped__": key}`` for a
-    key already done (resume), an error marker as ``decode_or_marker`` gives it."""
+    key already done (resume), a damage marker (``cmac_core.data.damage``). Each carries
+    the shard it came from as ``__url__`` (so a key met twice can be named with its shards)."""
 
     def __init__(self, cfg: DataConfig, clips_per_segment: int | None, done: set[str]) -> None:
         self.decode, self.clips, self.done = SafeDecode(), EvalClips(cfg, clips_per_segment), done
 
     def __call__(self, raw: dict) -> dict:
-        if "__error__" in raw:
+        if is_marker(raw):
             return raw
         if raw["__key__"] in self.done:
-            return {"__skipped__": raw["__key__"]}
-        return decode_or_marker(raw, self.decode, self.clips)
+            return {"__skipped__": raw["__key__"], "__url__": raw["__url__"]}
+        out = decode_or_marker(raw, self.decode, self.clips)
+        out.setdefault("__url__", raw["__url__"])
+        return out
 
 
 def eval_loader(urls: list[str], cfg: DataConfig, *, clips_per_segment: int | None, workers: int,

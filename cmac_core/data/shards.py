@@ -18,9 +18,10 @@ from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 
 from avprep import schema
+from cmac_core.errors import CmacError
 
 
-class ShardSpecError(ValueError):
+class ShardSpecError(CmacError):
     pass
 
 
@@ -75,26 +76,78 @@ def count_samples(urls: list[str]) -> int | None:
 
 
 def _from_manifest(folder: Path, names: set[str]) -> int | None:
+    """Samples of the shards ``names`` from their manifest parts; None where a part is
+    missing or unreadable (the tars are counted instead)."""
     mdir = folder / schema.MANIFEST_DIR
     parts = [mdir / f"{Path(n).stem}.parquet" for n in names]
     if not all(p.exists() for p in parts):
         return None
     import pyarrow.parquet as pq  # noqa: PLC0415
 
-    return sum(
-        int(pq.read_table(p, columns=["n_segments"]).column(0).to_numpy().sum()) for p in parts
-    )
+    try:
+        return sum(
+            int(pq.read_table(p, columns=["n_segments"]).column(0).to_numpy().sum()) for p in parts
+        )
+    except Exception:  # a damaged or foreign part: count the tars themselves
+        return None
 
 
 def _count_tar(path: Path) -> int:
+    """Samples in a tar, counted from its headers up to any damage (which readers report)."""
     keys = set()
     try:
         with tarfile.open(path) as tar:
             for m in tar:
                 keys.add(m.name.split(".", 1)[0])
-    except (tarfile.TarError, OSError) as e:
-        raise ShardSpecError(f"{path} is not a readable tar ({type(e).__name__}: {e})") from e
+    except (tarfile.TarError, OSError):
+        pass
     return len(keys)
+
+
+TAR_BLOCK = 512
+COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
+
+
+def check_shard(path: str) -> str | None:
+    """Why local shard ``path`` cannot be a readable tar, or None. Reads three blocks,
+    whatever the shard's size: its first header, and the end-of-archive marker (a tar cut
+    short loses it). Damage inside is found, and reported, when it is read."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "an empty file (0 bytes)"
+        with open(path, "rb") as f:
+            head = f.read(TAR_BLOCK)
+            f.seek(max(0, size - 2 * TAR_BLOCK))
+            tail = f.read()
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if head.startswith(COMPRESSED):
+        return None  # a compressed tar (webdataset reads them): checked as it is read
+    if size % TAR_BLOCK or size < 3 * TAR_BLOCK:
+        return f"not a tar ({size} bytes, not whole {TAR_BLOCK}-byte blocks)"
+    if not head.strip(b"\0"):
+        return "holds no samples (an empty tar)"
+    try:
+        tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
+    except tarfile.HeaderError:
+        return "not a tar (no tar header at its start)"
+    if tail.strip(b"\0"):
+        return "cut short (no end-of-archive marker)"
+    return None
+
+
+def check_shards(urls: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``(readable, damaged)``: the local shards that pass ``check_shard`` (remote URLs are
+    kept: they are checked as they are read), and why each other one does not."""
+    good, bad = [], {}
+    for url in urls:
+        why = None if _is_url(url) else check_shard(url)
+        if why is None:
+            good.append(url)
+        else:
+            bad[url] = why
+    return good, bad
 
 
 class SharedEpoch:

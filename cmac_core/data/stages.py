@@ -8,7 +8,7 @@ samples -> ``SafeDecode`` (json, npy; jpg kept as bytes; pickle refused) ->
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import math
 
@@ -18,48 +18,66 @@ import torch
 from torch.utils.data import default_collate, get_worker_info
 
 from avprep import schema
-from cmac_core.data.augment import crop_resize, jitter_factors, spec_to_tensor
+from avprep.schema import SampleError
+from cmac_core.data.augment import crop_resize, jitter_factors, spec_norm, spec_to_tensor
 from cmac_core.data.clip import choose_window, cut_columns, frame_indices
+from cmac_core.data.damage import SchemaVersionError, UnsafeShardError
 from cmac_core.data.shards import SharedEpoch, worker_coords
+from cmac_core.data.sync import sync_pair
 
 # Members whose decoding would run pickle: never decoded from shards of strangers.
 PICKLE_EXTS = {"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "mp", "msgpack", "joblib"}
 FRAME_MEMBERS = tuple(schema.frame_member(i) for i in range(schema.MAX_FRAMES))
 
 
-class UnsafeShardError(ValueError):
-    pass
-
-
-class SchemaVersionError(ValueError):
-    pass
-
-
-class ShardFormatError(ValueError):
-    """A tar that is not an avprep shard (or a sample cut short in a damaged one)."""
-
-
 class SafeDecode:
-    """Raw tar sample -> ``{key, meta, spec, jpegs}``; only json, npy and jpg are touched."""
+    """Raw tar sample -> ``{key, meta, spec, jpegs}``; only json, npy and jpg are touched.
+
+    Everything is checked against the shard format (``avprep.schema``: the key, the
+    json's fields and ranges, the members present, the spectrogram's header against its
+    bytes, finite values) before it is used; a sample that fails raises SampleError,
+    which readers record as a damaged sample. Pickle members and another schema
+    version raise UnsafeShardError and SchemaVersionError: they stop the run.
+    """
 
     def __call__(self, sample: dict) -> dict:
         key, url = sample["__key__"], sample.get("__url__", "?")
         for name in sample:
             if not name.startswith("__") and name.rsplit(".", 1)[-1].lower() in PICKLE_EXTS:
-                raise UnsafeShardError(f"refusing pickle-based member {key}.{name} in {url}")
-        if "json" not in sample or schema.SPEC not in sample:
-            raise ShardFormatError(
-                f"sample {key} in {url} lacks json or {schema.SPEC}: not an avprep shard"
-            )
-        meta = json.loads(sample["json"])
-        version = meta.get("schema_version")
+                raise UnsafeShardError(
+                    f"refusing pickle-based member {schema.shown(f'{key}.{name}')} in {url}"
+                )
+        schema.check_key(key)
+        if schema.JSON not in sample:
+            raise SampleError(f"sample {key}: no json member")
+        try:
+            meta = json.loads(sample[schema.JSON])
+        except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, nesting too deep
+            raise SampleError(f"sample {key}: its json does not parse ({type(e).__name__})") from e
+        if not isinstance(meta, dict) or "schema_version" not in meta:
+            raise SampleError(f"sample {key}: its json is not an avprep sample's")
+        version = meta["schema_version"]
         if version != schema.SCHEMA_VERSION:
             raise SchemaVersionError(
-                f"{url}: shard schema version {version}, this avprep reads {schema.SCHEMA_VERSION}"
+                f"{url}: shard schema version {schema.shown(version)}, this avprep reads "
+                f"{schema.SCHEMA_VERSION}"
             )
-        spec = np.load(io.BytesIO(sample[schema.SPEC]), allow_pickle=False)
+        meta = schema.check_sample(key, meta, (n for n in sample if not n.startswith("__")))
+        spec = read_spec(key, sample[schema.SPEC], meta["spec"]["n_mels"])
         jpegs = [sample[name] for name in FRAME_MEMBERS[: len(meta["frame_times"])]]
         return {"key": key, "meta": meta, "spec": spec, "jpegs": jpegs}
+
+
+def read_spec(key: str, npy: bytes, n_mels: int) -> np.ndarray:
+    """A spectrogram member -> ``[n_mels, n_columns]`` (a view of ``npy``), finite, checked."""
+    try:
+        dtype, shape, offset = schema.spec_layout(npy, n_mels)
+    except SampleError as e:
+        raise SampleError(f"sample {key}: {e}") from None
+    spec = np.frombuffer(npy, dtype=dtype, count=shape[0] * shape[1], offset=offset)
+    if not np.isfinite(spec).all():
+        raise SampleError(f"sample {key}: {schema.SPEC} holds NaN or inf")
+    return spec.reshape(shape)
 
 
 class _Seeded:
@@ -78,19 +96,28 @@ class _Seeded:
 
 
 class ClipWindow(_Seeded):
-    """Pick ``clip_frames`` frames at a random offset and the spectrogram columns of the same seconds."""
+    """Pick ``clip_frames`` frames at a random offset and the spectrogram columns of the
+    same seconds (``audio_seconds`` of them centred on the clip, when given).
 
-    def __init__(
-        self, clip_frames: int, *, audio_offset_max_s: float = 0.0, train: bool = True, **seeding
-    ) -> None:
+    A sample whose spectrogram preset is not ``spec_preset`` (when given: the preset the
+    run's normalisation is for) raises SampleError: it is recorded as damage."""
+
+    def __init__(self, clip_frames: int, *, audio_offset_max_s: float = 0.0, audio_seconds: float = 0.0,
+                 spec_preset: str = "", train: bool = True, sync_shift_min_s: float = 0.0,
+                 sync_shift_max_s: float = 0.0, **seeding) -> None:  # fmt: skip
         super().__init__(**seeding)
+        self.sync_shift_min_s, self.sync_shift_max_s = sync_shift_min_s, sync_shift_max_s
         self.clip_frames, self.audio_offset_max_s, self.train = (
             clip_frames,
             audio_offset_max_s,
             train,
         )
+        self.audio_seconds, self.spec_preset = audio_seconds, spec_preset
 
     def __call__(self, s: dict) -> dict:
+        check_preset(s["key"], s["meta"], self.spec_preset)
+        if self.train and self.sync_shift_min_s > 0:
+            return self._sync_pair(s)
         rng = self.rng() if self.train else None
         first = None if self.train else max(0, (len(s["jpegs"]) - self.clip_frames) // 2)
         w = choose_window(
@@ -99,23 +126,62 @@ class ClipWindow(_Seeded):
             rng,
             audio_offset_max_s=self.audio_offset_max_s,
             first_frame=first,
+            audio_seconds=self.audio_seconds,
         )
         idx = frame_indices(w, len(s["jpegs"]))
         return {"key": s["key"], "meta": s["meta"], "window": w, "jpegs": [s["jpegs"][i] for i in idx],
                 "spec": cut_columns(s["spec"], w)}  # fmt: skip
 
+    def _sync_pair(self, s: dict) -> dict:
+        """The clip with ``spec`` (aligned) and ``spec_shifted`` (``data/sync.py``)."""
+        pair = sync_pair(s["meta"], s["spec"].shape[1], self.clip_frames, self.rng(),
+                         min_shift_s=self.sync_shift_min_s, max_shift_s=self.sync_shift_max_s,
+                         audio_seconds=self.audio_seconds, key=s["key"])  # fmt: skip
+        idx = frame_indices(pair.aligned, len(s["jpegs"]))
+        return {"key": s["key"], "meta": s["meta"], "window": pair.aligned,
+                "jpegs": [s["jpegs"][i] for i in idx], "spec": cut_columns(s["spec"], pair.aligned),
+                "spec_shifted": cut_columns(s["spec"], pair.shifted), "shift_s": pair.shift_s}  # fmt: skip
+
+
+def check_preset(key: str, meta: dict, preset: str) -> None:
+    """SampleError when ``preset`` is given and the sample's spectrogram is of another."""
+    have = meta["spec"].get("preset")
+    if preset and have != preset:
+        raise SampleError(
+            f"sample {key}: spectrogram preset {schema.shown(have)}, but this model's "
+            f"normalisation is for {preset} (data.spec_preset)"
+        )
+
+
+def video_id_hash(key: str) -> int:
+    """A signed 64-bit integer naming the source video of sample ``key`` (the same in
+    every process, unlike ``hash``): clips with equal ones come from one video."""
+    video_id, _ = schema.split_key(key)
+    digest = hashlib.blake2b(video_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
 
 class DecodeFrames:
-    """JPEG bytes of the window -> ``frames`` ``[T, H, W, 3]`` uint8."""
+    """JPEG bytes of the window -> ``frames`` ``[T, H, W, 3]`` uint8 (SampleError for a
+    corrupt JPEG or frames of different sizes)."""
 
     def __call__(self, s: dict) -> dict:
-        frames = np.stack([simplejpeg.decode_jpeg(b, colorspace="RGB") for b in s.pop("jpegs")])
-        return {**s, "frames": frames}
+        return {**s, "frames": decode_jpegs(s["key"], s.pop("jpegs"))}
+
+
+def decode_jpegs(key: str, jpegs: list[bytes]) -> np.ndarray:
+    try:
+        return np.stack([simplejpeg.decode_jpeg(b, colorspace="RGB") for b in jpegs])
+    except ValueError as e:  # simplejpeg's errors; np.stack's on frames of other sizes
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise SampleError(f"sample {key}: a frame does not decode ({first})") from e
 
 
 class Augment(_Seeded):
-    """A list of clips -> the batch ``{"key", "video" [B, 3, T, crop, crop] uint8, "jitter"
-    [B, 3], "spec" [B, 1, n_mels, n_columns] float32, "start_s" [B] float64}``.
+    """A list of clips -> the batch ``{"damage", "key", "video_id" [B] int64 (``video_id_hash``),
+    "video" [B, 3, T, crop, crop] uint8, "jitter" [B, 3], "spec" [B, 1, n_mels, n_columns]
+    float32, "start_s" [B] float64}``; clips with a synchronization negative (``ClipWindow``
+    with ``sync_shift_min_s``) add ``"spec_shifted"`` (as ``spec``) and ``"shift_s"`` [B].
 
     Each clip is cropped straight into its slot of the batch tensor, which a
     loader worker allocates in shared memory (as ``default_collate`` does), so
@@ -134,21 +200,31 @@ class Augment(_Seeded):
             (len(clips), 3, len(clips[0]["frames"]), c.crop_px, c.crop_px), torch.uint8
         )
         jitter = torch.empty(len(clips), 3)
-        specs = []
+        specs, shifted = [], []
+        masks = {"time_masks": c.spec_time_masks, "freq_masks": c.spec_freq_masks,
+                 "mask_frac": c.spec_mask_frac}  # fmt: skip
         for i, s in enumerate(clips):
             crop_resize(
                 s["frames"], c.crop_px, rng, scale=c.crop_scale, flip_p=c.flip_p, out=video[i]
             )
             jitter[i] = torch.tensor(jitter_factors(rng, c.color_jitter))
-            specs.append(spec_to_tensor(s["spec"], rng, mean=c.spec_mean, std=c.spec_std,
-                                        time_masks=c.spec_time_masks, freq_masks=c.spec_freq_masks,
-                                        mask_frac=c.spec_mask_frac))  # fmt: skip
+            mean, std = spec_norm(c, s["meta"])
+            specs.append(spec_to_tensor(s["spec"], rng, mean=mean, std=std, **masks))
+            if "spec_shifted" in s:  # the synchronization negative, normalised and masked alike
+                shifted.append(spec_to_tensor(s["spec_shifted"], rng, mean=mean, std=std, **masks))
+        sync = {} if not shifted else {
+            "spec_shifted": default_collate(shifted),
+            "shift_s": torch.tensor([s["shift_s"] for s in clips], dtype=torch.float64),
+        }  # fmt: skip
         return {
+            "damage": [m for s in clips for m in s.get("damage", ())],  # dropped before these
             "key": [s["key"] for s in clips],
+            "video_id": torch.tensor([video_id_hash(s["key"]) for s in clips], dtype=torch.int64),
             "video": video,
             "jitter": jitter,
             "spec": default_collate(specs),  # in a loader worker: stacked into shared memory
             "start_s": torch.tensor([s["window"].start_s for s in clips], dtype=torch.float64),
+            **sync,
         }
 
 

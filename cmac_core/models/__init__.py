@@ -6,8 +6,10 @@ from torch import nn
 
 from cmac_core.config import ModelConfig
 from cmac_core.models.cmac import CMACModel
+from cmac_core.models.coattention import LLAModel
 
-REGISTRY = {"cmac": CMACModel}
+REGISTRY = {"cmac": CMACModel, "lla": LLAModel}
+ARCH_OF_METHOD = {"cmac": "cmac", "avid": "cmac", "lla": "lla"}  # loss.method -> architecture
 
 
 def build(arch: str, cfg: ModelConfig) -> nn.Module:

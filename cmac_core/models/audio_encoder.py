@@ -1,7 +1,9 @@
 """2D ResNet audio encoder over the log-mel spectrogram, returning its conv5 map.
 
 Widths (64, 128, 256, 512) with blocks (2, 2, 2, 2) is ResNet-18. The map keeps
-its frequency axis: CMAC attends over frequency bins.
+its frequency axis: CMAC attends over frequency bins. ``freq_stride`` (4, 8, 16
+or 32) is how much the mel axis is divided: below 32 the last stages stride 2
+in time only, which changes no weight's shape.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from torch import nn
 
 
 class BasicBlock2d(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int | tuple[int, int]) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
@@ -33,10 +35,20 @@ class BasicBlock2d(nn.Module):
 
 
 class AudioEncoder(nn.Module):
-    """``[B, 1, n_mels, n_columns]`` -> conv5 map ``[B, C, n_mels/32, n_columns/32]``."""
+    """``[B, 1, n_mels, n_columns]`` -> conv5 map ``[B, C, n_mels/freq_stride, n_columns/32]``
+    (``n_columns/4`` with ``keep_time``: stages 2-4 keep time, as lla's tokens need)."""
 
-    def __init__(self, widths: tuple[int, ...], blocks: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        widths: tuple[int, ...],
+        blocks: tuple[int, ...],
+        *,
+        freq_stride: int = 32,
+        keep_time: bool = False,
+    ) -> None:
         super().__init__()
+        # stages 1-3 stride 2 in time; the first log2(freq_stride / 4) of them in frequency too
+        freq_halvings = {4: 0, 8: 1, 16: 2, 32: 3}[freq_stride]
         self.stem = nn.Sequential(
             nn.Conv2d(1, widths[0], 7, stride=2, padding=3, bias=False),
             nn.BatchNorm2d(widths[0]),
@@ -45,7 +57,7 @@ class AudioEncoder(nn.Module):
         )
         layers, c_in = [], widths[0]
         for i, (c_out, n) in enumerate(zip(widths, blocks, strict=True)):
-            stride = 1 if i == 0 else 2
+            stride = 1 if i == 0 else (2 if i <= freq_halvings else 1, 1 if keep_time else 2)
             layers.append(
                 nn.Sequential(
                     *[

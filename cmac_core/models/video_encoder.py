@@ -17,29 +17,38 @@ def _mid(c_in: int, c_out: int) -> int:
 
 
 class Conv2Plus1D(nn.Sequential):
-    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, stride: int = 1, time_stride: int | None = None
+    ) -> None:
         mid = _mid(c_in, c_out)
+        time_stride = stride if time_stride is None else time_stride
         super().__init__(
             nn.Conv3d(
                 c_in, mid, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False
             ),
             nn.BatchNorm3d(mid),
             nn.ReLU(inplace=True),
-            nn.Conv3d(mid, c_out, (3, 1, 1), stride=(stride, 1, 1), padding=(1, 0, 0), bias=False),
+            nn.Conv3d(
+                mid, c_out, (3, 1, 1), stride=(time_stride, 1, 1), padding=(1, 0, 0), bias=False
+            ),
         )
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int, time_stride: int | None = None) -> None:
         super().__init__()
+        time_stride = stride if time_stride is None else time_stride
         self.conv1 = nn.Sequential(
-            Conv2Plus1D(c_in, c_out, stride), nn.BatchNorm3d(c_out), nn.ReLU(inplace=True)
+            Conv2Plus1D(c_in, c_out, stride, time_stride),
+            nn.BatchNorm3d(c_out),
+            nn.ReLU(inplace=True),
         )
         self.conv2 = nn.Sequential(Conv2Plus1D(c_out, c_out), nn.BatchNorm3d(c_out))
         self.down = None
-        if stride != 1 or c_in != c_out:
+        if stride != 1 or time_stride != 1 or c_in != c_out:
             self.down = nn.Sequential(
-                nn.Conv3d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm3d(c_out)
+                nn.Conv3d(c_in, c_out, 1, stride=(time_stride, stride, stride), bias=False),
+                nn.BatchNorm3d(c_out),
             )
         self.relu = nn.ReLU(inplace=True)
 
@@ -49,9 +58,13 @@ class BasicBlock(nn.Module):
 
 
 class VideoEncoder(nn.Module):
-    """``[B, 3, T, H, W]`` -> conv5 map ``[B, C, T/8, H/16, W/16]`` (C = widths[-1])."""
+    """``[B, 3, T, H, W]`` -> conv5 map ``[B, C, T/8, H/16, W/16]`` (C = widths[-1]), or
+    ``[B, C, T, H/16, W/16]`` with ``keep_time`` (stages 2-4 stride in space only: a
+    synchronization pretext needs the frames' times; same weights' shapes)."""
 
-    def __init__(self, widths: tuple[int, ...], blocks: tuple[int, ...]) -> None:
+    def __init__(
+        self, widths: tuple[int, ...], blocks: tuple[int, ...], *, keep_time: bool = False
+    ) -> None:
         super().__init__()
         stem_mid = max(4, (3 * widths[0] * 49) // (3 * 49 + 3 * widths[0]))
         self.stem = nn.Sequential(
@@ -68,7 +81,12 @@ class VideoEncoder(nn.Module):
             layers.append(
                 nn.Sequential(
                     *[
-                        BasicBlock(c_in if j == 0 else c_out, c_out, stride if j == 0 else 1)
+                        BasicBlock(
+                            c_in if j == 0 else c_out,
+                            c_out,
+                            stride if j == 0 else 1,
+                            (1 if keep_time else stride) if j == 0 else 1,
+                        )
                         for j in range(n)
                     ]
                 )

@@ -1,0 +1,118 @@
+"""Container: one input opened once with PyAV; its packets demuxed once, in file order.
+
+The chosen video and audio streams each get a queue of packets. Whichever side
+asks for more (frames for a segment, or that segment's audio) demuxes until its
+own queue has a packet; the other side's packets wait in their queue, compressed.
+Decoding is single-threaded: the worker processes are the parallelism.
+
+Errors follow the ffmpeg CLI: a packet that fails to decode is recorded in
+``error`` and skipped; a demuxing error ends the file there (``error`` says why).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+import av
+
+from avprep.errors import MediaError
+from avprep.media.probe import media_info
+from avprep.probe import MediaInfo
+from avprep.tools import local_url
+
+
+def reason(e: Exception) -> str:
+    """An FFmpeg error as a manifest reason: its message without the file name."""
+    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return text.strip().splitlines()[0][:200]
+
+
+class Container:
+    """``Container(path)``: opened, streams chosen (``info``); frames and audio frames
+    come from ``video_frames()`` and ``audio_frames()``. Raises MediaError if the
+    file cannot be opened or its chosen video stream decodes no frame."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.error = ""
+        try:
+            # file: so that no protocol (concat:, subfile:, ...) can claim the name
+            self._av = av.open(local_url(path), metadata_errors="replace")
+        except av.FFmpegError as e:
+            raise MediaError(f"decode_error: {reason(e)}") from e
+        try:
+            info = media_info(path, self._av)
+            chosen = [s for s in self._av.streams if s.index in _indices(info)]
+            for s in self._av.streams:
+                if s not in chosen:
+                    s.discard = av.stream.Discard.all  # the demuxer skips their packets
+            for s in chosen:
+                s.codec_context.thread_count = 1
+            self._queues: dict[int, deque] = {s.index: deque() for s in chosen}
+            self._packets = self._av.demux(*chosen) if chosen else iter(())
+            self._eof = False
+            self._video: Iterator | None = None
+            self._first = None
+            if info.video is not None:
+                self._video = self._decode(self._av.streams[info.video.index])
+                self._first = next(self._video, None)
+                if self._first is None:
+                    raise MediaError(f"decode_error: {self.error or 'no video frames decoded'}")
+                info = media_info(path, self._av, rotation=self._first.rotation)
+        except BaseException:
+            self.close()
+            raise
+        self.info: MediaInfo = info
+
+    def time_base(self, index: int):
+        """The time base (a Fraction of a second) of stream ``index``'s timestamps."""
+        return self._av.streams[index].time_base
+
+    def video_frames(self) -> Iterator[av.VideoFrame]:
+        """The chosen video stream's frames in decoding order (its first one included)."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        yield from self._video or ()
+
+    def audio_frames(self) -> Iterator[av.AudioFrame]:
+        """The chosen audio stream's frames in decoding order."""
+        return self._decode(self._av.streams[self.info.audio.index])
+
+    def _pull(self) -> bool:
+        """Demux one packet into its stream's queue; False once the file is exhausted."""
+        if self._eof:
+            return False
+        try:
+            packet = next(self._packets)
+        except StopIteration:
+            self._eof = True
+            return False
+        except av.FFmpegError as e:
+            self.error, self._eof = reason(e), True
+            return False
+        self._queues[packet.stream.index].append(packet)
+        return True
+
+    def _decode(self, stream) -> Iterator:
+        queue, codec = self._queues[stream.index], stream.codec_context
+        while True:
+            while not queue and self._pull():
+                pass
+            packet = queue.popleft() if queue else None
+            flush = packet is None or packet.size == 0
+            try:
+                yield from codec.decode(None if flush else packet)
+            except av.FFmpegError as e:
+                if not isinstance(e, av.error.EOFError):
+                    self.error = reason(e)
+            if flush:
+                return
+
+    def close(self) -> None:
+        self._av.close()
+
+
+def _indices(info: MediaInfo) -> set[int]:
+    return {s.index for s in (info.video, info.audio) if s is not None}

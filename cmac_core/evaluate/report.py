@@ -1,0 +1,163 @@
+"""The report: ``RESULTS.md`` (command, commit, machine, the table, the pre-registered
+outcomes beside the measured figures, where the time went), ``results.json`` (the same
+figures for scripts), ``results_curves.png`` and ``results_maps.png``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from cmac_core.evaluate import pictures
+from cmac_core.evaluate.arms import arm
+
+COLUMNS = [  # (results key, header)
+    ("beta_v.which_object", "which object β"), ("beta_v.pointing", "pointing β"),
+    ("beta_v.pointing_mid", "pointing β, middle frame"), ("beta_v.size_aware_iou", "size-aware IoU β"),
+    ("beta_v.ciou", "cIoU β"), ("beta_v.success", "cIoU≥0.5 β"), ("beta_v.auc", "AUC β"),
+    ("alpha_v.pointing", "pointing α"), ("alpha_v.size_aware_iou", "size-aware IoU α"),
+    ("probe_v", "probe video"), ("probe_a", "probe audio"), ("r_at_1", "R@1 v→a"),
+    ("sync_2afc", "sync 2AFC"),
+]  # fmt: skip
+BASELINE_KEYS = {"beta_v.which_object": "which_object", "beta_v.pointing": "pointing", "beta_v.size_aware_iou": "size_aware_iou",
+                 "beta_v.ciou": "ciou", "beta_v.success": "success", "beta_v.auc": "auc"}  # fmt: skip
+
+
+def _cell(stats: dict, key: str) -> str:
+    """``mean ± std`` across seeds; ``n/a`` where the measure does not apply to the arm
+    (None), ``–`` where it was not measured."""
+    if key not in stats:
+        return "–"
+    stat = stats[key]
+    if stat is None:
+        return "n/a"
+    if stat["n"] > 1:
+        return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+    return f"{stat['mean']:.3f}"
+
+
+def table(results: dict) -> str:
+    """The Markdown table: one row per arm (mean ± spread across seeds), then baselines,
+    chance and the video-only probe's ceiling."""
+    n_sync = results.get("n_sync_clips", 0)
+    head = "| arm | " + " | ".join(
+        f"{h} ({n_sync} clips)" if k == "sync_2afc" else h for k, h in COLUMNS
+    ) + " |"  # fmt: skip
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, stats in results["arms"].items():
+        lines.append(f"| {name} | " + " | ".join(_cell(stats, k) for k, _ in COLUMNS) + " |")
+    for name, figures in results["baselines"].items():
+        cells = [
+            f"{figures[BASELINE_KEYS[k]]:.3f}" if k in BASELINE_KEYS else "–" for k, _ in COLUMNS
+        ]
+        lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    ch = results["chance"]
+    chance = {"beta_v.pointing": ch["pointing"], "alpha_v.pointing": ch["pointing"],
+              "beta_v.which_object": ch["which_object"], "beta_v.pointing_mid": ch["pointing_mid"],
+              "probe_v": ch["probe"], "probe_a": ch["probe"], "r_at_1": ch["r_at_1"],
+              "sync_2afc": ch["sync_2afc"]}  # fmt: skip
+    ceiling = {"probe_v": ch["probe_v_ceiling"]}
+    for label, row in (("chance", chance), ("video probe ceiling", ceiling)):
+        cells = [f"{row[k]:.3f}" if k in row else "–" for k, _ in COLUMNS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    cfg, m = results["config"], results["machine"]
+    seeds = cfg["seeds"]
+    out = [
+        "# Results: does the pipeline learn? (`avprep evaluate`)",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Commit: `{results['commit']}`  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, device {m['device']}"
+        + (f" ({m['gpu']})" if "gpu" in m else ""),
+        "",
+        f"Benchmark: `avprep synth` with {cfg['videos']} training and {cfg['test_videos']} test videos "
+        f"(seed {cfg['bench_seed']}), {results['n_classes']} classes; every arm trained "
+        f"{cfg['steps']} steps of {cfg['batch_size']} clips at a {cfg['crop_px']} px crop, "
+        f"{seeds} seed{'s' if seeds > 1 else ''} (mean ± sample std across seeds). "
+        f"Measured on {results['n_test_clips']} test clips (the middle clip of each test video); "
+        f"probes fit on the {results['n_train_clips']} training clips.",
+        "",
+        table(results),
+        "",
+        "The truth box is the sounding object's box over the clip (the rectangle around its "
+        "boxes at the clip's frames: a map summarizes the whole clip, in which an object moves "
+        "up to ~37 px); 'pointing β, middle frame' scores the same peak against the box at the "
+        "clip's middle frame alone. 'Which object β': the map's mean inside the sounding "
+        "object's box exceeds its mean inside every silent object's (chance 1 / objects): "
+        "whether the map tells which object sounds, however precisely it places it.",
+        "",
+        "β: the audio-guided map (beta_v); α: the vision-only map (alpha_v; trained only by "
+        "cmac's consistency term). The true box's own row is the ceiling of each measure; "
+        f"with half the map flagged cIoU cannot exceed {results['chance']['ciou_ceiling']:.3f} "
+        "on these boxes (their mean area / half the frame), so success at cIoU 0.5 is 0 for "
+        "every model here by geometry. lla has no vision-only map (its α is uniform by "
+        "design): n/a.",
+        "",
+        f"Video probe ceiling: every test clip shows objects of {_visible(results)} classes and "
+        "nothing in the video alone says which one sounds, so a probe on video features can "
+        "name the sounding class at best 1 time in that many: the mean of 1 / (distinct "
+        f"classes in the clip) is {results['chance']['probe_v_ceiling']:.3f}; only audio, or "
+        "a video feature that learned which object sounds from audio, can pass it.",
+        "",
+        f"Sync 2AFC: on the first {results.get('n_sync_clips', 0)} test clips, the clip's "
+        "aligned audio against the same segment's audio shifted by at least 0.5 s; correct "
+        "when the aligned one scores higher (lla: its sync head; the others: z_v·z_a). "
+        "Chance 0.5.",
+        "",
+        "## Pre-registered outcomes, as measured",
+        "",
+        "| outcome | holds | measured |",
+        "|---|---|---|",
+    ]
+    for c in results["checks"]:
+        out.append(f"| {c['claim']} | {'yes' if c['holds'] else '**no**'} | {c['measured']} |")
+    finals = sorted({k for s in results["arms"].values() for k in s if k.startswith("final.")})
+    if finals:
+        out += ["", "## Last training step (metrics.jsonl)", "",
+                "| arm | " + " | ".join(k[6:] for k in finals) + " |", "|" + "---|" * (len(finals) + 1)]  # fmt: skip
+        for name, stats in results["arms"].items():
+            if any(k in stats for k in finals):
+                out.append(f"| {name} | " + " | ".join(_cell(stats, k) for k in finals) + " |")
+    out += ["", "## Where the time went (seconds, as measured when each stage ran)", "",
+            "| stage | s |", "|---|---|"]  # fmt: skip
+    out += [f"| {k} | {v} |" for k, v in results["timings_s"].items()]
+    out += ["", "![training curves](results_curves.png)", "", "![maps](results_maps.png)", ""]
+    return "\n".join(out)
+
+
+def _visible(results: dict) -> str:
+    """``"2"``, or ``"1 to 3"`` where clips differ (from the ceiling's per-clip counts)."""
+    lo, hi = results["chance"].get("visible_classes_range", [None, None])
+    return "several" if lo is None else (f"{lo}" if lo == hi else f"{lo} to {hi}")
+
+
+def write_report(results: dict, runs: dict, report_dir: Path) -> Path:
+    """Write the four files into ``report_dir``; returns the Markdown's path."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {a: {s: r.get("metrics", []) for s, r in seeds.items()} for a, seeds in runs.items()}
+    pictures.curves(metrics).save(report_dir / "results_curves.png")
+    first = next(iter(next(iter(runs.values())).values()))["test"]
+    rows = {}
+    for name, seeds in runs.items():
+        test = seeds[min(seeds)]["test"]
+        rows[f"{name} beta_v"] = test["beta_v"]  # (the bitmap font has no Greek letters)
+        if name not in ("avid", "random_init") and arm(name).has_alpha:
+            rows[f"{name} alpha_v"] = test["alpha_v"]
+    k = len(first["frames"])
+    pictures.map_grid(first["frames"], first["boxes"][:k], rows).save(
+        report_dir / "results_maps.png"
+    )
+    _write(report_dir / "results.json", json.dumps(results, indent=1))
+    path = report_dir / "RESULTS.md"
+    _write(path, markdown(results))
+    return path
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,299 @@
+"""avprep evaluate: the measures on hand-made maps, boxes and features whose answers are
+known; the video-only probe's ceiling on hand-made truth; the lla arm's config; the
+shuffled-audio control's shards (real avprep shards, every spectrogram moved to another
+video, nothing lost); and, marked slow, the whole protocol at --quick size."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_shards, run_cli
+
+from cmac_core.config import preset
+from cmac_core.evaluate import localization as loc
+from cmac_core.evaluate.arms import ArmError, arm, derangement, shuffled_audio_copy
+from cmac_core.evaluate.config import EvaluateConfig
+from cmac_core.evaluate.features import clip_box, visible_classes
+from cmac_core.evaluate.probes import probe_accuracy, video_probe_ceiling
+from cmac_core.evaluate.protocol import BENCHMARK_AUGMENT, train_config
+from cmac_core.evaluate.report import table
+from cmac_core.evaluate.retrieval import recall_at_1
+
+SHAPE = (20, 20)
+BOX = (4, 4, 8, 8)  # c0, r0, c1, r1: 16 pixels
+
+
+def _blob(box, shape=SHAPE, *, value=1.0) -> np.ndarray:
+    m = np.zeros(shape, np.float32)
+    c0, r0, c1, r1 = box
+    m[r0:r1, c0:c1] = value
+    return m
+
+
+def test_pointing_is_the_peak_inside_the_box():
+    m = _blob(BOX) * 0.5
+    m[5, 6] = 1.0  # row 5, column 6: inside
+    assert loc.pointing(m, BOX) == 1.0
+    m[15, 15] = 2.0  # a higher peak outside
+    assert loc.pointing(m, BOX) == 0.0
+    edge = np.zeros(SHAPE)
+    edge[4, 8] = 1.0  # column 8 is the box's exclusive end
+    assert loc.pointing(edge, BOX) == 0.0
+
+
+def test_which_object_compares_the_map_inside_each_object():
+    m = np.zeros((8, 8), np.float32)
+    m[0:2, 0:2] = 1.0  # on the sounding object
+    m[6:8, 6:8] = 0.5
+    sounding, silent = (0, 0, 2, 2), (6, 6, 8, 8)
+    assert loc.which_object(m, sounding, [silent]) == 1.0
+    assert loc.which_object(m, silent, [sounding]) == 0.0
+    assert loc.which_object(m, sounding, [silent, (0, 0, 2, 2)]) == 0.0  # a tie is not a win
+    flat = np.ones((8, 8), np.float32)
+    assert loc.which_object(flat, sounding, [silent]) == 0.0
+
+
+def test_the_clip_box_holds_the_object_at_every_frame():
+    assert clip_box([(10, 20, 50, 60), (14, 18, 54, 58), (18, 16, 58, 56)]) == (10, 16, 58, 60)
+    assert clip_box([(3, 4, 5, 6)]) == (3, 4, 5, 6)
+
+
+def test_size_aware_iou_keeps_as_many_pixels_as_the_box_has():
+    assert loc.size_aware_iou(_blob(BOX), BOX) == 1.0
+    assert loc.size_aware_iou(_blob((12, 12, 16, 16)), BOX) == 0.0
+    shifted = _blob((6, 4, 10, 8))  # half the box: 8 shared pixels of 16 + 16 - 8
+    assert loc.size_aware_iou(shifted, BOX) == pytest.approx(8 / 24)
+    # A big box is not penalised for the map's spread: ranking is all that counts.
+    big = (0, 0, 10, 20)
+    ramp = np.tile(np.arange(20, 0, -1, dtype=np.float32), (20, 1))  # decreasing to the right
+    assert loc.size_aware_iou(ramp, big) == 1.0
+
+
+def test_ciou_flags_half_the_map_and_its_ceiling():
+    half = (0, 0, 10, 20)  # exactly half the frame
+    assert loc.ciou(_blob(half), half) == 1.0
+    assert loc.ciou_ceiling(half, SHAPE) == 1.0
+    # A 16-pixel box can share at most 16 of 200 flagged pixels: 16 / 200.
+    assert loc.ciou(_blob(BOX), BOX) == pytest.approx(16 / 200)
+    assert loc.ciou_ceiling(BOX, SHAPE) == pytest.approx(16 / 200)
+    assert loc.ciou(_blob((10, 0, 20, 20)), half) == 0.0
+
+
+def test_success_rate_and_auc():
+    cious = np.array([0.0, 0.25, 0.5, 1.0])
+    assert loc.success_rate(cious) == 0.5
+    assert loc.auc(np.ones(5)) == pytest.approx(1.0)
+    assert loc.auc(np.zeros(5)) == pytest.approx(0.025)  # success at 0 only: half a strip
+    # Each clip of cIoU c adds c (the thresholds it passes, integrated); trapezoids on a
+    # 0.05 grid give exactly that for c on the grid.
+    assert loc.auc(np.array([0.5, 0.25])) == pytest.approx((0.5 + 0.25) / 2 + 0.05 / 2)
+
+
+def test_centre_prior_peaks_at_the_centre_and_measure_averages():
+    prior = loc.centre_prior(SHAPE)
+    assert np.unravel_index(prior.argmax(), SHAPE) in {(9, 9), (9, 10), (10, 9), (10, 10)}
+    figures = loc.measure([prior, prior], [(8, 8, 12, 12), (0, 0, 4, 4)])
+    assert figures["pointing"] == 0.5
+    assert figures["size_aware_iou"] == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        loc.measure([prior], [])
+
+
+def test_probe_separable_features_vs_random():
+    rng = np.random.default_rng(0)
+    k, n = 4, 200
+    y_train, y_test = rng.integers(0, k, n), rng.integers(0, k, n)
+    centres = rng.normal(0, 5, (k, 16))
+    x_train = centres[y_train] + rng.normal(0, 1, (n, 16))
+    x_test = centres[y_test] + rng.normal(0, 1, (n, 16))
+    assert probe_accuracy(x_train, y_train, x_test, y_test, n_classes=k) >= 0.95
+    noise_train, noise_test = rng.normal(size=(n, 16)), rng.normal(size=(n, 16))
+    acc = probe_accuracy(noise_train, y_train, noise_test, y_test, n_classes=k)
+    assert abs(acc - 1 / k) < 0.12  # chance, within sampling error of 200 clips
+    assert probe_accuracy(x_train, y_train, x_test, y_test, n_classes=k) == probe_accuracy(
+        x_train, y_train, x_test, y_test, n_classes=k
+    )  # deterministic
+
+
+def _truth(sounding: int, *others: int) -> dict:
+    return {"class_index": sounding, "distractors": [{"class_index": c} for c in others]}
+
+
+def test_video_probe_ceiling_is_one_over_the_distinct_visible_classes():
+    assert visible_classes(_truth(3, 5)) == 2
+    assert visible_classes(_truth(3, 3)) == 1  # the same class twice: the video tells it
+    assert visible_classes(_truth(0, 1, 1)) == 2
+    assert visible_classes(_truth(7)) == 1
+    assert video_probe_ceiling([visible_classes(_truth(3, 5))]) == 0.5
+    assert video_probe_ceiling([visible_classes(_truth(3, 3))]) == 1.0
+    assert video_probe_ceiling([2, 1, 4, 4]) == pytest.approx((0.5 + 1 + 0.25 + 0.25) / 4)
+    with pytest.raises(ValueError):
+        video_probe_ceiling([])
+
+
+def test_the_lla_arm_trains_with_lla_preset_at_the_evaluation_sizes(tmp_path):
+    cfg = EvaluateConfig(out_dir=str(tmp_path), preset="tiny", steps=30, batch_size=16, crop_px=112)
+    lla = train_config(cfg, arm("lla"), 1, torch.device("cpu"))
+    want = preset("tiny", method="lla")
+    assert lla.loss.method == "lla"
+    assert lla.data.clip_frames == want.data.clip_frames != preset("tiny").data.clip_frames
+    assert lla.data.sync_shift_min_s == want.data.sync_shift_min_s > 0
+    assert lla.model.coattention_layers == want.model.coattention_layers
+    assert lla.model.coattention_heads == want.model.coattention_heads
+    assert (lla.data.crop_px, lla.optim.batch_size, lla.optim.steps, lla.optim.seed) == (
+        112, 16, 30, 1
+    )  # fmt: skip
+    cmac = train_config(cfg, arm("cmac"), 0, torch.device("cpu"))
+    assert cmac.loss.method == "cmac" and cmac.data.clip_frames == preset("tiny").data.clip_frames
+    assert cmac.data.crop_px == 112 and cmac.optim.steps == 30
+    assert train_config(cfg, arm("avid"), 0, torch.device("cpu")).loss.method == "avid"
+    for c in (lla, cmac):  # every arm alike: whole-frame-like crops, colours as they are
+        assert (
+            c.data.crop_scale == BENCHMARK_AUGMENT["crop_scale"] != preset("tiny").data.crop_scale
+        )
+        assert c.data.color_jitter == 0.0
+    assert not arm("lla").has_alpha and arm("cmac").has_alpha
+
+
+def test_lla_is_opt_in(tmp_path):
+    assert "lla" not in EvaluateConfig(out_dir=str(tmp_path)).arms
+    assert "lla" not in EvaluateConfig(out_dir=str(tmp_path), quick=True).arms
+    assert EvaluateConfig(out_dir=str(tmp_path), arms=("cmac", "lla")).arms == ("cmac", "lla")
+
+
+def test_table_marks_lla_alpha_not_applicable_and_shows_chance_and_ceiling():
+    stat = {"mean": 0.5, "std": 0.0, "n": 1}
+    results = {
+        "arms": {"cmac": {"beta_v.pointing": stat, "alpha_v.pointing": stat, "sync_2afc": stat},
+                 "lla": {"beta_v.pointing": stat, "alpha_v.pointing": None, "sync_2afc": stat}},
+        "baselines": {},
+        "chance": {"pointing": 0.1, "pointing_mid": 0.08, "which_object": 0.5, "probe": 0.125,
+                   "r_at_1": 0.01, "sync_2afc": 0.5,
+                   "probe_v_ceiling": 0.5},
+        "n_sync_clips": 64,
+    }  # fmt: skip
+    rows = {line.split("|")[1].strip(): line for line in table(results).splitlines()}
+    assert "sync 2AFC (64 clips)" in rows["arm"]
+    heads = [h.strip() for h in rows["arm"].split("|")[1:-1]]
+    cells = {name: [c.strip() for c in rows[name].split("|")[1:-1]] for name in rows}
+    assert cells["lla"][heads.index("pointing α")] == "n/a"
+    assert cells["cmac"][heads.index("pointing α")] == "0.500"
+    assert cells["chance"][heads.index("sync 2AFC (64 clips)")] == "0.500"
+    assert cells["chance"][heads.index("which object β")] == "0.500"
+    assert cells["video probe ceiling"][heads.index("probe video")] == "0.500"
+    assert cells["video probe ceiling"][heads.index("probe audio")] == "–"
+
+
+def test_recall_at_1_identical_vs_shuffled_pairs():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(100, 32))
+    assert recall_at_1(z, z) == 1.0
+    assert recall_at_1(z, z * 3.0) == 1.0  # cosine: scale does not matter
+    assert recall_at_1(z, z[derangement(100, rng)]) == 0.0
+    with pytest.raises(ValueError):
+        recall_at_1(z, z[:10])
+
+
+def test_derangement_moves_every_index():
+    for n in (2, 3, 10, 101):
+        p = derangement(n, np.random.default_rng(n))
+        assert sorted(p) == list(range(n))
+        assert (p != np.arange(n)).all()
+    with pytest.raises(ArmError):
+        derangement(1, np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def bench_shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluate")
+    run_cli("synth", str(out / "bench"), "--videos", "6", "--test-videos", "0", "--seed", "3",
+            "--workers", "2")  # fmt: skip
+    run_cli("shard", str(out / "bench" / "train" / "manifest.jsonl"), "--out", str(out / "shards"),
+            "--short-side", "112", "--fps", "8", "--workers", "2", "--shard-max-samples", "2",
+            "--quiet")  # fmt: skip
+    return out
+
+
+def test_shuffled_audio_copy_moves_every_spectrogram_to_another_video(bench_shards):
+    src, dst = bench_shards / "shards", bench_shards / "shuffled"
+    donor = shuffled_audio_copy(src, dst, seed=0)
+    before, after = read_shards(src), read_shards(dst)
+    assert sorted(before) == sorted(after) == sorted(donor)  # nothing lost, nothing added
+    assert sorted(donor.values()) == sorted(donor)  # a permutation: every spectrogram once
+    for key, sample in after.items():
+        assert donor[key].rsplit("_", 1)[0] != key.rsplit("_", 1)[0]  # another video's
+        assert np.array_equal(sample["spec"], before[donor[key]]["spec"])
+        assert not np.array_equal(sample["spec"], before[key]["spec"])
+        assert sample["json"] == before[key]["json"]  # everything else as it was
+        assert sample["frames"] == before[key]["frames"]
+    assert sorted(p.name for p in dst.glob("*.tar")) == sorted(p.name for p in src.glob("*.tar"))
+    assert shuffled_audio_copy(src, dst, seed=0) == donor  # the same seed, the same copy
+
+
+@pytest.mark.slow
+def test_evaluate_quick_end_to_end(tmp_path):
+    out = tmp_path / "ev"
+    args = ("evaluate", str(out), "--quick", "--videos", "16", "--test-videos", "16", "--steps",
+            "4", "--batch-size", "8", "--sync-clips", "12", "--arms", "random_init,avid,cmac,lla")  # fmt: skip
+    proc = run_cli(*args, timeout=900)
+    assert "pre-registered outcomes hold" in proc.stdout
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert set(results["arms"]) == {"random_init", "avid", "cmac", "lla"}
+    assert results["n_test_clips"] == 16 and results["n_classes"] == 8
+    assert results["n_sync_clips"] == 12
+    for stats in results["arms"].values():
+        for name in ("beta_v.pointing", "beta_v.size_aware_iou", "probe_v", "probe_a", "r_at_1",
+                     "sync_2afc"):  # fmt: skip
+            assert 0.0 <= stats[name]["mean"] <= 1.0
+    assert results["arms"]["cmac"]["alpha_v.pointing"] is not None
+    assert results["arms"]["lla"]["alpha_v.pointing"] is None  # uniform by design: n/a
+    assert results["baselines"]["true_box"]["pointing"] == 1.0
+    assert results["chance"]["r_at_1"] == pytest.approx(1 / 16)
+    assert results["chance"]["sync_2afc"] == 0.5
+    assert results["chance"]["probe_v_ceiling"] == 0.5  # 2 objects of 2 classes in every clip
+    text = (out / "report" / "RESULTS.md").read_text()
+    assert "| video probe ceiling |" in text and "sync 2AFC (12 clips)" in text
+    assert "ceiling here: 0.500" in text
+    lla_run = json.loads((out / "runs" / "lla-s0" / "config.json").read_text())
+    assert lla_run["loss"]["method"] == "lla" and lla_run["data"]["sync_shift_min_s"] > 0
+    assert {c["claim"].split(":")[0] for c in results["checks"]} >= {"avid", "cmac", "random_init"}
+    for name in ("RESULTS.md", "results_curves.png", "results_maps.png"):
+        assert (out / "report" / name).stat().st_size > 0
+    trained = json.loads((out / "timings.json").read_text())
+    assert "train avid-s0" in trained and "train lla-s0" in trained
+    assert "sync 2afc lla-s0" in trained
+    again = run_cli(*args)
+    assert "training" not in again.stderr  # a rerun reuses every finished arm
+    assert "2AFC" not in again.stderr and "features of" not in again.stderr
+    assert json.loads((out / "report" / "results.json").read_text())["arms"] == results["arms"]
+
+
+def _stats(**means) -> dict:
+    return {k.replace("__", "."): {"mean": v, "std": 0.01, "n": 2} for k, v in means.items()}
+
+
+def test_preregistered_checks_read_the_figures():
+    from cmac_core.evaluate.summary import checks
+
+    learned = _stats(beta_v__pointing=0.9, beta_v__size_aware_iou=0.6, probe_v=0.9, probe_a=0.9,
+                     r_at_1=0.5, alpha_v__pointing=0.7)  # fmt: skip
+    chance_like = _stats(beta_v__pointing=0.13, beta_v__size_aware_iou=0.1, probe_v=0.25,
+                         probe_a=0.97, r_at_1=0.01, alpha_v__pointing=0.1)  # fmt: skip
+    arms = {"avid": learned, "cmac": learned, "random_init": chance_like}
+    base = {"centre_prior": {"pointing": 0.0, "size_aware_iou": 0.05}}
+    ch = {"pointing": 0.13, "probe": 0.25, "r_at_1": 0.01}
+    held = {c["claim"]: c["holds"] for c in checks(arms, base, ch)}
+    assert (
+        held["avid: pointing (beta_v) >= 0.8"]
+        and held["cmac: class probe on video features >= 0.65"]
+    )
+    assert held["avid: size-aware IoU beats centre prior and random init by > 2x seed spread"]
+    # random init's audio probe (0.97) is far above chance: the claim does not hold
+    assert not held["random_init: near chance (at most 0.1 above) on every measure"]
+    assert held[
+        "centre prior: pointing near chance (at most 0.1 above)"
+    ]  # below chance is no learning
+    assert not held["goal, CMAC adds value: beta size-aware IoU >= avid's + 0.05"]

@@ -1,0 +1,345 @@
+"""Shards from strangers, read by pretrain, localize and inspect: damage is recorded, never
+fatal, never a traceback, never a write outside --out, never a script in a page."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import on_read_only, on_small_disk, run_cli
+
+from avprep import schema
+from avprep.writer import tar_member
+from cmac_core.data.stages import SafeDecode
+
+ENV = {"OMP_NUM_THREADS": "1"}
+HANG_S = 240  # a run that hangs or spins is stopped here and fails the test
+
+
+def read_tar(path: Path) -> list[tuple[str, bytes]]:
+    with tarfile.open(path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar]
+
+
+def samples_of(path: Path) -> dict[str, dict[str, bytes]]:
+    """key -> {suffix: bytes}, in shard order."""
+    out: dict[str, dict[str, bytes]] = {}
+    for name, data in read_tar(path):
+        key, _, suffix = name.partition(".")
+        out.setdefault(key, {})[suffix] = data
+    return out
+
+
+def write_tar(path: Path, samples: dict[str, dict[str, bytes]]) -> Path:
+    with open(path, "wb") as f:
+        for key, members in samples.items():
+            for suffix, data in members.items():
+                f.write(tar_member(f"{key}.{suffix}", data))
+        f.write(b"\0" * 1024)
+    return path
+
+
+def rekey(members: dict[str, bytes], key: str, **meta_changes) -> dict[str, bytes]:
+    """A sample's members with its json's key (and any other fields) changed."""
+    meta = json.loads(members["json"])
+    meta.update(key=key, **meta_changes)
+    return {**members, "json": json.dumps(meta).encode()}
+
+
+def npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def huge_header_npy() -> bytes:
+    """A .npy whose header claims 10^6 x 10^6 float16 (2 TB) over 8 bytes of data."""
+    header = "{'descr': '<f2', 'fortran_order': False, 'shape': (1000000, 1000000), }"
+    header += " " * (63 - (10 + len(header)) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + b"\0" * 8
+
+
+def first_shard(demo_shards: Path) -> Path:
+    return sorted(demo_shards.glob("*.tar"))[0]
+
+
+# -- one rule for every reader: what a damaged sample is ---------------------------------
+
+
+def _damaged(members: dict[str, bytes], kind: str) -> tuple[str, dict[str, bytes]]:
+    meta = json.loads(members["json"])
+    key = meta["key"]
+    spec = np.load(io.BytesIO(members["spec.npy"]))
+    if kind == "bad json":
+        return key, {**members, "json": b'{"schema_version": 1, "key": '}
+    if kind == "deep json":
+        return key, {**members, "json": b"[" * 100_000 + b"]" * 100_000}
+    if kind == "fps 0":
+        return key, rekey(members, key, fps=0)
+    if kind == "hop_s 0":
+        return key, rekey(members, key, spec={**meta["spec"], "hop_s": 0})
+    if kind == "frame_times strings":
+        return key, rekey(members, key, frame_times=["a"] * len(meta["frame_times"]))
+    if kind == "spec of rank 1":
+        return key, {**members, "spec.npy": npy(spec.ravel())}
+    if kind == "spec header claims 2 TB":
+        return key, {**members, "spec.npy": huge_header_npy()}
+    if kind == "spec with inf":
+        return key, {**members, "spec.npy": npy(np.full_like(spec, np.inf))}
+    if kind == "frame missing":
+        return key, {k: v for k, v in members.items() if k != "f001.jpg"}
+    if kind == "corrupt jpeg":
+        return key, {**members, "f000.jpg": b"\xff\xd8 not a jpeg"}
+    if kind == "key with a path":
+        return "../../victim_0000", rekey(members, "../../victim_0000")
+    if kind == "json names another key":
+        return key, rekey(members, "other_0000")
+    raise AssertionError(kind)
+
+
+DAMAGE = ["bad json", "deep json", "fps 0", "hop_s 0", "frame_times strings", "spec of rank 1",
+          "spec header claims 2 TB", "spec with inf", "frame missing", "key with a path",
+          "json names another key"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_every_kind_of_damaged_sample_is_one_sample_error(demo_shards, kind):
+    members = next(iter(samples_of(first_shard(demo_shards)).values()))
+    key, bad = _damaged(members, kind)
+    raw = {"__key__": key, "__url__": "x.tar", **bad}
+    with pytest.raises(schema.SampleError) as caught:
+        SafeDecode()(raw)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_a_valid_sample_passes_and_its_spectrogram_is_not_copied(demo_shards):
+    members = next(iter(samples_of(first_shard(demo_shards)).values()))
+    meta = json.loads(members["json"])
+    s = SafeDecode()({"__key__": meta["key"], "__url__": "x.tar", **members})
+    assert s["spec"].shape == (meta["spec"]["n_mels"], meta["n_columns"])
+    assert np.array_equal(s["spec"], np.load(io.BytesIO(members["spec.npy"])))
+    assert len(s["jpegs"]) == len(meta["frame_times"])
+
+
+# -- localize: keys name files, pages show data ---------------------------------------
+
+
+def test_localize_never_writes_outside_out_and_escapes_its_page(demo_shards, tiny_ckpt, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "config.json").write_text("mine")
+    samples = samples_of(first_shard(demo_shards))
+    keys = list(samples)
+    script = "<script>alert(1)</script>"
+    evil = {
+        "../victim/config": rekey(samples[keys[0]], "../victim/config"),
+        f"{tmp_path}/abs/x_0000": rekey(samples[keys[1]], f"{tmp_path}/abs/x_0000"),
+        "../../x_0000": rekey(samples[keys[2]], "../../x_0000"),
+        "<img src=x onerror=alert(1)>_0000": rekey(samples[keys[0]], "<img src=x onerror=alert(1)>_0000"),
+        keys[3]: rekey(samples[keys[3]], keys[3], label=script, source=f"<img src=y onerror=alert(2)>{script}"),
+    }  # fmt: skip
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_tar(shards / "evil.tar", evil)
+    links = shards / "links.tar"  # frames that are links, to a file outside and to a member
+    with tarfile.open(links, "w") as tar:
+        for key, kind in ((keys[1], tarfile.SYMTYPE), (keys[2], tarfile.LNKTYPE)):
+            for suffix, data in samples[key].items():
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                if suffix == "f000.jpg":
+                    info.type, info.linkname = (
+                        kind,
+                        "/etc/passwd" if kind == tarfile.SYMTYPE else f"{key}.json",
+                    )
+                else:
+                    info.size = len(data)
+                tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    before = sorted(p for p in tmp_path.rglob("*") if "maps" not in p.parts)
+    out = tmp_path / "maps"
+    proc = run_cli("localize", str(shards), "--ckpt", str(tiny_ckpt), "--out", str(out),
+                   "--device", "cpu", check=False, env=ENV)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (
+        "evil.tar: 4 damaged samples skipped" in proc.stderr and "is not a valid key" in proc.stderr
+    )
+    assert (
+        "links.tar: 2 damaged samples skipped" in proc.stderr
+        and "members missing: f000.jpg" in proc.stderr
+    )
+    assert (victim / "config.json").read_text() == "mine"
+    assert sorted(p for p in tmp_path.rglob("*") if "maps" not in p.parts) == before
+    assert sorted(p.name for p in out.glob("*.npy")) == [f"{keys[3]}.alpha.npy", f"{keys[3]}.npy"]
+    page = (out / "index.html").read_text()
+    assert "<script" not in page and "<img src=x" not in page and "<img src=y" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and f'src="{keys[3]}.png"' in page
+
+
+# -- pretrain: damaged shards are left out, damaged samples skipped, nothing hangs -----------
+
+
+def _unreadable(kind: str, good: Path, path: Path) -> Path:
+    data = good.read_bytes()
+    content = {
+        "zero bytes": b"",
+        "not a tar": os.urandom(8192),
+        "truncated": data[: len(data) // 2],
+        "truncated at a block": data[: len(data) // 1024 * 512],
+        "empty tar": b"\0" * 10240,
+    }[kind]
+    path.write_bytes(content)
+    return path
+
+
+UNREADABLE = ["zero bytes", "not a tar", "truncated", "truncated at a block", "empty tar"]
+
+
+@pytest.mark.parametrize("kind", UNREADABLE)
+def test_pretrain_on_nothing_readable_says_so_in_one_line(demo_shards, tmp_path, kind):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _unreadable(kind, first_shard(demo_shards), shards / "shard-0.tar")
+    _unreadable(kind, sorted(demo_shards.glob("*.tar"))[1], shards / "shard-1.tar")
+    proc = run_cli("pretrain", str(shards), "--out", str(tmp_path / "run"), "--config", "tiny",
+                   "--steps", "4", check=False, env=ENV, timeout=HANG_S)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert "no readable shard: all 2 are damaged or not tars" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_pretrain_leaves_out_damaged_shards_and_skips_damaged_samples(demo_shards, tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    good = sorted(demo_shards.glob("*.tar"))
+    for src in good[1:]:
+        (shards / src.name).write_bytes(src.read_bytes())
+    for kind in UNREADABLE:
+        _unreadable(kind, good[0], shards / f"bad-{kind.replace(' ', '-')}.tar")
+    samples = samples_of(good[0])
+    damaged = dict(
+        _damaged(members, kind) for members, kind in zip(samples.values(), DAMAGE, strict=False)
+    )
+    write_tar(shards / "damaged.tar", damaged)
+    proc = run_cli("pretrain", str(shards), "--out", str(tmp_path / "run"), "--config", "tiny",
+                   "--steps", "6", "--workers", "1", check=False, env=ENV, timeout=HANG_S)  # fmt: skip
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "pretrain: 6 steps" in proc.stdout
+    for kind in UNREADABLE:
+        assert f"bad-{kind.replace(' ', '-')}.tar" in proc.stderr
+    assert f"damaged.tar: {len(damaged)} damaged samples skipped" in proc.stderr
+
+
+def test_one_pretrain_run_per_folder(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "avprep", "pretrain", str(demo_shards), "--out", str(run),
+         "--config", "tiny", "--steps", "100000", "--device", "cpu"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **ENV},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + HANG_S
+        while not (run / "metrics.jsonl").exists():
+            assert first.poll() is None and time.monotonic() < deadline, (
+                "the first run did not start"
+            )
+            time.sleep(0.2)
+        proc = run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny",
+                       "--steps", "100000", "--resume", check=False, env=ENV)  # fmt: skip
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert f"{run} is in use: another pretrain run" in lines[0]
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    proc = run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny",
+                   "--steps", "1", "--resume", check=False, env=ENV)  # fmt: skip
+    assert "in use" not in proc.stderr  # the lock went with the killed run
+
+
+# -- full disks and read-only folders: one line, nothing partial ---------------------------
+
+
+def test_pretrain_and_localize_into_a_read_only_folder_say_one_line(
+    demo_shards, tiny_ckpt, tmp_path
+):
+    ro = tmp_path / "ro"
+    cases = {
+        "pretrain": ("pretrain", str(demo_shards), "--out", str(ro / "run"), "--config", "tiny", "--steps", "2"),
+        "localize": ("localize", str(demo_shards), "--ckpt", str(tiny_ckpt), "--out", str(ro / "maps")),
+    }  # fmt: skip
+    for args in cases.values():
+        proc = run_cli(*args, "--device", "cpu", check=False, env=ENV, prefix=on_read_only(ro))
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and len(lines) == 1, proc.stderr[-2000:]
+        assert "Read-only file system" in lines[0]
+    assert list(ro.iterdir()) == []
+
+
+def _on_full_disk(folder: Path, size_kb: int, args: list[str], tmp_path: Path):
+    """Run avprep ARGS with a ``size_kb`` disk at ``folder``; (exit code, stderr, the files
+    left in ``folder``, listed before the disk goes away)."""
+    listing = tmp_path / "listing.txt"
+    script = f'"$@"; rc=$?; find "{folder}" -type f > "{listing}"; exit $rc'
+    proc = subprocess.run([*on_small_disk(folder, size_kb), "sh", "-c", script, "sh",
+                           sys.executable, "-m", "avprep", *args],
+                          capture_output=True, text=True, env={**os.environ, **ENV}, timeout=HANG_S)  # fmt: skip
+    files = [Path(p) for p in listing.read_text().split()] if listing.exists() else []
+    return proc.returncode, proc.stderr, files
+
+
+def test_localize_on_a_full_disk_says_one_line_and_leaves_no_partial_file(
+    demo_shards, tiny_ckpt, tmp_path
+):
+    out = tmp_path / "maps"
+    rc, stderr, files = _on_full_disk(out, 400, ["localize", str(demo_shards), "--ckpt", str(tiny_ckpt),
+                                                "--out", str(out), "--device", "cpu"], tmp_path)  # fmt: skip
+    lines = stderr.strip().splitlines()
+    assert rc != 0 and len(lines) == 1 and "No space left on device" in lines[0], stderr[-2000:]
+    maps = {p.stem for p in files if p.name.endswith(tuple(f"{d}.npy" for d in "0123456789"))}
+    assert maps, "the disk held no map at all: make it larger"
+    assert not [p for p in files if p.name.endswith(".tmp")]
+    for key in maps:  # a key's .npy comes last: every key with one has all four files
+        have = {p.name for p in files if p.name.split(".")[0] == key}
+        assert have == {f"{key}.png", f"{key}.json", f"{key}.alpha.npy", f"{key}.npy"}
+
+
+def test_pretrain_on_a_full_disk_says_one_line_and_leaves_no_partial_file(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    rc, stderr, files = _on_full_disk(run, 256, ["pretrain", str(demo_shards), "--out", str(run),
+                                                 "--config", "tiny", "--steps", "4", "--device", "cpu"],
+                                      tmp_path)  # fmt: skip
+    lines = stderr.strip().splitlines()
+    assert rc != 0 and "Traceback" not in stderr, stderr[-2000:]
+    assert "cannot write the step 4 checkpoint" in lines[-1] and "No space left" in lines[-1]
+    assert not [p for p in files if p.suffix in (".pt", ".tmp")]
+
+
+# -- inspect ----------------------------------------------------------------------------
+
+
+def test_inspect_draws_around_a_damaged_sample(demo_shards, tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "manifest").mkdir()
+    for src in demo_shards.glob("*.tar"):
+        samples = samples_of(src)
+        samples = {k: (_damaged(m, "spec header claims 2 TB")[1] if i == 0 else m)
+                   for i, (k, m) in enumerate(samples.items())}  # fmt: skip
+        write_tar(shards / src.name, samples)
+    for part in (demo_shards / "manifest").glob("*.parquet"):
+        (shards / "manifest" / part.name).write_bytes(part.read_bytes())
+    png = tmp_path / "sheet.png"
+    proc = run_cli("inspect", str(shards), "--png", str(png), "--samples", "18", check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "left out of the contact sheet" in proc.stderr and "(1000000, 1000000)" in proc.stderr
+    assert png.stat().st_size > 10_000
