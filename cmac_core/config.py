@@ -249,7 +249,19 @@ class OptimConfig:
     log_every_steps: int = 10
     workers: int = 4  # data loader processes per rank
     compile: bool = False
+    # channels-last memory formats (the video encoder's 3-D convolutions channels_last_3d,
+    # the audio encoder's 2-D ones channels_last); on CPU too when asked.
     channels_last: bool = False
+    cudnn_benchmark: bool = True  # on CUDA: cuDNN picks its fastest kernels (shapes are fixed)
+    # With more than one rank, cmac and avid normalise batches over the global batch
+    # (SyncBatchNorm), as their negatives come from every rank; lla keeps per-rank statistics.
+    sync_batchnorm: bool = True
+    # A collective (and the ranks' heartbeat watchdog) waits this long for a rank before the
+    # run stops naming it; longer than the slowest checkpoint save or torch.compile.
+    collective_timeout_s: float = 300.0
+    # Steps whose loss or gradient norm is not finite are skipped (no update); this many in a
+    # row stop the run. Checked every log_every_steps and before each save (no sync per step).
+    max_nonfinite_steps: int = 10
     seed: int = 0
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
@@ -263,6 +275,8 @@ class OptimConfig:
         "save_every_steps": Bound(1, 1e12, integer=True),
         "log_every_steps": Bound(1, 1e12, integer=True),
         "workers": Bound(0, 256, integer=True),
+        "collective_timeout_s": Bound(1, 7 * 86400),
+        "max_nonfinite_steps": Bound(1, 1e9, integer=True),
         "seed": Bound(0, 2**32 - 1, integer=True),
     }
 
