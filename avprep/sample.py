@@ -28,6 +28,7 @@ from avprep.media.frames import PyavFrames
 from avprep.probe import MediaInfo, probe
 from avprep.spectrogram import LogMel
 from avprep.tools import has_ffmpeg
+from avprep.urls import remote_scheme
 from avprep.writer import ShardWriter
 
 EPS = 1e-6
@@ -67,7 +68,7 @@ def process_video(
     ``auto`` where no ffmpeg is installed. Raises SkipInput or MediaError otherwise.
     """
     t0 = time.perf_counter()
-    if not os.path.exists(inp.path):
+    if not remote_scheme(inp.path) and not os.path.exists(inp.path):  # a URL: opened remotely
         broken = os.path.islink(inp.path)
         raise MediaError("missing: broken symlink" if broken else "missing: no such file")
     attempts = Decoder(cfg.decoder).attempts
