@@ -163,6 +163,18 @@ class DataConfig:
     spec_std: float | None = None
     spec_preset: str = ""  # the preset the numbers are for; "" = not recorded (any preset)
     shuffle_buffer: int = 256
+    # Clips drawn from each sample read, each at its own random offset. Above 1 a sample is
+    # read and checked once for several clips (less loader CPU and storage per clip), at a
+    # cost in batch diversity: the shuffle buffer then holds clips of about shuffle_buffer /
+    # clips_per_sample samples, and a clip's batch holds on average about (batch - 1) *
+    # (clips_per_sample - 1) / shuffle_buffer other clips of its own segment (0.36 at batch
+    # 32, 4 clips, buffer 256), which the loss does not take as negatives (same video):
+    # raise shuffle_buffer with it. An epoch still reads each sample once, so it has
+    # clips_per_sample times the steps.
+    clips_per_sample: int = 1
+    # Seconds the training loader waits for a worker's next batch before the run stops with
+    # one line (a hung worker, stalled storage); 0 = wait forever. Loader workers only.
+    loader_timeout_s: float = 600.0
     # Synchronization pretext (lla): besides the aligned audio each clip gets the same
     # segment's audio shifted by at least sync_shift_min_s (at most sync_shift_max_s; 0 = as
     # far as the segment allows), inside the stored spectrogram. 0 = no shifted audio.
@@ -183,6 +195,8 @@ class DataConfig:
         "spec_mean": Bound(-1e4, 1e4),
         "spec_std": Bound(0, 1e4, open_lo=True),
         "shuffle_buffer": Bound(0, 1_000_000, integer=True),
+        "clips_per_sample": Bound(1, 1024, integer=True),
+        "loader_timeout_s": Bound(0, 86400),
         "sync_shift_min_s": Bound(0, 3600),
         "sync_shift_max_s": Bound(0, 3600),
     }
