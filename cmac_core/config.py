@@ -233,10 +233,14 @@ class LossConfig:
     # one, and (a curriculum, as in AVTS) all of them before sync_easy_steps.
     sync_other_video_frac: float = 0.0
     sync_easy_steps: int = 0
+    # cmac: targets beta from a momentum copy of the model (0 = off, the paper's rule: from
+    # the model itself); e.g. 0.99. cmac_core/targets.py, docs/method.md.
+    target_momentum: float = 0.0
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "sync_other_video_frac": Bound(0, 1),
         "sync_easy_steps": Bound(0, 1e12, integer=True),
+        "target_momentum": Bound(0, 0.9999),
         "nce_temperature": Bound(0, 100, open_lo=True),
         "target_temperature": Bound(0, 100, open_lo=True),
         "lambda_video": Bound(0, 1e4),

@@ -25,6 +25,7 @@ from cmac_core.losses import (
     cross_modal_target,
     normalised_entropy,
 )
+from cmac_core.targets import MomentumTeacher
 
 
 class PretrainTask(nn.Module):
@@ -34,6 +35,8 @@ class PretrainTask(nn.Module):
         self.cfg = cfg
         self.nce = CrossModalNCE(cfg.nce_temperature, within_modal=cfg.within_modal_negatives)
         self.attention = AttentionConsistency()
+        m = cfg.target_momentum
+        self.teacher = MomentumTeacher(m) if m > 0 and cfg.method == "cmac" else None
 
     def attention_weight(self, step: int) -> float:
         w = self.cfg.attention_warmup_steps
@@ -60,10 +63,16 @@ class PretrainTask(nn.Module):
         loss = out["nce"]
         weight = self.attention_weight(step)
         with torch.no_grad():
-            r_v, r_a = model.region_embeddings(feats)
+            if self.teacher is not None:  # targets from the momentum copy (cmac_core/targets.py)
+                if self.training or self.teacher.model is None:
+                    self.teacher.update(model)
+                r_v, r_a, t_v, t_a = self.teacher.features(video, spec, attention=cmac)
+            else:
+                r_v, r_a = model.region_embeddings(feats)
+                t_v, t_a = z_v.detach(), z_a.detach()
             tau = self.cfg.target_temperature
-            beta_v = cross_modal_target(r_v.float(), z_a.detach().float(), tau)
-            beta_a = cross_modal_target(r_a.float(), z_v.detach().float(), tau)
+            beta_v = cross_modal_target(r_v.float(), t_a.float(), tau)
+            beta_a = cross_modal_target(r_a.float(), t_v.float(), tau)
         if cmac:
             out["att_v"] = self.attention(feats["alpha_v_logits"], beta_v)
             out["att_a"] = self.attention(feats["alpha_a_logits"], beta_a)
