@@ -1,15 +1,37 @@
-"""Process-group setup from torchrun's environment, and gathering with gradients."""
+"""Process-group setup from torchrun's environment, gathering with gradients, and the
+ranks' watchdog.
+
+``init`` starts the process group under torchrun (or any launcher that sets ``RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``): NCCL on GPUs, gloo on CPU, with an
+explicit collective timeout. Before the group starts, every rank posts its backend,
+device and host to the rendezvous store and a mix (a node whose CUDA failed falling back
+to gloo while the others use NCCL) is refused on every rank in one line; each rank then
+says in one line which device and backend it uses. ``Watchdog`` publishes each rank's
+progress to the same store, so a rank that waits past the timeout names the rank that
+stopped answering instead of hanging silently.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
+import socket
+import sys
+import threading
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from cmac_core.errors import CmacError
+
+DEFAULT_TIMEOUT_S = 300.0
+# embed and localize have no config file: their collective timeout comes from here
+TIMEOUT_ENV = "AVPREP_COLLECTIVE_TIMEOUT_S"
 
 
 @dataclass(frozen=True)
@@ -18,6 +40,8 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    backend: str = ""  # "nccl" / "gloo" with a process group, "" without one
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
     @property
     def is_main(self) -> bool:
@@ -30,6 +54,10 @@ class DistInfo:
 
 class DeviceError(CmacError):
     """A --device that is not one, or CUDA asked for where there is none."""
+
+
+class RankTimeout(CmacError):
+    """A rank stopped answering (or fell behind) past the collective timeout."""
 
 
 def wants_cuda(device: str) -> bool:
@@ -45,25 +73,147 @@ def wants_cuda(device: str) -> bool:
     return True
 
 
-def init(device: str = "auto") -> DistInfo:
-    """Start the process group when run under torchrun (NCCL on GPUs, gloo on CPU)."""
+def cuda_index(device: str, *, local_rank: int, world_size: int) -> int:
+    """The GPU a process uses: ``cuda:N`` alone is GPU N; under torchrun each rank takes
+    ``cuda:LOCAL_RANK`` (``cuda:N`` there is refused: it would put every rank on one GPU)."""
+    m = re.fullmatch(r"cuda:(\d+)", device)
+    if m is None:
+        return local_rank
+    if world_size > 1:
+        raise DeviceError(
+            f"--device {device} names one GPU, but under torchrun each rank uses cuda:LOCAL_RANK: "
+            "give --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs"
+        )
+    index = int(m.group(1))
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise DeviceError(
+            f"--device {device}: this machine has {count} CUDA devices (0-{count - 1})"
+        )
+    return index
+
+
+def timeout_s_from_env(default: float = DEFAULT_TIMEOUT_S) -> float:
+    """``AVPREP_COLLECTIVE_TIMEOUT_S`` if set (a positive number of seconds), else ``default``."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (0 < value < 1e7):
+        raise DeviceError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
+    return value
+
+
+# The rendezvous store of the current process group and its key prefix (one per init, and
+# per torchrun restart: keys of an earlier attempt or an earlier init are never read).
+_store = None
+_prefix = ""
+_generation = 0
+
+
+def store_and_prefix():
+    """``(store, prefix)`` of the running process group (``(None, "")`` without one)."""
+    return _store, _prefix
+
+
+def init(
+    device: str = "auto", *, timeout_s: float | None = None, announce: bool = True
+) -> DistInfo:
+    """Start the process group when run under torchrun (NCCL on GPUs, gloo on CPU) with a
+    collective timeout of ``timeout_s`` (default: ``AVPREP_COLLECTIVE_TIMEOUT_S`` or 300 s).
+    A single process uses ``cuda:N`` as given. Every rank of a group says its device and
+    backend in one line on stderr (``announce``); a mix of backends is refused."""
+    global _store, _prefix, _generation
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    timeout_s = timeout_s_from_env() if timeout_s is None else float(timeout_s)
     use_cuda = wants_cuda(device)
     if use_cuda:
-        torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
+        index = cuda_index(device, local_rank=local, world_size=world)
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
     else:
         dev = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+    backend = "nccl" if use_cuda else "gloo"
+    if world <= 1:
+        return DistInfo(
+            rank=rank, world_size=world, local_rank=local, device=dev, timeout_s=timeout_s
+        )
+    if not dist.is_initialized():
+        timeout = timedelta(seconds=timeout_s)
+        store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+        store.set_timeout(timeout)
+        _generation += 1
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        _store, _prefix = store, f"avprep/{restart}/{_generation}/"
+        mine = {"backend": backend, "device": str(dev), "host": socket.gethostname()}
+        ranks = exchange(store, _prefix + "device", rank, world, mine, timeout_s=timeout_s)
+        check_same_backend(ranks)
+        # The backend's own timeout a little after the watchdog's, which names the rank
+        # that stopped answering (Watchdog); NCCL's and gloo's messages do not.
+        pg_timeout = timedelta(seconds=timeout_s + max(2.0, min(30.0, timeout_s)))
+        dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank,
+                                world_size=world, timeout=pg_timeout)  # fmt: skip
+        if announce:
+            print(f"avprep: rank {rank}/{world} on {mine['host']}: device {dev}, backend {backend}, "
+                  f"collective timeout {timeout_s:g} s", file=sys.stderr, flush=True)  # fmt: skip
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev,
+                    backend=dist.get_backend(), timeout_s=timeout_s)  # fmt: skip
+
+
+def exchange(store, key: str, rank: int, world: int, mine: dict, *, timeout_s: float) -> list[dict]:
+    """Every rank's ``mine`` (JSON), in rank order, through the store: no collective."""
+    store.set(f"{key}/{rank}", json.dumps(mine))
+    keys = [f"{key}/{r}" for r in range(world)]
+    try:
+        store.wait(keys, timedelta(seconds=timeout_s))
+    except Exception as e:  # noqa: BLE001  (the store's timeout: RuntimeError or DistStoreError)
+        missing = [r for r, k in enumerate(keys) if not store.check([k])]
+        raise RankTimeout(
+            f"ranks {_ranges(missing)} did not start within {timeout_s:g} s (the collective "
+            f"timeout): check their logs; rank {rank} stopped"
+        ) from e
+    return [json.loads(store.get(k)) for k in keys]
+
+
+def check_same_backend(ranks: list[dict]) -> None:
+    """DeviceError (one line, the same on every rank) unless every rank uses one backend."""
+    kinds: dict[str, list[int]] = {}
+    for r, info in enumerate(ranks):
+        kinds.setdefault(info["backend"], []).append(r)
+    if len(kinds) > 1:
+        parts = []
+        for backend, rs in kinds.items():
+            hosts = sorted({ranks[r]["host"] for r in rs})
+            parts.append(f"ranks {_ranges(rs)} use {backend} ({ranks[rs[0]]['device'].split(':')[0]}; "
+                         f"host {', '.join(hosts[:3])}{', ...' if len(hosts) > 3 else ''})")  # fmt: skip
+        raise DeviceError(
+            f"the ranks do not agree on a backend: {'; '.join(parts)}. A rank without a working "
+            "GPU falls back to gloo: fix CUDA there, or give every rank the same --device"
+        )
+
+
+def _ranges(ranks: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    out, start = [], None
+    for i, r in enumerate(ranks):
+        if start is None:
+            start = r
+        if i + 1 == len(ranks) or ranks[i + 1] != r + 1:
+            out.append(str(start) if start == r else f"{start}-{r}")
+            start = None
+    return ", ".join(out)
 
 
 def shutdown() -> None:
+    global _store
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _store = None
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -105,3 +255,168 @@ def gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (``obj`` itself outside a process group): what one
+    rank read (a manifest, a sample's preset) is shared instead of read by every rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# -- the watchdog ----------------------------------------------------------------------
+
+
+class Watchdog:
+    """Each rank's progress ``(count, phase)`` on the rendezvous store, and a monitor.
+
+    The main loop only sets ``progress`` (no I/O). A publisher thread writes it with a beat
+    counter to the store every ``beat_s``; once this rank's progress has not moved for a
+    while it also reads the other ranks', noting whose beat stops moving (a stopped or
+    dead process: SIGSTOP, a lost node). When this rank has waited ``timeout_s`` and some
+    rank is silent (or, with ``name_laggards``, behind it or elsewhere: training, where
+    every step waits for every rank), ``on_timeout`` gets one line naming it (default:
+    print it and end the process with exit code 1, as the main thread may be blocked
+    inside a collective). Ranks that all wait in one place at one count (a long compile,
+    a save every rank waits for) are left to the backend's timeout, set a little longer.
+    A rank that calls ``finish`` is done: never silent, never behind.
+    """
+
+    def __init__(self, store, prefix: str, rank: int, world: int, *, timeout_s: float,
+                 what: str = "step", name_laggards: bool = True, on_timeout=None) -> None:  # fmt: skip
+        self.store, self.key, self.rank, self.world = store, prefix + "beat", rank, world
+        self.timeout_s, self.what, self.name_laggards = timeout_s, what, name_laggards
+        self.beat_s = min(10.0, max(0.2, timeout_s / 20))
+        self.count, self.phase = -1, "starting"
+        self.on_timeout = on_timeout or _exit_with
+        self._stop = threading.Event()
+        self._beat = 0
+        self._others: dict[int, tuple[str, float]] = {}  # rank -> (last value, when it changed)
+        self._snapshot: dict[int, tuple[int, str]] = {}
+        self._last_round = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="avprep-watchdog", daemon=True)
+
+    @classmethod
+    def start_for(cls, info: DistInfo, **kw) -> Watchdog | None:
+        """A running watchdog for this rank's process group, or None outside one."""
+        store, prefix = store_and_prefix()
+        if not info.distributed or store is None:
+            return None
+        dog = cls(store, prefix, info.rank, info.world_size, timeout_s=info.timeout_s, **kw)
+        dog._publish()
+        dog._thread.start()
+        return dog
+
+    def progress(self, count: int, phase: str = "") -> None:
+        """The main loop's place: ``count`` (a step) and what it is doing now."""
+        self.count, self.phase = count, phase
+
+    def finish(self) -> None:
+        """This rank is done: say so on the store (others stop waiting on its heartbeat)."""
+        self.stop()
+        self.phase = "done"
+        with contextlib.suppress(Exception):  # the store's host is gone: nothing waits on us
+            self._publish()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2 * self.beat_s + 1)
+
+    def _publish(self) -> None:
+        self._beat += 1
+        self.store.set(f"{self.key}/{self.rank}", f"{self.count} {self._beat} {self.phase}")
+
+    def _run(self) -> None:
+        seen, since = (self.count, self.phase), time.monotonic()
+        while not self._stop.wait(self.beat_s):
+            now = time.monotonic()
+            if (self.count, self.phase) != seen:
+                seen, since = (self.count, self.phase), now
+            try:
+                self._publish()
+                if now - since >= 2 * self.beat_s:
+                    self._read_others()
+                self._last_round = time.monotonic()
+            except Exception:  # noqa: BLE001  (the store's host is gone: judged below)
+                pass
+            if now - since >= self.timeout_s and not self._stop.is_set():
+                line = self.judge(now - since)
+                if line is not None:
+                    self.on_timeout(line)
+                    return
+
+    def _read_others(self) -> None:
+        now = time.monotonic()
+        for r in range(self.world):
+            k = f"{self.key}/{r}"
+            if r == self.rank or not self.store.check([k]):
+                continue
+            value = self.store.get(k).decode()
+            old = self._others.get(r)
+            if old is None or old[0] != value:
+                self._others[r] = (value, now)
+            count, _, phase = value.split(" ", 2)
+            self._snapshot[r] = (int(count), phase)
+
+    def judge(self, waited_s: float) -> str | None:
+        """The one line to stop with after this rank waited ``waited_s``, or None (every
+        rank alive and, with ``name_laggards``, at the same place)."""
+        now = time.monotonic()
+        me = f"rank {self.rank} waited {waited_s:.0f} s at {self.what} {self.count} ({self.phase})"
+        tail = f"(collective timeout {self.timeout_s:g} s); stopped"
+        if now - self._last_round > 3 * self.beat_s + 5:
+            return (f"the rendezvous store (MASTER_ADDR, usually rank 0's host) stopped answering "
+                    f"for {now - self._last_round:.0f} s; {me} {tail}")  # fmt: skip
+        done = {r for r, (_, p) in self._snapshot.items() if p == "done"}
+        silent_after = max(3 * self.beat_s, min(self.timeout_s / 2, 30.0))
+        silent = [(r, now - t) for r, (_, t) in sorted(self._others.items())
+                  if now - t >= silent_after and r not in done]  # fmt: skip
+        never = [r for r in range(self.world) if r != self.rank and r not in self._others]
+        if silent or never:
+            parts = [f"rank {r} (no heartbeat for {s:.0f} s, last at {self.what} "
+                     f"{self._snapshot[r][0]}, {self._snapshot[r][1]})" for r, s in silent]  # fmt: skip
+            parts += [f"rank {r} (never reported)" for r in never]
+            return f"{'; '.join(parts)} stopped answering: {me} {tail}"
+        if not self.name_laggards:
+            return None
+        places = {r: v for r, v in self._snapshot.items() if r not in done}
+        places[self.rank] = (self.count, self.phase)
+        if len(set(places.values())) > 1:
+            lowest = min(c for c, _ in places.values())
+            odd = [(r, c, p) for r, (c, p) in sorted(places.items())
+                   if c == lowest and (c, p) != (self.count, self.phase)]  # fmt: skip
+            odd = odd or [(r, c, p) for r, (c, p) in sorted(places.items()) if c == lowest]
+            named = "; ".join(f"rank {r} at {self.what} {c} ({p})" for r, c, p in odd[:8])
+            return f"{named}: it did not reach this rank's place; {me} {tail}"
+        return None
+
+
+def _exit_with(line: str) -> None:
+    """Print ``line`` as the CLI prints an error and end the process now: the main thread
+    may be blocked inside a collective that only the backend's timeout would end."""
+    print(f"avprep: error: {line}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def wait_for_all(name: str, info: DistInfo) -> None:
+    """Return once every rank has called ``wait_for_all(name)``, waiting on the rendezvous
+    store, not in a collective: a rank that finished its share early waits here for as
+    long as the others keep working (no collective timeout, no NCCL watchdog), and the
+    ``Watchdog`` ends the wait, naming the rank, if one stops answering. The collectives
+    after it then wait for nobody."""
+    store, prefix = store_and_prefix()
+    if not info.distributed or store is None:
+        return
+    full = f"{prefix}wait/{name}"
+    store.set(f"{full}/{info.rank}", "1")
+    keys = [f"{full}/{r}" for r in range(info.world_size)]
+    while True:
+        try:
+            store.wait(keys, timedelta(seconds=1))
+            return
+        except dist.DistError:  # not every rank yet: the watchdog judges the silent ones
+            continue

@@ -125,8 +125,9 @@ def localize(
     """Attention maps for the segments of ``shards`` (the first ``limit`` if given).
 
     Under torchrun each rank takes disjoint shards (``limit`` then counts per
-    rank) and rank 0 writes the page once all are done. A folder holds the maps
-    of one checkpoint: another is refused.
+    rank) and rank 0 writes the page once all are done; a rank that finishes early
+    waits on the rendezvous store, not in a collective (``distributed.wait_for_all``).
+    A folder holds the maps of one checkpoint: another is refused.
     """
     if limit is not None and limit < 1:
         raise LocalizeError(f"--limit must be >= 1 (or 0: all), got {limit}")
@@ -134,6 +135,7 @@ def localize(
     if out.exists() and not out.is_dir():
         raise LocalizeError(f"{out} is a file, not a folder")
     info = distributed.init(device)
+    dog = distributed.Watchdog.start_for(info, what="segment", name_laggards=False)
     try:
         frozen = Frozen.load(ckpt, info.device)
         urls = resolve(shards)[info.rank :: info.world_size]
@@ -142,15 +144,22 @@ def localize(
             _check_checkpoint(out, frozen.metadata["checkpoint_sha256"], is_main=info.is_main)
         except OSError as e:
             raise LocalizeError(f"cannot write to {out}: {e.strerror or e}") from e
-        made, skipped, damage = _maps(frozen, urls, out, limit)
+        made, skipped, damage = _maps(frozen, urls, out, limit, dog=dog)
+        if dog is not None:
+            dog.progress(made + skipped, "waiting for the other ranks to finish")
+        distributed.wait_for_all("localize", info)  # imbalanced shares: off any collective
         made, skipped = (distributed.all_reduce_sum(x, info.device) for x in (made, skipped))
         total = Damage()
         for rank_damage in distributed.gather_objects(damage):
             total.update(rank_damage)
         if info.is_main:
             write_index(out)
+        if dog is not None:
+            dog.finish()
         return LocalizeReport(out, made, skipped, total)
     finally:
+        if dog is not None:
+            dog.stop()
         distributed.shutdown()
 
 
@@ -173,7 +182,7 @@ def _check_checkpoint(out: Path, sha: str, *, is_main: bool) -> None:
         path.write_text(sha + "\n")
 
 
-def _maps(frozen: Frozen, urls: list[str], out: Path, limit: int | None):
+def _maps(frozen: Frozen, urls: list[str], out: Path, limit: int | None, *, dog=None):
     """Write the maps of ``urls``' segments; ``(made, skipped, damage)``."""
     clip_frames = frozen.cfg.data.clip_frames
     decode = SafeDecode()
@@ -209,6 +218,8 @@ def _maps(frozen: Frozen, urls: list[str], out: Path, limit: int | None):
                 "frame_time_s": meta["frame_times"][idx[len(idx) // 2]], "label": meta.get("label")}  # fmt: skip
         _save_map(out, key, overlay(frames[len(idx) // 2], maps["beta_v"]), info, maps)
         made += 1
+        if dog is not None:
+            dog.progress(made + skipped, "making maps")
     return made, skipped, damage
 
 

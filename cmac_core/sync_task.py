@@ -29,10 +29,10 @@ def other_video_partner(video_ids: torch.Tensor) -> torch.Tensor:
     idx = torch.arange(b, device=video_ids.device)
     partner = idx.clone()
     found = torch.zeros(b, dtype=torch.bool, device=video_ids.device)
-    for k in range(1, b):
+    for k in range(1, b):  # torch.where, not mask indexing: no host-device sync
         cand = (idx + k) % b
         new = ~found & (video_ids[cand] != video_ids)
-        partner[new], found = cand[new], found | new
+        partner, found = torch.where(new, cand, partner), found | new
     return partner
 
 
@@ -75,8 +75,8 @@ class SyncTask(nn.Module):
             partner = other_video_partner(video_ids)
             has_other = partner != torch.arange(b, device=video.device)
             other = self.other_video_mask(b, step, video.device) & has_other
-            if other.any():
-                negative = torch.where(other.view(b, 1, 1, 1), spec[partner], spec_shifted)
+            # always the select (no `if other.any()`: a host-device sync every step)
+            negative = torch.where(other.view(b, 1, 1, 1), spec[partner], spec_shifted)
         pos, neg, audio_guided = self.model.sync_logits(video, spec, negative)
         logits = torch.cat([pos, neg])
         labels = torch.cat([torch.ones_like(pos), torch.zeros_like(neg)])

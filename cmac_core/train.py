@@ -28,13 +28,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from avprep.outdir import try_lock
 from cmac_core import checkpoint, distributed
-from cmac_core.config import PretrainConfig
+from cmac_core.config import ConfigError, PretrainConfig
 from cmac_core.data.augment import finish_video
 from cmac_core.data.damage import Damage
 from cmac_core.data.loader import train_stream, with_spec_norm
 from cmac_core.errors import CmacError
 from cmac_core.metrics import Display, MetricsLog
 from cmac_core.models import ARCH_OF_METHOD, build
+from cmac_core.models.placement import sync_batchnorm, use_channels_last
 from cmac_core.schedule import WarmupCosine
 from cmac_core.sync_task import make_task
 
@@ -53,6 +54,7 @@ class TrainResult:
     samples_per_s: float
     data_wait_frac: float
     damage: Damage = field(default_factory=Damage)  # damaged shards and samples skipped (all ranks)
+    skipped_steps: int = 0  # updates skipped: loss or gradient norm not finite
 
 
 def _lock_run_dir(run_dir: Path, rank: int) -> tuple[int, bool]:
@@ -120,28 +122,160 @@ def pretrain(
     complete_ok: bool = False,
     device: str = "auto",
     show_progress: bool = True,
+    observer=None,
 ) -> TrainResult:
     """Train ``cfg`` on ``shards`` into ``run_dir``; ``resume`` goes on from its last.pt.
 
     Resuming a run already at its last step raises TrainingError, or with
     ``complete_ok`` returns that run's result (``final_loss`` None) and writes nothing.
+    ``observer``: called as ``observer(step)`` for a context manager around each step's work
+    after its batch arrives (the sync counter of ``cmac_core.gpu_check`` and the tests).
     """
-    info = distributed.init(device)
+    info = distributed.init(device, timeout_s=cfg.optim.collective_timeout_s)
     run_dir = Path(run_dir)
     lock = None
+    dog = distributed.Watchdog.start_for(info, what="step")
     try:
         lock, created = _lock_run_dir(run_dir, info.rank)
         try:
-            return _pretrain(shards, run_dir, cfg, info, resume=resume, complete_ok=complete_ok,
-                             show_progress=show_progress)  # fmt: skip
+            result = _pretrain(shards, run_dir, cfg, info, resume=resume, complete_ok=complete_ok,
+                               show_progress=show_progress, observer=observer, dog=dog)  # fmt: skip
         except BaseException:
             if created and info.is_main and not (run_dir / "last.pt").exists():
                 shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained: leave no run dir
             raise
+        if dog is not None:
+            dog.finish()
+        return result
+    except dist.DistError as e:  # a collective that failed (a peer gone): one line
+        raise TrainingError(
+            f"rank {info.rank}: a collective failed ({checkpoint.first_line(str(e), 200)}); "
+            "another rank stopped: see its log"
+        ) from e
     finally:
+        if dog is not None:
+            dog.stop()
         if lock is not None:
             os.close(lock)
         distributed.shutdown()
+
+
+def configure_backends(device: torch.device, optim) -> None:
+    """cuDNN's benchmark mode on CUDA (``optim.cudnn_benchmark``): every step has one shape,
+    so the fastest kernels are chosen once."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(optim.cudnn_benchmark)
+
+
+def build_model(cfg: PretrainConfig, info: distributed.DistInfo) -> tuple[torch.nn.Module, str]:
+    """``(model on the run's device, its arch)``: with more than one rank and
+    ``optim.sync_batchnorm``, cmac and avid normalise over the global batch; with
+    ``optim.channels_last`` each encoder takes its own channels-last format."""
+    arch = ARCH_OF_METHOD[cfg.loss.method]
+    model = build(arch, cfg.model)
+    if info.distributed and cfg.optim.sync_batchnorm and cfg.loss.method != "lla":
+        model = sync_batchnorm(model, info.device)
+    model = model.to(info.device)
+    if cfg.optim.channels_last:
+        use_channels_last(model)
+    return model, arch
+
+
+def make_optimizer(model: torch.nn.Module, optim) -> torch.optim.Optimizer:
+    """AdamW, fused: its update reads ``found_inf`` on the device and skips itself there, so
+    a step with a non-finite gradient is skipped without the host waiting for the device."""
+    return torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay,
+                             fused=True)  # fmt: skip
+
+
+def _rank0_data_config(shards, cfg: PretrainConfig, info) -> PretrainConfig:
+    """``cfg`` with its log-mel normalisation fixed from the shards (``with_spec_norm``),
+    read by rank 0 alone and shared: every rank reading a sample of the shards at start
+    is a burst on a parallel file system. A refusal there is every rank's."""
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = with_spec_norm(shards, cfg.data)
+        except ConfigError as e:
+            if not info.distributed:
+                raise
+            error = str(e)
+    result, error = distributed.broadcast_object((result, error))
+    if error is not None:
+        raise ConfigError(error)
+    return dataclasses.replace(cfg, data=result)
+
+
+class StepGuard:
+    """Skips the updates whose loss or gradient norm is not finite, with no host-device sync.
+
+    Per step, on the device: ``bad`` (the loss on any rank, or the global gradient norm,
+    not finite) goes to the fused optimizer as ``found_inf``, which then leaves weights and
+    state as they were; counters of skipped steps and of the current run of them follow.
+    The host reads them only with the values it logs, and before each save (``values``).
+    """
+
+    FIELDS = ("skipped", "streak", "start", "start_loss", "failed_at", "failed_loss")
+
+    def __init__(self, device: torch.device, *, limit: int, distributed_: bool) -> None:
+        self.limit, self.distributed = limit, distributed_
+        self.t = torch.zeros(len(self.FIELDS), dtype=torch.int64, device=device)
+        self.t[4] = -1  # failed_at: none yet
+
+    def gate(self, loss: torch.Tensor, grad_norm: torch.Tensor, step: int) -> torch.Tensor:
+        """The optimizer's ``found_inf`` (0-dim float32: 1 = skip this update)."""
+        loss_bad = (~torch.isfinite(loss.detach()).all()).to(torch.float32)
+        if self.distributed:  # the same decision on every rank: their weights stay equal
+            dist.all_reduce(loss_bad, op=dist.ReduceOp.MAX)
+        loss_bad = loss_bad > 0
+        bad = loss_bad | ~torch.isfinite(grad_norm)
+        skipped, streak, start, start_loss, failed_at, failed_loss = self.t.unbind()
+        starts = bad & (streak == 0)
+        start = torch.where(starts, step, start)
+        start_loss = torch.where(starts, loss_bad.long(), start_loss)
+        streak = (streak + 1) * bad.long()
+        hit = (streak >= self.limit) & (failed_at < 0)
+        self.t = torch.stack([skipped + bad.long(), streak, start, start_loss,
+                              torch.where(hit, start, failed_at), torch.where(hit, start_loss, failed_loss)])  # fmt: skip
+        return bad.to(torch.float32)
+
+    def values(self) -> torch.Tensor:
+        return self.t
+
+    def problem(self, values: list[int], *, current: bool = False) -> str | None:
+        """What went wrong, from ``values`` read on the host: a run of ``limit`` skipped
+        steps (or with ``current``, the run going on now), else None."""
+        v = dict(zip(self.FIELDS, (int(x) for x in values), strict=True))
+        if v["failed_at"] >= 0:
+            at, loss = v["failed_at"], v["failed_loss"]
+        elif current and v["streak"] > 0:
+            at, loss = v["start"], v["start_loss"]
+        else:
+            return None
+        what = "loss" if loss else "gradient norm"
+        return f"{what} is not finite at step {at} (nan/inf)"
+
+
+def _weights_finite(model: torch.nn.Module) -> torch.Tensor:
+    """0-dim bool on the device: every floating weight and buffer finite (max |x|: no
+    overflow, NaN propagates)."""
+    ts = [t.detach() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return torch.isfinite(torch.stack(torch._foreach_norm(ts, float("inf")))).all()
+
+
+def _grad_norm(params, clip: float) -> torch.Tensor:
+    """The global gradient norm on the device (and the gradients clipped to ``clip`` > 0);
+    non-finite where any entry is, which the guard reads."""
+    if clip > 0:
+        return torch.nn.utils.clip_grad_norm_(params, clip)
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def to_host(t: torch.Tensor) -> list:
+    """The one place the training loop copies device values to the host (a sync): log
+    steps, checks and saves only."""
+    return t.tolist()
 
 
 def _pretrain(
@@ -153,13 +287,16 @@ def _pretrain(
     resume: bool,
     complete_ok: bool,
     show_progress: bool,
+    observer=None,
+    dog=None,
 ) -> TrainResult:
     o = cfg.optim
-    cfg = dataclasses.replace(cfg, data=with_spec_norm(shards, cfg.data))  # numbers recorded
+    cfg = _rank0_data_config(shards, cfg, info)  # numbers recorded
     ckpt = _resume_from(run_dir, cfg, resume=resume, device=info.device)
     step = ckpt["step"] if ckpt else 0
     torch.manual_seed(o.seed + info.rank)
     cuda = info.device.type == "cuda"
+    configure_backends(info.device, o)
     stream = train_stream(shards, cfg.data, batch_size=o.batch_size, workers=o.workers, rank=info.rank,
                           world_size=info.world_size, seed=o.seed, pin_memory=cuda)  # fmt: skip
     per_epoch = stream.steps_per_epoch
@@ -181,21 +318,20 @@ def _pretrain(
                            run_dir / "last.pt", None, 0.0, 0.0)  # fmt: skip
     schedule = WarmupCosine(o.lr, min(o.warmup_steps, max(1, total // 10)), total)
 
-    arch = ARCH_OF_METHOD[cfg.loss.method]
-    model = build(arch, cfg.model).to(info.device)
-    if o.channels_last and cuda:
-        model = model.to(memory_format=torch.channels_last_3d)
+    model, arch = build_model(cfg, info)
     task = make_task(model, cfg.loss)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    optimizer = make_optimizer(model, o)
     if ckpt:
         _restore(model, optimizer, ckpt, run_dir / "last.pt")
         del ckpt
     runner: torch.nn.Module = task
     if info.distributed:
-        runner = DDP(task, device_ids=[info.local_rank] if cuda else None,
+        runner = DDP(task, device_ids=[info.device.index] if cuda else None,
                      find_unused_parameters=cfg.loss.method == "avid")  # fmt: skip
     if o.compile:
         runner = torch.compile(runner)
+    params = [p for p in model.parameters() if p.requires_grad]
+    guard = StepGuard(info.device, limit=o.max_nonfinite_steps, distributed_=info.distributed)
 
     _prepare_run_dir(run_dir, cfg, is_main=info.is_main)
     metrics = MetricsLog(run_dir, start_step=step) if info.is_main else None
@@ -203,7 +339,8 @@ def _pretrain(
     display = Display(total, enabled=show_progress and info.is_main)
     wait_s = busy_s = 0.0
     samples = 0
-    final_loss = None
+    last_loss = None  # on the device: read once, at the end
+    skipped = 0
     t_log, n_log, wait_log = time.perf_counter(), 0, 0.0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     runner.train()
@@ -215,56 +352,51 @@ def _pretrain(
         batches = iter(stream.loader)  # endless: one iterator for the whole run
         while step < total:
             t0 = time.perf_counter()
+            if dog is not None:
+                dog.progress(step, "waiting for its data loader")
             batch = next(batches)
+            if dog is not None:
+                dog.progress(step, "in the step")
             _note_damage(damage, batch.pop("damage"), display)
-            video_u8 = batch["video"].to(info.device, non_blocking=True)
-            jitter = batch["jitter"].to(info.device, non_blocking=True)
-            spec = batch["spec"].to(info.device, non_blocking=True)
-            video_ids = batch["video_id"].to(info.device, non_blocking=True)
-            extra = {}  # lla: the synchronization negatives
-            if "spec_shifted" in batch:
-                extra["spec_shifted"] = batch["spec_shifted"].to(info.device, non_blocking=True)
-            t1 = time.perf_counter()
-            video = finish_video(video_u8, jitter)  # colour jitter + normalisation on the device
-            lr = schedule(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast:
-                out = runner(video, spec, step, video_ids, **extra)  # same-video: no negatives
-            loss = out["loss"]
-            _check_finite(loss, step, last_ckpt, info.device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if o.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-            optimizer.step()
-            step += 1
-            t2 = time.perf_counter()
-            wait_s, busy_s = wait_s + (t1 - t0), busy_s + (t2 - t0)
-            wait_log += t1 - t0
-            samples += video.shape[0]
-            n_log += video.shape[0]
-            final_loss = float(loss.detach())  # (the finiteness check already synchronised)
-            if step % o.log_every_steps == 0 or step == total:
-                now = time.perf_counter()
-                record = {"step": step, "epoch": step / per_epoch if per_epoch else None, "lr": lr}
-                record.update(
-                    {
-                        k: distributed.all_reduce_mean(float(v.detach()), info.device)
-                        for k, v in out.items()
-                    }
-                )
-                record["attention_weight"] = task.attention_weight(step - 1)
-                record["samples_per_s"] = n_log * info.world_size / max(now - t_log, 1e-9)
-                record["data_wait_frac"] = wait_log / max(now - t_log, 1e-9)
-                t_log, n_log, wait_log = now, 0, 0.0
-                if metrics is not None:
-                    metrics.write(record)
-                display.update(record)
-            if step % o.save_every_steps == 0 or step == total:
-                last_ckpt = _save(
-                    run_dir, model, optimizer, cfg, schedule, step, per_epoch, info.is_main, arch
-                )
+            with observer(step) if observer is not None else contextlib.nullcontext():
+                video_u8 = batch["video"].to(info.device, non_blocking=True)
+                jitter = batch["jitter"].to(info.device, non_blocking=True)
+                spec = batch["spec"].to(info.device, non_blocking=True)
+                video_ids = batch["video_id"].to(info.device, non_blocking=True)
+                extra = {}  # lla: the synchronization negatives
+                if "spec_shifted" in batch:
+                    extra["spec_shifted"] = batch["spec_shifted"].to(info.device, non_blocking=True)
+                t1 = time.perf_counter()
+                video = finish_video(
+                    video_u8, jitter
+                )  # colour jitter + normalisation on the device
+                lr = schedule(step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast:
+                    out = runner(video, spec, step, video_ids, **extra)  # same-video: no negatives
+                loss = out["loss"]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.found_inf = guard.gate(loss, _grad_norm(params, o.grad_clip), step)
+                optimizer.step()
+                step += 1
+                t2 = time.perf_counter()
+                wait_s, busy_s = wait_s + (t1 - t0), busy_s + (t2 - t0)
+                wait_log += t1 - t0
+                samples += video.shape[0]
+                n_log += video.shape[0]
+                last_loss = loss.detach()
+                if step % o.log_every_steps == 0 or step == total:
+                    skipped = _log(out, guard, task, step, per_epoch, lr, info, metrics, display,
+                                   last_ckpt, n_log / max(time.perf_counter() - t_log, 1e-9),
+                                   wait_log / max(time.perf_counter() - t_log, 1e-9))  # fmt: skip
+                    t_log, n_log, wait_log = time.perf_counter(), 0, 0.0
+                if step % o.save_every_steps == 0 or step == total:
+                    if dog is not None:
+                        dog.progress(step, "saving a checkpoint")
+                    last_ckpt = _save(run_dir, model, optimizer, cfg, schedule, step, per_epoch,
+                                      info.is_main, arch, guard=guard, last_ckpt=last_ckpt)  # fmt: skip
     finally:
         display.stop()
         if metrics is not None:
@@ -278,9 +410,43 @@ def _pretrain(
     total = Damage()
     for rank_damage in distributed.gather_objects(damage):
         total.update(rank_damage)
+    skipped = int(to_host(guard.values())[0])
+    final_loss = None if last_loss is None else float(to_host(last_loss.float()))
     return TrainResult(run_dir, step, step / per_epoch if per_epoch else 0.0, last_ckpt, final_loss,
                        samples * info.world_size / max(busy_s, 1e-9), wait_s / max(busy_s, 1e-9),
-                       total)  # fmt: skip
+                       total, skipped)  # fmt: skip
+
+
+def _log(out, guard: StepGuard, task, step, per_epoch, lr, info, metrics, display, last_ckpt,
+         samples_per_s: float, wait_frac: float) -> int:  # fmt: skip
+    """One record from the step's outputs and the guard's counters, copied to the host in one
+    transfer (the log step's only sync; one all-reduce for all of them under DDP); stops the
+    run after ``max_nonfinite_steps`` skipped steps in a row. The skipped-step count."""
+    names = list(out)
+    terms = torch.stack([out[k].detach().float().reshape(()) for k in names])
+    if info.distributed:
+        dist.all_reduce(terms)
+        terms = terms / info.world_size
+    host = to_host(torch.cat([terms.double(), guard.values().double()]))
+    values, counters = host[: len(names)], host[len(names) :]
+    problem = guard.problem(counters)
+    if problem is not None:
+        raise TrainingError(f"{problem}; {guard.limit} steps in a row skipped, stopped. "
+                            f"{_kept(last_ckpt)}")  # fmt: skip
+    record = {"step": step, "epoch": step / per_epoch if per_epoch else None, "lr": lr}
+    record.update(dict(zip(names, values, strict=True)))
+    record["skipped_steps"] = int(counters[0])
+    record["attention_weight"] = task.attention_weight(step - 1)
+    record["samples_per_s"] = samples_per_s * info.world_size
+    record["data_wait_frac"] = wait_frac
+    if metrics is not None:
+        metrics.write(record)
+    display.update(record)
+    return int(counters[0])
+
+
+def _kept(last_ckpt: Path | None) -> str:
+    return f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
 
 
 def _note_damage(damage: Damage, markers: list[dict], display: Display) -> None:
@@ -304,20 +470,22 @@ def _restore(model: torch.nn.Module, optimizer, ckpt: dict, path: Path) -> None:
         raise TrainingError(f"{path}: its weights do not fit the run's model ({first})") from e
 
 
-def _check_finite(
-    loss: torch.Tensor, step: int, last_ckpt: Path | None, device: torch.device
-) -> None:
-    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=device)
-    if dist.is_initialized():
-        dist.all_reduce(bad)
-    if bad.item() > 0:
-        kept = (
-            f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-        )
-        raise TrainingError(f"loss is not finite at step {step} (nan/inf); stopped. {kept}")
-
-
-def _save(run_dir, model, optimizer, cfg, schedule, step, per_epoch, is_main, arch="cmac") -> Path:
+def _save(run_dir, model, optimizer, cfg, schedule, step, per_epoch, is_main, arch="cmac", *,
+          guard: StepGuard | None = None, last_ckpt: Path | None = None) -> Path:  # fmt: skip
+    """Write step-N.pt and last.pt (rank 0). Every rank first checks, in one transfer, that
+    the weights are finite and the guard saw no run of non-finite steps: non-finite weights
+    are never saved (the same answer on every rank, whose weights are equal)."""
+    checks = [_weights_finite(model).long().reshape(1)]
+    if guard is not None:
+        checks.append(guard.values())
+    host = to_host(torch.cat(checks))
+    problem = guard.problem(host[1:], current=not host[0]) if guard is not None else None
+    if problem is not None and (not host[0] or guard.problem(host[1:]) is not None):
+        raise TrainingError(f"{problem}; stopped. {_kept(last_ckpt)}"
+                            + ("; the weights are not finite, not saved" if not host[0] else ""))  # fmt: skip
+    if not host[0]:
+        raise TrainingError(f"the weights are not finite at step {step}: not saved; stopped. "
+                            f"{_kept(last_ckpt)}")  # fmt: skip
     path = run_dir / "last.pt"
     if is_main:
         epoch = step // per_epoch if per_epoch else 0

@@ -85,15 +85,29 @@ def finish_video(video: torch.Tensor, jitter: torch.Tensor | None = None) -> tor
     frames of a clip, then the clamp to [0, 255] and ImageNet normalisation.
     """
     x = video.float()
-    if jitter is not None:
-        b, c, s = (f.view(-1, 1, 1, 1, 1).to(x) for f in jitter.unbind(1))
+    gray_w, mean, std = _constants(x.device)
+    if jitter is not None:  # already on x's device: a dtype change, never a copy between devices
+        b, c, s = (f.view(-1, 1, 1, 1, 1).to(dtype=x.dtype) for f in jitter.unbind(1))
         x = x * b
         m = x.mean(dim=(1, 3, 4), keepdim=True)
         x = (x - m) * c + m
-        gray = (GRAY.to(x).view(1, 3, 1, 1, 1) * x).sum(1, keepdim=True)
+        gray = (gray_w * x).sum(1, keepdim=True)
         x = ((x - gray) * s + gray).clamp_(0, 255)
-    mean, std = MEAN.to(x).view(1, 3, 1, 1, 1), STD.to(x).view(1, 3, 1, 1, 1)
     return x.div_(255).sub_(mean).div_(std)
+
+
+_ON_DEVICE: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GRAY, MEAN and STD as float32 ``[1, 3, 1, 1, 1]`` on ``device``, copied there once:
+    a copy from pageable host memory each step would make the host wait for the device."""
+    if device not in _ON_DEVICE:
+        _ON_DEVICE[device] = tuple(
+            t.reshape(1, 3, 1, 1, 1).to(device=device, dtype=torch.float32)
+            for t in (GRAY, MEAN, STD)
+        )
+    return _ON_DEVICE[device]
 
 
 # (mean, std) of log-mel values per avprep preset (avprep.spectrogram.PRESETS). logmel128:

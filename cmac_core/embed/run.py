@@ -7,6 +7,7 @@ that end early are reported, never written; a key met twice is written once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import deque
@@ -51,6 +52,8 @@ class EmbedReport:
     damage: Damage = field(default_factory=Damage)  # damaged samples and shards (all ranks)
     # keys met more than once (all ranks): key -> the shards it came from, the kept one first
     collisions: dict[str, list[str]] = field(default_factory=dict)
+    precision: str = "float32"  # the forward's: "bfloat16" (autocast, on CUDA) or "float32"
+    workers: int = 0  # data-loader processes per rank
 
 
 def embed(
@@ -61,9 +64,10 @@ def embed(
     batch_size: int = 64,
     device: str = "auto",
     clips_per_segment: int | None = None,
-    workers: int = 2,
+    workers: int | None = None,
     per_video: bool = False,
     rows_per_part: int = ROWS_PER_PART,
+    precision: str = "auto",
 ) -> EmbedReport:
     """Embed every sample of ``shards`` with the frozen ``ckpt`` model into ``out_dir``, which
     holds the table's parts only; the per-video table and the run's locks go beside it
@@ -74,17 +78,30 @@ def embed(
     why. A key met twice (within a shard, a copied shard, two datasets whose files share
     names) is written once, from the first shard read; ``collisions`` names them all, and
     their videos are left out of the per-video table (they may be two videos).
+
+    ``workers`` None: as many loader processes as pretraining used (the checkpoint's
+    ``optim.workers``), within this rank's share of the CPUs (``loader_workers``).
+    ``precision`` auto: bf16 autocast on CUDA, once the first batch's embeddings agree with
+    float32 ones (cosine >= ``BF16_MIN_COSINE``; else float32 throughout), float32
+    elsewhere; or ``bfloat16`` / ``float32``. Ranks that finish early wait for the others
+    on the rendezvous store, not in a collective (``distributed.wait_for_all``).
     """
     _check_args(
         out_dir, batch_size=batch_size, clips_per_segment=clips_per_segment, workers=workers
     )
+    if precision not in ("auto", "bfloat16", "float32"):
+        raise EmbedError(f"precision must be auto, bfloat16 or float32, got {precision!r}")
     t0 = time.perf_counter()
     info = distributed.init(device)
     out_dir = Path(out_dir)
     lock = None
+    dog = distributed.Watchdog.start_for(info, what="sample", name_laggards=False)
     try:
         urls = resolve(shards)
         frozen = Frozen.load(ckpt, info.device)
+        if workers is None:
+            workers = loader_workers(frozen.cfg.optim.workers)
+        amp = AutocastChoice.of(precision, info.device)
         folder = TableFolder.of(out_dir)
         lock, tmp_dir = folder.open(info.rank, info.world_size)
         # 0: as many windows as cover the segment (the CLI's word for it)
@@ -103,7 +120,7 @@ def embed(
                 loader = eval_loader(mine, frozen.cfg.data, clips_per_segment=clips_per_segment,
                                      workers=workers, done=done)  # fmt: skip
                 for sample, vectors in _embed_stream(
-                    loader, frozen, batch_size, info.device, notes
+                    loader, frozen, batch_size, info.device, notes, amp=amp
                 ):
                     m = sample["meta"]
                     writer.add({
@@ -112,8 +129,13 @@ def embed(
                         **vectors,
                     })  # fmt: skip
                     clips += sample["clips"]
+                    if dog is not None:
+                        dog.progress(clips, "embedding")
         finally:
             writer.flush()  # every complete row counts, whatever stopped the run
+        if dog is not None:
+            dog.progress(clips, "waiting for the other ranks to finish")
+        distributed.wait_for_all("embed", info)  # imbalanced shares: off any collective
         written, skipped, clips = (distributed.all_reduce_sum(x, info.device)
                                    for x in (writer.written, notes.skipped, clips))  # fmt: skip
         damage = Damage()
@@ -129,20 +151,96 @@ def embed(
         if per_video and info.is_main:
             videos = write_per_video(out_dir, folder.per_video, metadata, tmp_dir=folder.state,
                                      leave_out_keys=set(collisions))  # fmt: skip
+        if dog is not None:
+            dog.finish()
         return EmbedReport(out_dir, written, skipped, clips, time.perf_counter() - t0, videos,
-                           damage, collisions)  # fmt: skip
+                           damage, collisions, amp.name, workers)  # fmt: skip
     finally:
+        if dog is not None:
+            dog.stop()
         if lock is not None:
             os.close(lock)
         distributed.shutdown()
 
 
-def _check_args(out_dir, *, batch_size: int, clips_per_segment: int | None, workers: int) -> None:
+def loader_workers(configured: int) -> int:
+    """Loader processes per rank as pretraining sizes them (its ``optim.workers``), within
+    this rank's share of the CPUs it may use (``LOCAL_WORLD_SIZE`` ranks on the node, one
+    CPU each kept for the ranks themselves); at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(max(1, configured), cpus // ranks - 1))
+
+
+BF16_MIN_COSINE = 0.99  # per clip, each output, bf16 autocast against float32
+
+
+@dataclass
+class AutocastChoice:
+    """The forward's precision: ``dtype`` None is float32; ``check`` compares the first
+    batch against float32 before bf16 is trusted (``precision_agreement``)."""
+
+    dtype: torch.dtype | None
+    device_type: str
+    check: bool = False
+    agreement: float | None = None
+
+    @classmethod
+    def of(cls, precision: str, device: torch.device) -> AutocastChoice:
+        if precision == "float32" or (precision == "auto" and device.type != "cuda"):
+            return cls(None, device.type)
+        return cls(torch.bfloat16, device.type, check=precision == "auto")
+
+    @property
+    def name(self) -> str:
+        return "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+
+    def context(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def embed(self, frozen: Frozen, video: torch.Tensor, spec: torch.Tensor):
+        if self.check:  # the first batch: bf16 only if it agrees with float32
+            self.check = False
+            self.agreement = min(precision_agreement(frozen, [(video, spec)], self.dtype).values())
+            if self.agreement < BF16_MIN_COSINE:
+                self.dtype = None
+        with self.context():
+            return frozen.embed(video, spec)
+
+
+@torch.no_grad()
+def precision_agreement(
+    frozen: Frozen, batches, dtype: torch.dtype = torch.bfloat16
+) -> dict[str, float]:
+    """The lowest cosine similarity, per output (``VECTORS``: z_v, z_a, f_v, f_a), between
+    each clip's float32 output and its output under ``torch.autocast(dtype)`` on the model's
+    device, over ``batches`` of ``(video, spec)`` already on that device. Usable on CPU
+    (autocast cpu bf16) as on CUDA."""
+    device_type = next(frozen.model.parameters()).device.type
+    worst = dict.fromkeys(VECTORS, 1.0)
+    for video, spec in batches:
+        ref = frozen.embed(video, spec)
+        with torch.autocast(device_type, dtype=dtype):
+            low = frozen.embed(video, spec)
+        for name, a, b in zip(VECTORS, ref, low, strict=True):
+            cos = F.cosine_similarity(a.float(), b.float(), dim=1).min()
+            worst[name] = min(worst[name], float(cos))
+    return worst
+
+
+def _check_args(
+    out_dir, *, batch_size: int, clips_per_segment: int | None, workers: int | None
+) -> None:
     checks = [
         (1 <= batch_size <= 65536, f"--batch-size must be >= 1 and <= 65536, got {batch_size}"),
         (clips_per_segment is None or clips_per_segment >= 1,
          f"--clips-per-segment must be >= 1 (or 0: cover the segment), got {clips_per_segment}"),
-        (0 <= workers <= 256, f"--workers must be >= 0 and <= 256, got {workers}"),
+        (workers is None or 0 <= workers <= 256, f"--workers must be >= 0 and <= 256, got {workers}"),
         (not Path(out_dir).exists() or Path(out_dir).is_dir(), f"{out_dir} is a file, not a folder"),
     ]  # fmt: skip
     for ok, message in checks:
@@ -172,7 +270,13 @@ class StreamNotes:
 
 
 def _embed_stream(
-    loader, frozen: Frozen, batch_size: int, device: torch.device, notes: StreamNotes
+    loader,
+    frozen: Frozen,
+    batch_size: int,
+    device: torch.device,
+    notes: StreamNotes,
+    *,
+    amp: AutocastChoice | None = None,
 ):
     """``(sample, vectors)`` per sample in loader order, ``vectors`` a dict of ``VECTORS``
     (each float32, the mean over the sample's clips; embeddings renormalised);
@@ -192,7 +296,8 @@ def _embed_stream(
     def launch(batch):
         """Queue the forward, and on a GPU the copy of its result to pinned host memory."""
         video, spec, real = batch
-        outs = frozen.embed(video.to(device, non_blocking=True), spec.to(device, non_blocking=True))
+        video, spec = video.to(device, non_blocking=True), spec.to(device, non_blocking=True)
+        outs = amp.embed(frozen, video, spec) if amp is not None else frozen.embed(video, spec)
         outs = [x[:real].float() for x in outs]
         if device.type != "cuda":
             return outs, None

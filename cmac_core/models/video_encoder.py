@@ -94,9 +94,11 @@ class VideoEncoder(nn.Module):
             c_in = c_out
         self.layers = nn.Sequential(*layers)
         self.out_channels = widths[-1]
+        self.input_format = torch.contiguous_format
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.layers(self.stem(video))
+        # channels-last input where the weights are (models.placement.use_channels_last)
+        return self.layers(self.stem(video.contiguous(memory_format=self.input_format)))
