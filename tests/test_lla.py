@@ -21,11 +21,12 @@ from cmac_core.config import ConfigError, preset
 from cmac_core.data.damage import ShardSamples, decode_or_marker, is_marker
 from cmac_core.data.loader import train_stream, with_spec_norm
 from cmac_core.data.stages import ClipWindow, SafeDecode
-from cmac_core.data.sync import shift_range, sync_pair
+from cmac_core.data.clip import Window
+from cmac_core.data.sync import SyncPair, shift_range, sync_pair
 from cmac_core.embed.frozen import Frozen
 from cmac_core.models import build
 from cmac_core.models.coattention import LLAModel, sync_logits
-from cmac_core.sync_2afc import held_out_pair, pair_scores, sync_2afc
+from cmac_core.sync_2afc import SyncChoice, held_out_pair, pair_decidable, pair_scores, sync_2afc
 from cmac_core.sync_task import SyncTask, other_video_partner
 
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -260,13 +261,38 @@ def test_pretrain_lla_trains_and_its_checkpoint_names_the_method(demo_shards, tm
 def test_the_2afc_scores_a_cmac_checkpoint_by_its_embeddings(tiny_ckpt, demo_shards):
     frozen = Frozen.load(tiny_ckpt, torch.device("cpu"))
     s = samples(demo_shards)[0]
-    video, aligned, shifted = held_out_pair(s, frozen.cfg, min_shift_s=0.5, seed=0)
+    video, aligned, shifted, _ = held_out_pair(s, frozen.cfg, min_shift_s=0.5, seed=0)
     a, b = pair_scores(frozen, video, aligned, shifted)
     z_v, z_a, _, _ = frozen.embed(video, aligned)
     torch.testing.assert_close(a, (z_v * z_a).sum(-1))  # the cosine: both are unit vectors
     assert not torch.equal(aligned, shifted) and a.shape == b.shape == (1,)
     result = sync_2afc(frozen, str(demo_shards), limit=5)
     assert result.clips == 5 and 0 <= result.accuracy <= 1
+
+
+def _pair(first_column: int, shift_columns: int) -> SyncPair:
+    aligned = Window(0, 8, first_column, 50, 0.0, 0.5)  # 50 columns of 10 ms: 0.5 s
+    return SyncPair(aligned, Window(0, 8, first_column + shift_columns, 50, 0.0, 0.5), 0.0)
+
+
+@pytest.mark.parametrize(("onsets", "first", "shift", "told"), [
+    ([], 0, 100, False),  # no strike anywhere: a coin toss
+    ([5.0], 0, 100, False),  # strikes outside both windows
+    ([0.2], 0, 100, True),  # a strike in the aligned window only
+    ([1.2], 0, 100, True),  # ... in the shifted one only
+    ([0.2, 1.2], 0, 100, False),  # at the same time in each: periodic, nothing to tell
+    ([0.2, 1.3], 0, 100, True),  # 0.1 s apart relative to their windows
+])  # fmt: skip
+def test_a_pair_is_decidable_only_where_the_strikes_differ(onsets, first, shift, told):
+    meta = {"spec": {"hop_s": 0.01}, "spec_start_s": 0.0, "extra": {"synth": 1, "onsets_s": onsets}}
+    assert pair_decidable(meta, _pair(first, shift), tolerance_s=0.01) is told
+    assert pair_decidable({"spec": {"hop_s": 0.01}, "spec_start_s": 0.0}, _pair(first, shift),
+                          tolerance_s=0.01) is None  # fmt: skip
+
+
+def test_the_2afc_ceiling_counts_undecidable_pairs_as_coin_tosses():
+    assert SyncChoice(correct=5, clips=10, skipped=0, decidable=4).ceiling == pytest.approx(0.7)
+    assert SyncChoice(correct=5, clips=10, skipped=0).ceiling is None
 
 
 @pytest.mark.slow

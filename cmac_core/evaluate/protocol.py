@@ -159,8 +159,9 @@ def _frozen(a: Arm, pc: PretrainConfig, run_dir: Path, seed: int, device: torch.
 
 def _sync(out: Path, tag: str, a: Arm, pc: PretrainConfig, run_dir: Path, seed: int,
           device: torch.device, shards, clips: int, timings: Timings, say) -> dict:  # fmt: skip
-    """``{"correct", "clips", "skipped"}`` of the synchronization 2AFC (chance 0.5) on the
-    first ``clips`` test clips: lla by its sync head, the others by ``z_v . z_a``."""
+    """``{"correct", "clips", "skipped", "decidable"}`` of the synchronization 2AFC (chance
+    0.5) on the first ``clips`` test clips: lla by its sync head, the others by ``z_v . z_a``;
+    ``decidable``: the pairs the synthetic truth tells apart (the ceiling, sync_2afc.py)."""
     path = out / "features" / f"{tag}-sync.json"
     if path.exists():
         found = json.loads(path.read_text())
@@ -170,7 +171,7 @@ def _sync(out: Path, tag: str, a: Arm, pc: PretrainConfig, run_dir: Path, seed: 
     t0 = time.monotonic()
     choice = sync_2afc(_frozen(a, pc, run_dir, seed, device), str(shards), limit=clips)
     found = {"correct": choice.correct, "clips": choice.clips, "skipped": choice.skipped,
-             "limit": clips}  # fmt: skip
+             "decidable": choice.decidable, "limit": clips}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(found))

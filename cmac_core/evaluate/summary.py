@@ -54,6 +54,8 @@ def measure_run(run: dict, n_classes: int, *, alpha: bool = True) -> dict[str, f
     sync = run.get("sync")
     if sync and sync["clips"]:
         out["sync_2afc"] = sync["correct"] / sync["clips"]
+        if sync.get("decidable") is not None:  # the truth's bound on these pairs (sync_2afc.py)
+            out["sync_ceiling"] = (sync["decidable"] + 0.5 * (sync["clips"] - sync["decidable"])) / sync["clips"]
     last = run.get("metrics") or [{}]
     for k, v in last[-1].items():
         if k == "loss" or k == "nce" or k.startswith("entropy"):
