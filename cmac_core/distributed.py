@@ -414,9 +414,6 @@ def wait_for_all(name: str, info: DistInfo) -> None:
     full = f"{prefix}wait/{name}"
     store.set(f"{full}/{info.rank}", "1")
     keys = [f"{full}/{r}" for r in range(info.world_size)]
-    while True:
-        try:
-            store.wait(keys, timedelta(seconds=1))
-            return
-        except dist.DistError:  # not every rank yet: the watchdog judges the silent ones
-            continue
+    # check, not a blocking wait: the store's client stays free for the watchdog's beats
+    while not store.check(keys):  # not every rank yet: the watchdog judges the silent ones
+        time.sleep(0.2)
