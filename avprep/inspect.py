@@ -7,7 +7,6 @@ the shards) and hands them to ``avprep.sheet`` to draw.
 
 from __future__ import annotations
 
-import json
 import re
 import tarfile
 from collections import Counter
@@ -20,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from avprep import manifest, schema
+from avprep import manifest, read_sample, schema
 from avprep.errors import UsageError
 
 STATUSES = (manifest.OK, manifest.SKIPPED, manifest.FAILED)
@@ -192,7 +191,8 @@ def choose_samples(shard_dir: Path, n_samples: int) -> list[tuple[Path, str]]:
 def read_samples(
     pairs: list[tuple[Path, str]], problems: list[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Read the chosen samples: ``{"json": dict, "frames": [jpeg bytes] in order, "spec": array}``.
+    """Read the chosen samples: ``{"json": dict, "frames": [jpeg bytes] in order, "spec": array}``
+    (``json`` as ``schema.check_sample`` gives it, in either schema version).
 
     ``spec`` is the float16 ``[n_mels, n_columns]`` log-mel. Each tar is read once, up to
     the last wanted sample; a key that is not in its shard is left out, and so is a sample
@@ -233,21 +233,11 @@ def read_samples(
 
 
 def _checked(key: str, members: dict[str, bytes]) -> dict[str, Any]:
-    """One sample's members, checked against the shard format, as ``read_samples`` gives it."""
-    try:
-        meta = json.loads(members.get(schema.JSON, b"null"))
-    except (ValueError, RecursionError) as e:
-        raise schema.SampleError(f"sample {key}: its json does not parse") from e
-    meta = schema.check_sample(key, meta, members)
-    n_mels = meta["spec"]["n_mels"]
-    try:
-        dtype, shape, offset = schema.spec_layout(members[schema.SPEC], n_mels)
-    except schema.SampleError as e:
-        raise schema.SampleError(f"sample {key}: {e}") from None
-    spec = np.frombuffer(members[schema.SPEC], dtype, shape[0] * shape[1], offset).reshape(shape)
-    if not np.isfinite(spec).all():
-        raise schema.SampleError(f"sample {key}: {schema.SPEC} holds NaN or inf")
-    frames = [members[schema.frame_member(i)] for i in range(len(meta["frame_times"]))]
+    """One sample's members (either schema version), checked against the shard format, as
+    ``read_samples`` gives it."""
+    meta = read_sample.sample_meta({"__key__": key, **members})
+    frames = read_sample.frame_jpegs(members, meta)
+    spec = read_sample.spec_array(members, meta)
     for data in frames:
         try:
             simplejpeg.decode_jpeg(data, colorspace="RGB")

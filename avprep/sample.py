@@ -7,13 +7,10 @@ the same PyAV container, or from an ffmpeg process).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
 from collections.abc import Callable
-
-import numpy as np
 
 from avprep import manifest, schema
 from avprep.config import ShardConfig
@@ -26,6 +23,7 @@ from avprep.media.decoder import Decoder
 from avprep.media.flac import encode_flac
 from avprep.media.frames import PyavFrames
 from avprep.probe import MediaInfo, probe
+from avprep.read_sample import encode_npy, sample_members  # noqa: F401  (encode_npy: old home)
 from avprep.spectrogram import LogMel
 from avprep.tools import has_ffmpeg
 from avprep.urls import remote_scheme
@@ -33,12 +31,6 @@ from avprep.writer import ShardWriter
 
 EPS = 1e-6
 TRUNCATED_S = 1.0  # a decoder that fails this much before the stated end: a truncated file
-
-
-def encode_npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
 
 
 def check_policy(info: MediaInfo, cfg: ShardConfig) -> None:
@@ -192,12 +184,9 @@ def _write_segments(inp, info, cfg, writer, logmel, frames, audio, on_segment):
                 "label": inp.label,
                 "extra": inp.extra,
             }
-            members = {schema.JSON: json.dumps(meta, separators=(",", ":")).encode()}
-            for i, image in enumerate(batch.data):
-                members[schema.frame_member(i)] = frames.encode_jpeg(image, cfg.jpeg_quality)
-            members[schema.SPEC] = encode_npy(spec)
-            if cfg.keep_audio:
-                members[schema.FLAC] = encode_flac(wave, sr)
+            jpegs = [frames.encode_jpeg(image, cfg.jpeg_quality) for image in batch.data]
+            flac = encode_flac(wave, sr) if cfg.keep_audio else None
+            members = sample_members(meta, jpegs, spec, flac)  # schema.SCHEMA_VERSION's
             writer.add(key, members)
             n += 1
             if on_segment is not None:

@@ -3,31 +3,53 @@
 A shard is a POSIX tar of samples. A sample is every member sharing a key; the
 key is the member name up to its first dot, so keys never contain dots.
 
-Schema v1 members of sample ``key``::
+Schema v2 (what ``avprep shard`` writes): every sample has the same members, so
+tools that want one set of columns per sample (Hugging Face ``datasets``'
+webdataset loader) read it as one row::
 
-    {key}.json        metadata (see SAMPLE_FIELDS), times in seconds
-    {key}.f000.jpg    frame 0 in display orientation, f001.jpg, ... in time order
-    {key}.spec.npy    float16 log-mel [n_mels, n_columns], numpy.load(allow_pickle=False)
-    {key}.flac        optional mono waveform of [start_s, end_s) at sample_rate
+    {key}.json        metadata (see SAMPLE_FIELDS, V2_FIELDS), times in seconds
+    {key}.jpgs        every frame's JPEG, concatenated in time order; frame i is the bytes
+                      [frame_offsets[i], frame_offsets[i + 1]) of this member
+    {key}.spec.npy    float16 log-mel [n_mels, n_columns], numpy.load(allow_pickle=False),
+                      stored in Fortran order: the columns of a time window are one
+                      contiguous byte range (a reader can read just them)
+    {key}.flac        optional mono waveform of [start_s, end_s) at sample_rate (every
+                      sample of a run has one, or none does)
+
+Its json has one type per field in every sample (no null that is a string in another
+sample, no object whose keys vary): ``label`` is a string (``""``: none), and the
+free-form parts are JSON text, ``media_json`` (the source's media facts) and
+``extra_json`` (a manifest's extra columns). ``check_sample`` parses them back into
+``media`` and ``extra``, so readers see the same metadata whichever version they read.
+
+Schema v1 (still read): ``{key}.f000.jpg``, ``{key}.f001.jpg``, ... one member per
+frame, ``spec.npy`` in C order, ``label`` null or a string, ``media`` and ``extra``
+objects. Its samples have as many members as frames, so column-wise readers see
+samples of different lengths as different tables.
 
 Timeline: every time is in seconds on the source's presentation timeline, where
 0 is the start of the chosen video stream. Frame i was displayed at
 ``frame_times[i]``; spectrogram column j covers the audio from
-``spec_start_s + j * hop_s`` for ``win_s`` seconds.
+``spec_start_s + j * hop_s`` for ``win_s`` seconds. A clip window that runs past the
+stored columns is padded with ``spec_min`` (v2; the array's minimum in v1).
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import math
 import re
+from typing import NamedTuple
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # what avprep shard writes
+READ_VERSIONS = (1, 2)  # what readers accept
 
 JSON = "json"
 SPEC = "spec.npy"
 FLAC = "flac"
+FRAMES = "jpgs"  # v2: the frames' JPEGs, concatenated (an extension no reader decodes as one image)
 FRAME_DIGITS = 3
 MAX_FRAMES = 10**FRAME_DIGITS
 
@@ -52,6 +74,13 @@ SAMPLE_FIELDS = (
     "spec_start_s",
     "media",
 )
+# Fields a v2 json adds (``check_sample`` adds ``media``, ``extra`` and ``label`` parsed).
+V2_FIELDS = ("n_frames", "n_columns", "frame_offsets", "spec_min", "label", "media_json",
+             "extra_json")  # fmt: skip
+MAX_FRAMES_BYTES = 1 << 34  # a frames member's bound (16 GiB: 1000 frames of 16 MB)
+MAX_COLUMNS = 10**7  # a spectrogram's bound (28 hours at 10 ms)
+MAX_JSON_TEXT = 1 << 20  # media_json, extra_json
+F16_MAX = 65504.0
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _KEY = re.compile(r"^[A-Za-z0-9_-]+_[0-9]{4,}$")
@@ -154,8 +183,12 @@ def _number(meta: dict, name: str, *, positive: bool = False) -> float:
 def check_sample(key: str, meta: object, suffixes) -> dict:
     """Check a sample's json (already parsed) and member names against this format.
 
-    ``suffixes``: the member suffixes present (``json``, ``spec.npy``, ``f000.jpg``...).
-    Returns ``meta``; raises SampleError saying what is wrong, prefixed with the key.
+    ``suffixes``: the member suffixes present (``json``, ``spec.npy``, ``jpgs`` or
+    ``f000.jpg``...). Returns the metadata readers use: ``meta`` itself (v1), or for v2 a
+    copy with ``media`` and ``extra`` parsed from their JSON text and ``label`` None where
+    it is ``""``. Raises SampleError saying what is wrong, prefixed with the key. What a
+    member's bytes must hold besides is checked where they are read
+    (``check_frames_member``, ``spec_layout``).
     """
     try:
         return _check_sample(key, meta, set(suffixes))
@@ -163,10 +196,20 @@ def check_sample(key: str, meta: object, suffixes) -> dict:
         raise SampleError(f"sample {shown(key)}: {e}") from None
 
 
+def _int(meta: dict, name: str, lo: int, hi: int) -> int:
+    value = meta.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise SampleError(f"{name} must be an integer in {lo}..{hi}, got {shown(value)}")
+    return value
+
+
 def _check_sample(key: str, meta: object, suffixes: set[str]) -> dict:
     check_key(key)
     if not isinstance(meta, dict):
         raise SampleError(f"json is {type(meta).__name__}, not an object")
+    version = meta.get("schema_version")
+    if version not in READ_VERSIONS or isinstance(version, bool):
+        raise SampleError(f"schema_version {shown(version)}, not one of {READ_VERSIONS}")
     if meta.get("key") != key:
         raise SampleError(f"json names another key, {shown(meta.get('key'))}")
     for name in ("video_id", "source"):
@@ -199,6 +242,8 @@ def _check_sample(key: str, meta: object, suffixes: set[str]) -> dict:
             raise SampleError(f"frame_times holds {shown(t)}, not a finite number")
     if any(b < a for a, b in zip(times, times[1:], strict=False)):
         raise SampleError("frame_times go back in time")
+    if version == 2:
+        return _check_v2(meta, suffixes)
     missing = [frame_member(i) for i in range(len(times)) if frame_member(i) not in suffixes]
     missing += [m for m in (JSON, SPEC) if m not in suffixes]
     if missing:
@@ -206,42 +251,177 @@ def _check_sample(key: str, meta: object, suffixes: set[str]) -> dict:
     return meta
 
 
+def _check_v2(meta: dict, suffixes: set[str]) -> dict:
+    n = len(meta["frame_times"])
+    if _int(meta, "n_frames", 1, MAX_FRAMES) != n:
+        raise SampleError(f"n_frames {meta['n_frames']} but {n} frame_times")
+    _int(meta, "n_columns", 1, MAX_COLUMNS)
+    offsets = meta.get("frame_offsets")
+    if not isinstance(offsets, list) or len(offsets) != n + 1:
+        raise SampleError(f"frame_offsets must be a list of {n + 1} byte offsets (frames + 1)")
+    for o in offsets:
+        if not isinstance(o, int) or isinstance(o, bool) or not 0 <= o <= MAX_FRAMES_BYTES:
+            raise SampleError(f"frame_offsets holds {shown(o)}, not a byte offset")
+    if offsets[0] != 0 or any(b <= a for a, b in zip(offsets, offsets[1:], strict=False)):
+        raise SampleError("frame_offsets must start at 0 and increase (no empty frame)")
+    pad = _number(meta, "spec_min")
+    if abs(pad) > F16_MAX:
+        raise SampleError(f"spec_min {pad:g} is outside float16's range")
+    out = dict(meta)
+    for name in ("media", "extra"):
+        text = meta.get(f"{name}_json")
+        if not isinstance(text, str) or len(text) > MAX_JSON_TEXT:
+            raise SampleError(f"{name}_json must be JSON text of an object, got {shown(text)}")
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            value = None
+        if not isinstance(value, dict):
+            raise SampleError(f"{name}_json must be JSON text of an object, got {shown(text)}")
+        out[name] = value
+    label = meta.get("label")
+    if not isinstance(label, str):
+        raise SampleError(f'label must be a string ("": none), got {shown(label)}')
+    out["label"] = label or None
+    missing = [m for m in (JSON, FRAMES, SPEC) if m not in suffixes]
+    if missing:
+        raise SampleError(f"members missing: {', '.join(missing)}")
+    return out
+
+
+def check_frames_member(meta: dict, size: int) -> None:
+    """SampleError unless a v2 frames member of ``size`` bytes holds exactly the frames
+    ``frame_offsets`` (checked by ``check_sample``) points into."""
+    if meta["frame_offsets"][-1] != size:
+        raise SampleError(
+            f"sample {shown(meta['key'])}: frame_offsets end at {meta['frame_offsets'][-1]}, "
+            f"the {FRAMES} member has {size} bytes"
+        )
+
+
+def v2_json(meta: dict, frame_sizes: list[int], n_columns: int, spec_min: float) -> dict:
+    """The v2 json of a sample: ``meta`` as ``check_sample`` gives it (``media``, ``extra``,
+    ``label`` None or a string) with the v2 fields, and one JSON type per field whatever
+    the sample (times and rates as floats, text never null), so column-wise readers infer
+    one schema from any sample."""
+    out = {k: v for k, v in meta.items() if k not in ("media", "extra", "label")}
+    offsets = [0]
+    for size in frame_sizes:
+        offsets.append(offsets[-1] + size)
+    spec = dict(meta["spec"])
+    if spec.get("f_max_hz") is None and "f_max_hz" in spec:  # None: half the sample rate
+        spec["f_max_hz"] = meta["sample_rate"] / 2
+    for name in ("hop_s", "win_s", "f_min_hz", "f_max_hz", "power", "log_offset"):
+        if isinstance(spec.get(name), int) and not isinstance(spec.get(name), bool):
+            spec[name] = float(spec[name])
+    out.update(
+        schema_version=2,
+        start_s=float(meta["start_s"]),
+        end_s=float(meta["end_s"]),
+        fps=float(meta["fps"]),
+        spec_start_s=float(meta["spec_start_s"]),
+        frame_times=[float(t) for t in meta["frame_times"]],
+        spec=spec,
+        n_frames=len(frame_sizes),
+        n_columns=int(n_columns),
+        frame_offsets=offsets,
+        spec_min=float(spec_min),
+        label="" if meta.get("label") is None else str(meta["label"]),
+        media_json=json.dumps(meta.get("media") or {}, separators=(",", ":"), sort_keys=True),
+        extra_json=json.dumps(meta.get("extra") or {}, separators=(",", ":"), sort_keys=True),
+    )
+    out.setdefault("input_key", "")
+    return out
+
+
+def v1_json(meta: dict) -> dict:
+    """The v1 json of a sample whose metadata ``check_sample`` gave (either version)."""
+    dropped = ("frame_offsets", "spec_min", "media_json", "extra_json")
+    out = {k: v for k, v in meta.items() if k not in dropped}
+    out.update(schema_version=1, label=meta.get("label"), media=meta.get("media") or {},
+               extra=meta.get("extra") or {})  # fmt: skip
+    return out
+
+
 SPEC_DTYPES = ("<f2", "<f4")
 _NPY_MAGIC = b"\x93NUMPY"
+NPY_HEADER_MAX = 4096 + 12
+_NPY_HEADER = re.compile(
+    r"\{'descr': '(<f[24])', 'fortran_order': (True|False), 'shape': \((\d{1,9}), (\d{1,9})\), \} *\n?\Z"
+)
 
 
-def spec_layout(npy: bytes, n_mels: int) -> tuple[str, tuple[int, int], int]:
-    """``(dtype, (n_mels, n_columns), data offset)`` of a spectrogram member in .npy format,
-    read from its header alone and checked against the bytes that follow, so a header that
-    claims a huge shape costs nothing. Raises SampleError."""
-    if npy[:6] != _NPY_MAGIC or len(npy) < 10:
+class SpecLayout(NamedTuple):
+    dtype: str  # "<f2" or "<f4"
+    shape: tuple[int, int]  # (n_mels, n_columns)
+    offset: int  # where the data starts in the member
+    fortran: bool  # column-major: column j is bytes offset + j * n_mels * itemsize, onwards
+
+    @property
+    def itemsize(self) -> int:
+        return int(self.dtype[-1])
+
+
+def npy_header_size(head: bytes) -> int:
+    """Bytes of a .npy member's header (magic, version, length, dict), from its first 12
+    bytes; SampleError if they are not a .npy's."""
+    if head[:6] != _NPY_MAGIC or len(head) < 10:
         raise SampleError(f"{SPEC} is not a .npy array")
-    if npy[6] == 1:
-        start, size = 10, int.from_bytes(npy[8:10], "little")
-    elif npy[6] in (2, 3) and len(npy) >= 12:
-        start, size = 12, int.from_bytes(npy[8:12], "little")
+    if head[6] == 1:
+        start, size = 10, int.from_bytes(head[8:10], "little")
+    elif head[6] in (2, 3) and len(head) >= 12:
+        start, size = 12, int.from_bytes(head[8:12], "little")
     else:
-        raise SampleError(f"{SPEC}: unknown .npy version {npy[6]}")
-    if size > 4096 or start + size > len(npy):
+        raise SampleError(f"{SPEC}: unknown .npy version {head[6]}")
+    if size > NPY_HEADER_MAX - 12:
         raise SampleError(f"{SPEC}: .npy header of {size} bytes")
-    try:
-        header = ast.literal_eval(npy[start : start + size].decode("latin1"))
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
-        raise SampleError(f"{SPEC}: unreadable .npy header") from e
+    return start + size
+
+
+def spec_layout(npy: bytes, n_mels: int, *, member_size: int | None = None,
+                version: int = 1) -> SpecLayout:  # fmt: skip
+    """The layout of a spectrogram member in .npy format, read from its header alone
+    (``npy``: the member, or its first ``npy_header_size`` bytes with ``member_size``)
+    and checked against the member's size, so a header that claims a huge shape costs
+    nothing. v1 wants C order; v2 takes either (writers use Fortran order). Raises
+    SampleError."""
+    size = len(npy) if member_size is None else member_size
+    end = npy_header_size(npy)
+    if end > min(len(npy), size):
+        raise SampleError(f"{SPEC}: .npy header of {end} bytes in a member of {size}")
+    start = 12 if npy[6] != 1 else 10
+    text = npy[start:end].decode("latin1")
+    m = _NPY_HEADER.match(text)  # what numpy writes: no parser needed (a tenth of the time)
+    if m is not None:
+        header = {"descr": m[1], "fortran_order": m[2] == "True",
+                  "shape": (int(m[3]), int(m[4]))}  # fmt: skip
+    else:
+        try:
+            header = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
+            raise SampleError(f"{SPEC}: unreadable .npy header") from e
     if not isinstance(header, dict):
         raise SampleError(f"{SPEC}: unreadable .npy header")
-    dtype, shape = header.get("descr"), header.get("shape")
-    if dtype not in SPEC_DTYPES or header.get("fortran_order") is not False:
-        raise SampleError(f"{SPEC}: dtype {shown(dtype)}, not float16/float32 in C order")
+    dtype, shape, order = header.get("descr"), header.get("shape"), header.get("fortran_order")
+    orders = (False, True) if version == 2 else (False,)
+    if dtype not in SPEC_DTYPES or not isinstance(order, bool) or order not in orders:
+        want = "C or Fortran order" if version == 2 else "C order"
+        raise SampleError(f"{SPEC}: dtype {shown(dtype)}, not float16/float32 in {want}")
     ok = isinstance(shape, tuple) and len(shape) == 2
     if not ok or not all(isinstance(n, int) and n >= 0 for n in shape):
         raise SampleError(f"{SPEC}: shape {shown(shape)}, not [n_mels, n_columns]")
     if shape[0] != n_mels or shape[1] == 0:
         raise SampleError(f"{SPEC}: shape {shape}, the json says {n_mels} mels")
-    offset = start + size
     need = shape[0] * shape[1] * int(dtype[-1])
-    if len(npy) - offset != need:
+    if size - end != need:
+        raise SampleError(f"{SPEC}: shape {shape} needs {need} bytes, the member has {size - end}")
+    return SpecLayout(dtype, shape, end, order)
+
+
+def check_spec_columns(meta: dict, layout: SpecLayout) -> None:
+    """SampleError unless a v2 sample's spectrogram has the json's ``n_columns``."""
+    if meta.get("schema_version") == 2 and layout.shape[1] != meta["n_columns"]:
         raise SampleError(
-            f"{SPEC}: shape {shape} needs {need} bytes, the member has {len(npy) - offset}"
+            f"sample {shown(meta['key'])}: {SPEC} has {layout.shape[1]} columns, the json "
+            f"says {meta['n_columns']}"
         )
-    return dtype, shape, offset

@@ -107,16 +107,28 @@ def read_shards(out_dir: Path) -> dict[str, dict]:
                 s = samples[key]
                 s["shard"] = tar_path.name
                 if suffix == "json":
-                    s["json"] = json.loads(data)
+                    s["json"] = readers_meta(json.loads(data))
                     seen_keys.append(key)
                 elif suffix == "spec.npy":
                     s["spec"] = np.load(io.BytesIO(data), allow_pickle=False)
-                elif suffix.endswith(".jpg"):
+                elif suffix.endswith(".jpg"):  # schema v1: a member per frame
                     s["frames"][int(suffix[1:4])] = data
+                elif suffix == "jpgs":  # v2: the frames in one member, at the json's offsets
+                    off = s["json"]["frame_offsets"]
+                    s["frames"].update((i, data[off[i] : off[i + 1]]) for i in range(len(off) - 1))
                 elif suffix == "flac":
                     s["flac"] = data
     assert len(seen_keys) == len(set(seen_keys)), "a sample key appears twice across shards"
     return dict(samples)
+
+
+def readers_meta(meta: dict) -> dict:
+    """A sample json as readers see it (``schema.check_sample``): a v2 json's ``media`` and
+    ``extra`` parsed from their JSON text, its ``label`` None where it is ``""``."""
+    if meta.get("schema_version") != 2:
+        return meta
+    return {**meta, "media": json.loads(meta["media_json"]), "extra": json.loads(meta["extra_json"]),
+            "label": meta["label"] or None}  # fmt: skip
 
 
 def decode_frames(sample: dict) -> np.ndarray:

@@ -60,7 +60,7 @@ def test_one_row_per_sample_with_explicit_schema(embedded, demo_shards, tiny_ckp
     assert str(schema.field("video_embedding").type) == "fixed_size_list<element: float>[32]"
     meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
     assert meta["checkpoint_sha256"] == sha256(tiny_ckpt) and meta["checkpoint_step"] == "4"
-    assert meta["method"] == "cmac" and meta["schema_version"] == "1"
+    assert meta["method"] == "cmac" and meta["schema_version"] == "2"  # what avprep writes
     assert json.loads(meta["config"])["model"]["embed_dim"] == 32
     emb = as_dict(t)
     rows = {r["key"]: r for r in t.to_pylist()}

@@ -95,10 +95,15 @@ def _damaged(members: dict[str, bytes], kind: str) -> tuple[str, dict[str, bytes
         return key, {**members, "spec.npy": huge_header_npy()}
     if kind == "spec with inf":
         return key, {**members, "spec.npy": npy(np.full_like(spec, np.inf))}
-    if kind == "frame missing":
-        return key, {k: v for k, v in members.items() if k != "f001.jpg"}
+    if kind == "frame missing":  # v2: every frame is in one member
+        return key, {k: v for k, v in members.items() if k != schema.FRAMES}
     if kind == "corrupt jpeg":
-        return key, {**members, "f000.jpg": b"\xff\xd8 not a jpeg"}
+        bad = b"\xff\xd8 not a jpeg"
+        offsets = meta["frame_offsets"]
+        grow = len(bad) - offsets[1]
+        jpgs = bad + members[schema.FRAMES][offsets[1] :]
+        meta["frame_offsets"] = [0] + [o + grow for o in offsets[1:]]
+        return key, {**members, "json": json.dumps(meta).encode(), schema.FRAMES: jpgs}
     if kind == "key with a path":
         return "../../victim_0000", rekey(members, "../../victim_0000")
     if kind == "json names another key":
@@ -155,7 +160,7 @@ def test_localize_never_writes_outside_out_and_escapes_its_page(demo_shards, tin
         for key, kind in ((keys[1], tarfile.SYMTYPE), (keys[2], tarfile.LNKTYPE)):
             for suffix, data in samples[key].items():
                 info = tarfile.TarInfo(f"{key}.{suffix}")
-                if suffix == "f000.jpg":
+                if suffix == schema.FRAMES:
                     info.type, info.linkname = (
                         kind,
                         "/etc/passwd" if kind == tarfile.SYMTYPE else f"{key}.json",
@@ -173,7 +178,7 @@ def test_localize_never_writes_outside_out_and_escapes_its_page(demo_shards, tin
     )
     assert (
         "links.tar: 2 damaged samples skipped" in proc.stderr
-        and "members missing: f000.jpg" in proc.stderr
+        and f"members missing: {schema.FRAMES}" in proc.stderr
     )
     assert (victim / "config.json").read_text() == "mine"
     assert sorted(p for p in tmp_path.rglob("*") if "maps" not in p.parts) == before

@@ -1,6 +1,6 @@
 """Clip windows: ``clip_frames`` frames and exactly the spectrogram columns of the same seconds.
 
-Times come from the sample json (schema v1): frame i was shown at
+Times come from the sample json (either schema version): frame i was shown at
 ``frame_times[i]``; spectrogram column j covers ``[spec_start_s + j*hop_s,
 +win_s)``. A clip starting at frame i0 covers ``[t0, t0 + clip_frames / fps)``
 with ``t0 = frame_times[i0]``; its audio is the ``n_columns = round(clip_s /
@@ -70,13 +70,18 @@ def frame_indices(window: Window, n_available: int) -> list[int]:
     return [min(window.first_frame + i, n_available - 1) for i in range(window.n_frames)]
 
 
-def cut_columns(spec: np.ndarray, window: Window) -> np.ndarray:
-    """``spec[:, first:first+n]`` padded with the spectrogram's minimum where out of range."""
+def cut_columns(spec: np.ndarray, window: Window, pad: float | None = None) -> np.ndarray:
+    """``spec[:, first:first+n]`` padded where out of range with ``pad`` (a v2 sample's
+    ``spec_min``) or, None, the spectrogram's minimum. Only ``spec[:, lo:hi]`` of the
+    window's own columns is asked for (``spec`` may read them from a file: ``data.ranges``)."""
     n_mels, total = spec.shape
     lo, hi = max(0, window.first_column), min(total, window.first_column + window.n_columns)
     if lo == window.first_column and hi - lo == window.n_columns:
-        return spec[:, lo:hi].copy()  # in range: no padding (and no pass over spec for its min)
-    out = np.full((n_mels, window.n_columns), spec.min() if spec.size else 0, dtype=spec.dtype)
+        # in range: no padding (and no pass over spec for its min)
+        return np.array(spec[:, lo:hi], order="C")
+    if pad is None:
+        pad = spec.min() if spec.size else 0
+    out = np.full((n_mels, window.n_columns), pad, dtype=spec.dtype)
     if hi > lo:
         out[:, lo - window.first_column : hi - window.first_column] = spec[:, lo:hi]
     return out

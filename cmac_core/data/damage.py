@@ -99,20 +99,26 @@ class DropDamaged:
     """Training stage: drops markers; the next good sample carries them (``"damage"``).
 
     Never spins: once every one of the ``n_shards`` shards has given damage since the
-    last good sample, nothing readable is left and ShardFormatError ends the run.
+    last good sample and a damaged sample comes round again (more than
+    ``clips_per_sample`` markers of it: the endless stream has gone all the way round
+    without a good sample), nothing readable is left and ShardFormatError ends the run.
+    A shard whose first samples are damaged is read on.
     """
 
-    def __init__(self, n_shards: int) -> None:
-        self.n_shards = n_shards
+    def __init__(self, n_shards: int, clips_per_sample: int = 1) -> None:
+        self.n_shards, self.k = n_shards, clips_per_sample
 
     def __call__(self, src):
         pending: list[dict] = []
         bad_since_good: set[str] = set()
+        seen: dict[tuple, int] = {}
         for s in src:
             if is_marker(s):
                 pending.append(s)
                 bad_since_good.add(s["__url__"])
-                if len(bad_since_good) >= self.n_shards:
+                where = (s["__url__"], s.get("__kind__"), s.get("__sample__"))
+                seen[where] = seen.get(where, 0) + 1
+                if len(bad_since_good) >= self.n_shards and seen[where] > self.k:
                     raise ShardFormatError(
                         f"no readable sample in any of the {self.n_shards} shards "
                         f"(e.g. {s['__url__']}: {s['__error__']})"
@@ -122,6 +128,7 @@ class DropDamaged:
                 s["damage"] = s.get("damage", []) + pending
                 pending = []
             bad_since_good.clear()
+            seen.clear()
             yield s
 
 

@@ -54,7 +54,8 @@ class EvalClips:
                     zip(todo, decode_jpegs(s["key"], [s["jpegs"][i] for i in todo]), strict=True)
                 )
             videos.append(crop_resize(np.stack([cache[i] for i in idx]), c.crop_px, None))
-            specs.append(spec_to_tensor(cut_columns(s["spec"], w), None, mean=mean, std=std))
+            cut = cut_columns(s["spec"], w, meta.get("spec_min"))
+            specs.append(spec_to_tensor(cut, None, mean=mean, std=std))
         return {
             "key": s["key"],
             "meta": meta,

@@ -1,4 +1,5 @@
-"""The training stream: shards -> decode -> clip window -> shuffle -> frames -> batch -> augment."""
+"""The training stream: shards -> clips (``data.seek``: local v2 shards by seeking, others
+decoded whole) -> shuffle -> frames -> batch -> augment."""
 
 from __future__ import annotations
 
@@ -19,15 +20,48 @@ from cmac_core.data.damage import (
     decode_or_marker,
     is_marker,
 )
+from cmac_core.data.seek import ShardClips
 from cmac_core.data.shards import EpochShards, SharedEpoch, check_shards, count_samples, resolve
-from cmac_core.data.stages import Augment, ClipWindow, DecodeFrames, SafeDecode
+from cmac_core.data.stages import Augment, ClipWindow, DecodeFrames, SafeDecode, Shuffle
+from cmac_core.errors import CmacError
 
 log = logging.getLogger(__name__)
 
 
+class LoaderTimeoutError(CmacError):
+    """No batch came from the loader workers within ``data.loader_timeout_s``."""
+
+
+class TimedLoader:
+    """A DataLoader whose timeout ends the run with one line (LoaderTimeoutError) instead of
+    torch's RuntimeError; iterating it iterates the loader."""
+
+    def __init__(self, loader: wds.WebLoader, timeout_s: float) -> None:
+        self.loader, self.timeout_s = loader, timeout_s
+
+    def __iter__(self):
+        it = iter(self.loader)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                if self.timeout_s and "timed out" in str(e):
+                    raise LoaderTimeoutError(
+                        f"no training batch from the loader workers in {self.timeout_s:g} s "
+                        "(data.loader_timeout_s): a worker hung or the shards' storage stalled"
+                    ) from None
+                raise
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
 @dataclass
 class TrainStream:
-    loader: wds.WebLoader
+    loader: TimedLoader
     epoch: SharedEpoch
     urls: list[str]
     n_samples: int | None
@@ -68,10 +102,12 @@ def with_spec_norm(shards: str | list[str], cfg: DataConfig) -> DataConfig:
 
 
 def train_pipeline(urls: list[str], cfg: DataConfig, *, batch_size: int, rank: int, world_size: int,
-                   epoch: SharedEpoch, seed: int) -> wds.DataPipeline:  # fmt: skip
+                   epoch: SharedEpoch, seed: int, seek: bool = True) -> wds.DataPipeline:  # fmt: skip
     """Damaged samples and shards become markers (``cmac_core.data.damage``), are dropped
     before the shuffle buffer and after frame decoding, and ride on the next batch as
-    ``batch["damage"]``; no error sleeps, and a stream with nothing readable left raises."""
+    ``batch["damage"]``; no error sleeps, and a stream with nothing readable left raises.
+    ``seek``: read local v2 shards by seeking (``data.seek``; False: decode every sample
+    whole, as for v1 shards; the same clips either way)."""
     seeding = {"seed": seed, "rank": rank, "epoch": epoch}
     window = ClipWindow(cfg.clip_frames, audio_offset_max_s=cfg.audio_offset_max_s,
                         audio_seconds=cfg.audio_seconds, spec_preset=cfg.spec_preset,
@@ -79,14 +115,13 @@ def train_pipeline(urls: list[str], cfg: DataConfig, *, batch_size: int, rank: i
                         **seeding)  # fmt: skip
     return wds.DataPipeline(
         EpochShards(urls, rank=rank, world_size=world_size, epoch=epoch, seed=seed),
-        ShardSamples(),
-        wds.map(OrMarker(SafeDecode(), window)),
-        DropDamaged(len(urls)),
+        ShardClips(window, clips_per_sample=cfg.clips_per_sample, seek=seek),
+        DropDamaged(len(urls), cfg.clips_per_sample),
         # Shuffled once cut to its window: the buffer holds a clip's few JPEGs, not a
         # whole segment (~40 KB instead of ~800 KB at 16 fps, 10 s, 128 px).
-        wds.shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 64)),
+        Shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 64), **seeding),
         wds.map(OrMarker(DecodeFrames())),
-        DropDamaged(len(urls)),
+        DropDamaged(len(urls), cfg.clips_per_sample),
         wds.batched(batch_size, collation_fn=list, partial=False),
         wds.map(Augment(cfg, **seeding)),
     )
@@ -102,7 +137,12 @@ def train_stream(
     world_size: int = 1,
     seed: int = 0,
     pin_memory: bool = False,
+    seek: bool = True,
 ) -> TrainStream:
+    """The training loader of ``shards``: an endless stream of augmented batches, equal in
+    number on every rank. ``steps_per_epoch`` reads each sample once per epoch (with
+    ``data.clips_per_sample`` clips of it); ``data.loader_timeout_s`` bounds the wait for a
+    worker's batch."""
     urls, bad = check_shards(resolve(shards))
     damage = Damage(cut_short=bad)
     if not urls:
@@ -119,10 +159,10 @@ def train_stream(
             len(urls), readers, world_size, max(1, workers),
         )  # fmt: skip
     n = count_samples(urls)
-    steps = None if n is None else n // (world_size * batch_size)
-    pipe = train_pipeline(
-        urls, cfg, batch_size=batch_size, rank=rank, world_size=world_size, epoch=epoch, seed=seed
-    )
+    steps = None if n is None else n * cfg.clips_per_sample // (world_size * batch_size)
+    pipe = train_pipeline(urls, cfg, batch_size=batch_size, rank=rank, world_size=world_size,
+                          epoch=epoch, seed=seed, seek=seek)  # fmt: skip
+    timeout = cfg.loader_timeout_s if workers > 0 else 0.0  # torch's timeout needs workers
     loader = wds.WebLoader(
         pipe,
         batch_size=None,
@@ -130,6 +170,7 @@ def train_stream(
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
+        timeout=timeout,
     )
-    return TrainStream(loader=loader, epoch=epoch, urls=urls, n_samples=n, steps_per_epoch=steps,
+    return TrainStream(loader=TimedLoader(loader, timeout), epoch=epoch, urls=urls, n_samples=n, steps_per_epoch=steps,
                        damage=damage)  # fmt: skip

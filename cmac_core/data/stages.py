@@ -1,7 +1,8 @@
 """Named, picklable pipeline stages (no lambdas: they break loader workers).
 
 samples -> ``SafeDecode`` (json, npy; jpg kept as bytes; pickle refused) ->
-``ClipWindow`` (choose the window, keep its frames and columns) ->
+``ClipWindow`` (choose the window, keep its frames and columns; from a local v2 shard
+``data.seek`` reads just those, and hands ``ClipWindow`` the same sample read lazily) ->
 ``DecodeFrames`` (JPEG-decode only the window's frames) -> lists of clips ->
 ``Augment`` (augment each clip into its slot of the batch).
 """
@@ -13,15 +14,15 @@ import json
 import math
 
 import numpy as np
-import simplejpeg
 import torch
 from torch.utils.data import default_collate, get_worker_info
 
-from avprep import schema
+from avprep import read_sample, schema
 from avprep.schema import SampleError
 from cmac_core.data.augment import crop_resize, jitter_factors, spec_norm, spec_to_tensor
 from cmac_core.data.clip import choose_window, cut_columns, frame_indices
 from cmac_core.data.damage import SchemaVersionError, UnsafeShardError
+from cmac_core.data.ranges import MemFrames, take
 from cmac_core.data.shards import SharedEpoch, worker_coords
 from cmac_core.data.sync import sync_pair
 
@@ -36,52 +37,66 @@ class SafeDecode:
     Everything is checked against the shard format (``avprep.schema``: the key, the
     json's fields and ranges, the members present, the spectrogram's header against its
     bytes, finite values) before it is used; a sample that fails raises SampleError,
-    which readers record as a damaged sample. Pickle members and another schema
-    version raise UnsafeShardError and SchemaVersionError: they stop the run.
+    which readers record as a damaged sample. Pickle members and a schema version this
+    avprep does not read raise UnsafeShardError and SchemaVersionError: they stop the run.
+    ``jpegs`` is a sequence of each frame's JPEG bytes (v2: ``MemFrames``, slices of the
+    frames member made when asked for); ``meta`` as ``schema.check_sample`` gives it.
     """
 
     def __call__(self, sample: dict) -> dict:
         key, url = sample["__key__"], sample.get("__url__", "?")
-        for name in sample:
-            if not name.startswith("__") and name.rsplit(".", 1)[-1].lower() in PICKLE_EXTS:
-                raise UnsafeShardError(
-                    f"refusing pickle-based member {schema.shown(f'{key}.{name}')} in {url}"
-                )
+        check_members(key, url, (n for n in sample if not n.startswith("__")))
         schema.check_key(key)
         if schema.JSON not in sample:
             raise SampleError(f"sample {key}: no json member")
-        try:
-            meta = json.loads(sample[schema.JSON])
-        except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, nesting too deep
-            raise SampleError(f"sample {key}: its json does not parse ({type(e).__name__})") from e
-        if not isinstance(meta, dict) or "schema_version" not in meta:
-            raise SampleError(f"sample {key}: its json is not an avprep sample's")
-        version = meta["schema_version"]
-        if version != schema.SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"{url}: shard schema version {schema.shown(version)}, this avprep reads "
-                f"{schema.SCHEMA_VERSION}"
-            )
+        meta = parse_json(key, url, sample[schema.JSON])
         meta = schema.check_sample(key, meta, (n for n in sample if not n.startswith("__")))
-        spec = read_spec(key, sample[schema.SPEC], meta["spec"]["n_mels"])
-        jpegs = [sample[name] for name in FRAME_MEMBERS[: len(meta["frame_times"])]]
+        spec = read_spec(key, sample[schema.SPEC], meta)
+        if meta["schema_version"] == 1:
+            jpegs = [sample[name] for name in FRAME_MEMBERS[: len(meta["frame_times"])]]
+        else:
+            schema.check_frames_member(meta, len(sample[schema.FRAMES]))
+            jpegs = MemFrames(sample[schema.FRAMES], meta["frame_offsets"])
         return {"key": key, "meta": meta, "spec": spec, "jpegs": jpegs}
 
 
-def read_spec(key: str, npy: bytes, n_mels: int) -> np.ndarray:
-    """A spectrogram member -> ``[n_mels, n_columns]`` (a view of ``npy``), finite, checked."""
+def check_members(key: str, url: str, names) -> None:
+    """UnsafeShardError for a member whose decoding would run pickle."""
+    for name in names:
+        if name.rsplit(".", 1)[-1].lower() in PICKLE_EXTS:
+            raise UnsafeShardError(
+                f"refusing pickle-based member {schema.shown(f'{key}.{name}')} in {url}"
+            )
+
+
+def parse_json(key: str, url: str, data: bytes) -> dict:
+    """A sample's json, parsed; SampleError when it is not an avprep sample's, and
+    SchemaVersionError for a schema version this avprep does not read."""
     try:
-        dtype, shape, offset = schema.spec_layout(npy, n_mels)
-    except SampleError as e:
-        raise SampleError(f"sample {key}: {e}") from None
-    spec = np.frombuffer(npy, dtype=dtype, count=shape[0] * shape[1], offset=offset)
-    if not np.isfinite(spec).all():
-        raise SampleError(f"sample {key}: {schema.SPEC} holds NaN or inf")
-    return spec.reshape(shape)
+        meta = json.loads(data)
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, nesting too deep
+        raise SampleError(f"sample {key}: its json does not parse ({type(e).__name__})") from e
+    if not isinstance(meta, dict) or "schema_version" not in meta:
+        raise SampleError(f"sample {key}: its json is not an avprep sample's")
+    version = meta["schema_version"]
+    if version not in schema.READ_VERSIONS or isinstance(version, bool):
+        raise SchemaVersionError(
+            f"{url}: shard schema version {schema.shown(version)}, this avprep reads "
+            f"{' and '.join(str(v) for v in schema.READ_VERSIONS)}"
+        )
+    return meta
+
+
+def read_spec(key: str, npy: bytes, meta: dict) -> np.ndarray:
+    """A spectrogram member -> ``[n_mels, n_columns]`` (a view of ``npy``), finite, checked."""
+    return read_sample.npy_array(key, npy, meta)
 
 
 class _Seeded:
-    """A stage with a random generator seeded per (seed, epoch, rank, loader worker)."""
+    """A stage with a random generator seeded per (seed, epoch, rank, loader worker), and
+    per stage (``STREAM``): stages draw from independent streams."""
+
+    STREAM = 0
 
     def __init__(self, *, seed: int, rank: int, epoch: SharedEpoch | None) -> None:
         self.seed, self.rank, self.epoch = seed, rank, epoch
@@ -91,8 +106,41 @@ class _Seeded:
         if self._rng is None:
             worker, _ = worker_coords()
             epoch = self.epoch.get() if self.epoch is not None else 0
-            self._rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
+            entropy = [self.seed, epoch, self.rank, worker] + ([self.STREAM] if self.STREAM else [])
+            self._rng = np.random.default_rng(entropy)
         return self._rng
+
+
+class Shuffle(_Seeded):
+    """webdataset's sample shuffle (a buffer of ``bufsize``, yielding once ``initial`` are in
+    it, a random one out for each one in), seeded like the other stages, so the same seeds
+    give the same order (webdataset seeds its own from the clock)."""
+
+    STREAM = 1
+
+    def __init__(self, bufsize: int, initial: int, **seeding) -> None:
+        super().__init__(**seeding)
+        self.bufsize, self.initial = bufsize, min(initial, bufsize)
+
+    def __call__(self, src):
+        rng, buf, src = self.rng(), [], iter(src)
+        for sample in src:
+            buf.append(sample)
+            if len(buf) < self.bufsize:
+                more = next(src, None)  # samples are dicts, never None
+                if more is not None:
+                    buf.append(more)
+            if len(buf) >= self.initial:
+                yield _pick(buf, rng)
+        while buf:
+            yield _pick(buf, rng)
+
+
+def _pick(buf: list, rng: np.random.Generator):
+    k = int(rng.integers(len(buf)))
+    out, buf[k] = buf[k], buf[-1]
+    buf.pop()
+    return out
 
 
 class ClipWindow(_Seeded):
@@ -129,8 +177,8 @@ class ClipWindow(_Seeded):
             audio_seconds=self.audio_seconds,
         )
         idx = frame_indices(w, len(s["jpegs"]))
-        return {"key": s["key"], "meta": s["meta"], "window": w, "jpegs": [s["jpegs"][i] for i in idx],
-                "spec": cut_columns(s["spec"], w)}  # fmt: skip
+        return {"key": s["key"], "meta": s["meta"], "window": w, "jpegs": take(s["jpegs"], idx),
+                "spec": cut_columns(s["spec"], w, s["meta"].get("spec_min"))}  # fmt: skip
 
     def _sync_pair(self, s: dict) -> dict:
         """The clip with ``spec`` (aligned) and ``spec_shifted`` (``data/sync.py``)."""
@@ -138,9 +186,10 @@ class ClipWindow(_Seeded):
                          min_shift_s=self.sync_shift_min_s, max_shift_s=self.sync_shift_max_s,
                          audio_seconds=self.audio_seconds, key=s["key"])  # fmt: skip
         idx = frame_indices(pair.aligned, len(s["jpegs"]))
+        pad = s["meta"].get("spec_min")  # both windows lie inside the spectrogram: never used
         return {"key": s["key"], "meta": s["meta"], "window": pair.aligned,
-                "jpegs": [s["jpegs"][i] for i in idx], "spec": cut_columns(s["spec"], pair.aligned),
-                "spec_shifted": cut_columns(s["spec"], pair.shifted), "shift_s": pair.shift_s}  # fmt: skip
+                "jpegs": take(s["jpegs"], idx), "spec": cut_columns(s["spec"], pair.aligned, pad),
+                "spec_shifted": cut_columns(s["spec"], pair.shifted, pad), "shift_s": pair.shift_s}  # fmt: skip
 
 
 def check_preset(key: str, meta: dict, preset: str) -> None:
@@ -170,11 +219,9 @@ class DecodeFrames:
 
 
 def decode_jpegs(key: str, jpegs: list[bytes]) -> np.ndarray:
-    try:
-        return np.stack([simplejpeg.decode_jpeg(b, colorspace="RGB") for b in jpegs])
-    except ValueError as e:  # simplejpeg's errors; np.stack's on frames of other sizes
-        first = (str(e).strip().splitlines() or [""])[0][:120]
-        raise SampleError(f"sample {key}: a frame does not decode ({first})") from e
+    """JPEG bytes -> ``[T, H, W, 3]`` uint8; SampleError for a corrupt JPEG or frames of
+    different sizes (``avprep.read_sample.decode_jpegs``)."""
+    return read_sample.decode_jpegs(key, jpegs)
 
 
 class Augment(_Seeded):
@@ -188,6 +235,8 @@ class Augment(_Seeded):
     no clip is copied again on its way to the trainer; the trainer applies the
     colour jitter and normalisation on its device (``augment.finish_video``).
     """
+
+    STREAM = 2
 
     def __init__(self, data_cfg, *, train: bool = True, **seeding) -> None:
         super().__init__(**seeding)

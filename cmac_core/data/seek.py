@@ -1,0 +1,211 @@
+"""Shards -> clips: local v2 shards read by seeking, everything else as a webdataset stream.
+
+Training uses a few frames and columns of each sample. A local, uncompressed shard whose
+first sample is schema v2 is read with ``pread``: each member's tar header, the sample's
+json, the spectrogram's .npy header, and then only the byte ranges of the chosen clip's
+frames (one range: a clip's frames are consecutive in the frames member) and of its
+spectrogram columns (one range: the member is stored column-major). The rest of the
+sample is skipped over, never read. Shards written as v1, remote URLs and compressed
+tars are read whole, as before (webdataset's tar stream, then ``SafeDecode``).
+
+Both ways give the same clips for the same seed: samples reach ``ClipWindow`` in shard
+order and it draws the same windows from the same generator (``clip_frames``, the audio
+window, the sync shift). Damage is what the stream finds, with two differences that only
+damaged shards see: a v2 sample's non-finite spectrogram values are found in the columns
+read (the stream checks the whole array first), and a v2 frames member's JPEGs are
+decoded only for the frames a clip uses (as in the stream).
+
+``clips_per_sample`` (``data.clips_per_sample``) draws that many windows from each sample
+read, each from the generator in turn; the stream path does the same.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+
+from webdataset.tariterators import base_plus_ext
+
+from avprep import schema
+from avprep.schema import SampleError
+from cmac_core.data.damage import (
+    SAMPLE,
+    SHARD,
+    SchemaVersionError,
+    ShardSamples,
+    UnsafeShardError,
+    decode_or_marker,
+    is_marker,
+    marker,
+)
+from cmac_core.data.ranges import CountingFile, FileFrames, FileSpec
+from cmac_core.data.shards import _is_url
+from cmac_core.data.stages import SafeDecode, check_members, parse_json
+
+JSON_MAX = 1 << 22  # a sample json's bound (4 MiB; avprep writes a few KB)
+NPY_HEAD = 128  # np.save's header of a 2-D array: read in one go
+_SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members, skipped alike
+
+
+class ShardClips:
+    """Pipeline stage: ``{"url"}`` dicts -> clips (``window``'s dicts) and damage markers
+    (``cmac_core.data.damage``), ``clips_per_sample`` clips per sample read.
+
+    ``seek``: read local v2 shards by seeking (False: every shard as a stream, as v1).
+    ``bytes_read`` and ``samples_seeked``: what this process's seeking read so far."""
+
+    def __init__(self, window, *, clips_per_sample: int = 1, seek: bool = True) -> None:
+        self.window, self.k, self.seek = window, clips_per_sample, seek
+        self.decode = SafeDecode()
+        self.bytes_read = 0
+        self.samples_seeked = 0
+
+    def __call__(self, src):
+        for shard in src:
+            url = shard["url"]
+            if self.seek and not _is_url(url):
+                yield from self._seek(shard)
+            else:
+                yield from self._stream(shard)
+
+    # -- the stream: v1, URLs, compressed tars --------------------------------------------
+    def _stream(self, shard: dict):
+        for raw in ShardSamples()(iter([shard])):
+            s = decode_or_marker(raw, self.decode)
+            if is_marker(s):
+                yield s
+            else:
+                yield from self._clips(s, raw.get("__url__", shard["url"]), raw["__key__"])
+
+    def _clips(self, s: dict, url: str, key: str):
+        for _ in range(self.k):
+            try:
+                clip = self.window(s)
+            except (UnsafeShardError, SchemaVersionError):
+                raise
+            except Exception as e:  # values out of range, a member cut short: one marker
+                yield marker(url, e, kind=SAMPLE, key=key)
+                return
+            yield clip
+
+    # -- seeking: local v2 shards ---------------------------------------------------------
+    def _seek(self, shard: dict):
+        url = shard["url"]
+        try:
+            f = CountingFile(url)
+        except OSError as e:
+            yield marker(url, e, kind=SHARD)
+            return
+        try:
+            try:
+                tar = tarfile.open(fileobj=f, mode="r:")  # noqa: SIM115  (closed with f)
+            except (tarfile.TarError, OSError):  # compressed, or not a tar: the stream says why
+                yield from self._stream(shard)
+                return
+            yield from self._walk(shard, f, tar)
+        finally:
+            self.bytes_read += f.bytes_read
+            f.close()
+
+    def _walk(self, shard: dict, f: CountingFile, tar: tarfile.TarFile):
+        url, n, first = shard["url"], 0, True
+        key, group = None, {}
+        while True:
+            try:
+                m = tar.next()
+                tar.members.clear()  # headers are not kept: a shard may hold millions
+            except Exception as e:  # a header cut short or damaged: what the stream reports
+                yield marker(url, e, kind=SHARD)
+                return
+            name = None if m is None else m.name
+            if m is not None and (not m.isreg() or _skipped(name)):
+                continue
+            k, suffix = base_plus_ext(name) if m is not None else (None, None)
+            if m is not None and k is None:
+                continue
+            if (m is None or k != key) and group:
+                if first:
+                    first = False
+                    if not _is_v2(f, group):
+                        yield from self._stream(shard)  # a v1 shard: read as it always was
+                        return
+                n += 1
+                yield from self._sample(f, url, key, group)
+            if m is None:
+                break
+            if k != key:
+                key, group = k, {}
+            suffix = suffix.lower()
+            if suffix in group:
+                yield marker(url, f"{name}: duplicate file name in tar file {suffix}", kind=SHARD)
+                return
+            group[suffix] = (m.offset_data, m.size)
+        if n == 0:
+            yield marker(url, "holds no samples (an empty tar)", kind=SHARD)
+
+    def _sample(self, f: CountingFile, url: str, key: str, group: dict):
+        """The clips of one sample (or its marker), reading what they need."""
+        try:
+            check_members(key, url, group)
+            schema.check_key(key)
+            if schema.JSON not in group:
+                raise SampleError(f"sample {key}: no json member")
+            meta = parse_json(key, url, _read(f, key, group[schema.JSON], JSON_MAX))
+            if meta["schema_version"] != 2:  # one v1 sample in a v2 shard: read it whole
+                raw = {"__key__": key, "__url__": url}
+                raw.update((suffix, f.pread(size, off)) for suffix, (off, size) in group.items())
+                s = self.decode(raw)
+            else:
+                s = self._lazy(f, key, meta, group)
+                self.samples_seeked += 1
+        except (UnsafeShardError, SchemaVersionError):
+            raise
+        except Exception as e:
+            yield marker(url, e, kind=SAMPLE, key=key)
+            return
+        yield from self._clips(s, url, key)
+
+    def _lazy(self, f: CountingFile, key: str, meta: dict, group: dict) -> dict:
+        """A v2 sample whose frames and spectrogram columns are read when the window asks."""
+        meta = schema.check_sample(key, meta, group)
+        frames_at, frames_size = group[schema.FRAMES]
+        schema.check_frames_member(meta, frames_size)
+        spec_at, spec_size = group[schema.SPEC]
+        head = f.pread(min(spec_size, NPY_HEAD), spec_at)
+        try:
+            need = schema.npy_header_size(head)
+            if need > len(head):
+                head = f.pread(min(spec_size, need), spec_at)
+            layout = schema.spec_layout(head, meta["spec"]["n_mels"], member_size=spec_size,
+                                        version=2)  # fmt: skip
+            schema.check_spec_columns(meta, layout)
+        except SampleError as e:
+            raise SampleError(f"sample {key}: {e}") from None
+        return {"key": key, "meta": meta, "jpegs": FileFrames(f, frames_at, meta["frame_offsets"]),
+                "spec": FileSpec(f, key, spec_at, layout)}  # fmt: skip
+
+
+def _skipped(name: str) -> bool:
+    return ("/" not in name and name.startswith("__") and name.endswith("__")) or bool(
+        _SKIP_META.match(name)
+    )
+
+
+def _read(f: CountingFile, key: str, where: tuple[int, int], limit: int) -> bytes:
+    offset, size = where
+    if size > limit:
+        raise SampleError(f"sample {key}: json of {size} bytes (more than {limit})")
+    return f.pread(size, offset)
+
+
+def _is_v2(f: CountingFile, group: dict) -> bool:
+    """Whether a shard's first sample says it is schema v2 (its json alone is read)."""
+    where = group.get(schema.JSON)
+    if where is None or where[1] > JSON_MAX:
+        return False
+    try:
+        meta = json.loads(f.pread(where[1], where[0]))
+    except (ValueError, RecursionError, SampleError):
+        return False
+    return isinstance(meta, dict) and meta.get("schema_version") == 2
