@@ -112,7 +112,13 @@ def test_datasets_reads_a_folder_of_v2_shards_as_one_table(mixed_shards, tmp_pat
     files = [str(p) for p in tars(mixed_shards)]
     d = datasets.load_dataset("webdataset", data_files={"train": files}, split="train",
                               cache_dir=str(tmp_path / "hf"))  # fmt: skip
-    assert d.num_rows == 4 and set(d.column_names) == {"json", "jpgs", "spec.npy", "__key__", "__url__"}
+    assert d.num_rows == 4 and set(d.column_names) == {
+        "json",
+        "jpgs",
+        "spec.npy",
+        "__key__",
+        "__url__",
+    }
     assert d.features["jpgs"].dtype == "binary"
     lengths = sorted(len(r["frame_times"]) for r in d["json"])
     assert lengths == [32, 32, 160, 160]  # 2 s tails and 10 s segments, one set of columns
@@ -149,7 +155,9 @@ def test_helper_decodes_v1_and_v2_samples_to_the_same_arrays(demo_shards, v1_sha
     assert frames.shape[0] == len(meta["frame_times"]) and spec.shape[1] == meta["n_columns"]
 
 
-def test_convert_round_trip_keeps_every_byte_of_frames_and_spectrogram(demo_shards, v1_shards, tmp_path):
+def test_convert_round_trip_keeps_every_byte_of_frames_and_spectrogram(
+    demo_shards, v1_shards, tmp_path
+):
     src = tars(demo_shards)[0]
     back = tmp_path / src.name
     convert_shard(tars(v1_shards)[0], back, version=2)
@@ -210,7 +218,9 @@ def test_seek_reader_reads_at_most_twice_the_bytes_a_clip_uses(demo_shards):
     shard_bytes = sum(p.stat().st_size for p in tars(demo_shards))
     assert stage.bytes_read <= 2 * used, (stage.bytes_read, used)
     assert stage.bytes_read < shard_bytes / 3  # the rest of each sample is never read
-    k3, clips3 = _clips(demo_shards, DataConfig(**{**cfg.__dict__, "clips_per_sample": 3}), seek=True)
+    k3, clips3 = _clips(
+        demo_shards, DataConfig(**{**cfg.__dict__, "clips_per_sample": 3}), seek=True
+    )
     assert len(clips3) == 3 * len(clips) and k3.samples_seeked == stage.samples_seeked
     by_key: dict[str, set] = {}
     for c in clips3:
@@ -315,7 +325,9 @@ def test_hostile_v2_samples_are_damage_to_the_seek_reader_and_the_stream(demo_sh
     for seek in (True, False):
         stage, out = _clips(shards, cfg, seek=seek)
         markers = [c for c in out if "__error__" in c]
-        assert sorted(m["__sample__"] for m in markers) == sorted(repr(k) for k in evil if k.startswith("evil"))
+        assert sorted(m["__sample__"] for m in markers) == sorted(
+            repr(k) for k in evil if k.startswith("evil")
+        )
         assert all(m["__kind__"] == "sample" and "\n" not in m["__error__"] for m in markers)
         assert sorted(c["key"] for c in out if "__error__" not in c) == sorted(good)
         assert stage.samples_seeked == (len(good) if seek else 0)
