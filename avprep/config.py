@@ -13,7 +13,7 @@ from avprep import schema
 from avprep.errors import UsageError
 from avprep.media.decoder import DECODERS
 from avprep.spectrogram import PRESETS, unusable
-from avprep.urls import refusal
+from avprep.urls import out_refusal
 
 SPEC_PRESETS = tuple(PRESETS)
 MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: beyond it a timer overflows, and no file needs it
@@ -81,8 +81,9 @@ class ShardConfig:
     quiet: bool = False
 
     def __post_init__(self) -> None:
-        if refusal(self.out_dir) is not None:
-            raise UsageError(refusal(self.out_dir))
+        self.out_dir = str(self.out_dir)
+        if out_refusal(self.out_dir) is not None:  # a URL of a read-only protocol (http)
+            raise UsageError(out_refusal(self.out_dir))
         for name, (flag, integer) in _NUMBERS.items():
             value = getattr(self, name)
             kinds = int if integer else (int, float)

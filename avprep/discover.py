@@ -11,6 +11,11 @@ Two hashes of an input, each over its path and what the user attached to it
 - ``rank_key``, with the path as the command spells it: the rank partition.
   Every rank hashes the same strings (whatever the mount points of its node),
   and adding files to a folder never moves an input to another rank.
+
+URLs (``s3://``, ``https://``, any installed fsspec protocol: ``avprep.remote``) are
+inputs too: a folder URL is listed like a folder, a manifest may be a URL and may
+hold URLs. Their identity is the URL in the protocol's own spelling, credentials
+scrubbed (a re-signed presigned URL is the same input).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -28,6 +34,7 @@ from typing import Any
 
 from avprep import schema
 from avprep.errors import UsageError
+from avprep.urls import remote_scheme
 
 VIDEO_EXTS = {
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".mpg", ".mpeg",
@@ -49,10 +56,17 @@ class Input:
     extra: dict[str, Any] = field(default_factory=dict)
     input_key: str = ""  # identity: duplicates and resume (real path)
     rank_key: str = ""  # the rank partition (path as given)
+    origin: str = ""  # a remote input's URL as shown (scrubbed); "" for a local file
 
     @property
     def real_path(self) -> str:
-        return display(os.path.realpath(self.path))
+        """What the manifest's ``path`` shows: the real path, or the URL (scrubbed) of a
+        remote input (also once ``path`` is a local spooled copy of it)."""
+        return self.origin or display(os.path.realpath(self.path))
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.origin)
 
 
 def display(text: str) -> str:
@@ -103,8 +117,12 @@ def _strict_text(value: Any) -> bool:
     return True
 
 
-def _csv_records(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
+def _text(data: bytes):
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")  # -sig: Excel's BOM
+
+
+def _csv_records(path: str, data: bytes) -> list[dict[str, Any]]:
+    with _text(data) as f:
         reader = csv.DictReader(f)
         try:
             return list(reader)
@@ -113,9 +131,9 @@ def _csv_records(path: Path) -> list[dict[str, Any]]:
             raise UsageError(f"cannot read manifest {path}: line {line}: {e}") from e
 
 
-def _jsonl_records(path: Path) -> list[Any]:
+def _jsonl_records(path: str, data: bytes) -> list[Any]:
     records = []
-    with open(path, encoding="utf-8-sig") as f:
+    with _text(data) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -131,26 +149,34 @@ def _jsonl_records(path: Path) -> list[Any]:
     return records
 
 
-def _parquet_records(path: Path) -> list[dict[str, Any]]:
+def _parquet_records(path: str, data: bytes) -> list[dict[str, Any]]:
     import pyarrow as pa  # noqa: PLC0415
     import pyarrow.parquet as pq  # noqa: PLC0415
 
     try:
-        return pq.read_table(path).to_pylist()
+        return pq.read_table(pa.BufferReader(data)).to_pylist()
     except (pa.ArrowException, ValueError, OverflowError) as e:
         raise UsageError(f"cannot read manifest {path}: {_one_line(e)}") from e
 
 
-def _manifest_records(path: Path) -> list[dict[str, Any]]:
-    """The rows of a csv/jsonl/parquet manifest; UsageError in one line for anything else
-    (unreadable, malformed, no usable ``path`` in a row)."""
-    read = {".csv": _csv_records, ".jsonl": _jsonl_records}.get(
-        path.suffix.lower(), _parquet_records
-    )
+def _manifest_records(path: str) -> list[dict[str, Any]]:
+    """The rows of a csv/jsonl/parquet manifest (a path or a URL); UsageError in one line
+    for anything else (unreadable, malformed, no usable ``path`` in a row)."""
+    read = {".csv": _csv_records, ".jsonl": _jsonl_records}.get(_suffix(path), _parquet_records)
+    shown = _shown(path)
     try:
-        records = read(path)
+        if remote_scheme(path):
+            from avprep import remote  # noqa: PLC0415
+
+            try:
+                data = remote.read_bytes(path)
+            except remote.RemoteFailure as e:
+                raise UsageError(f"cannot read manifest {shown}: {e.reason}") from None
+        else:
+            data = Path(path).read_bytes()
+        records = read(shown, data)
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read manifest {path}: {_one_line(e)}") from e
+        raise UsageError(f"cannot read manifest {shown}: {_one_line(e)}") from e
     for n, r in enumerate(records, 1):
         if not (isinstance(r, dict) and r.get("path")):
             raise UsageError(f"manifest {path} needs a non-empty 'path' column in every row")
@@ -175,49 +201,134 @@ def _json_safe(value: Any) -> Any:
         return str(value)
 
 
+def _suffix(path: str) -> str:
+    """The extension of a path or of a URL's path (its query left out)."""
+    name = path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return os.path.splitext(name)[1].lower()
+
+
+def _shown(path: str) -> str:
+    """A path or URL as messages and the manifest show it (a URL's credentials scrubbed)."""
+    if remote_scheme(path):
+        from avprep.remote import scrub  # noqa: PLC0415
+
+        return scrub(path)
+    return display(path)
+
+
+def _remote_entries(given: str) -> list[tuple]:
+    """The entries of a URL input: a folder URL's media files, a manifest URL's rows, or the
+    file itself."""
+    from avprep import remote  # noqa: PLC0415
+
+    fs, root = remote.filesystem(given)
+    try:
+        info = remote.retry(lambda: fs.info(root))
+    except remote.RemoteFailure as e:
+        if e.kind == remote.MISSING:
+            raise UsageError(f"input not found: {remote.scrub(given)}") from None
+        raise UsageError(f"cannot read input {remote.scrub(given)}: {e.reason}") from None
+    if info.get("type") == "directory" or _html_folder(given, info):
+        try:
+            found = remote.retry(lambda: fs.find(root))
+        except remote.RemoteFailure as e:
+            raise UsageError(f"cannot list {remote.scrub(given)}: {e.reason}") from None
+        prefix = root.rstrip("/") + "/"
+        entries = []
+        for name in sorted(found):
+            rel = name[len(prefix):] if name.startswith(prefix) else name.rsplit("/", 1)[-1]
+            if any(part.startswith(".") for part in rel.split("/")) or _suffix(rel) not in MEDIA_EXTS:
+                continue
+            url = remote.join(given, rel)
+            entries.append((url, url, rel, None, None, {}))
+        return entries
+    if _suffix(given) in MANIFEST_EXTS:
+        return _manifest_entries(given)
+    name = given.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    return [(given, given, name, None, None, {})]
+
+
+def _html_folder(url: str, info: dict) -> bool:
+    """Whether an http(s) URL is a folder: its index page (HTTP knows no folders; every
+    URL is a file, and fsspec lists a page's links)."""
+    if remote_scheme(url) not in ("http", "https"):
+        return False
+    return url.split("?", 1)[0].endswith("/") or str(info.get("mimetype", "")).startswith(
+        "text/html"
+    )
+
+
+def _manifest_entries(manifest: str) -> list[tuple]:
+    """(source, path, id text, explicit id, label, extra) of each row of ``manifest``;
+    a relative ``path`` is relative to the manifest's folder (or folder URL)."""
+    entries = []
+    for rec in _manifest_records(manifest):
+        value = str(rec["path"])
+        if remote_scheme(value) or os.path.isabs(value):
+            path = value
+        elif remote_scheme(manifest):
+            from avprep import remote  # noqa: PLC0415
+
+            path = remote.join(remote.parent(manifest), value)
+        else:  # the manifest's ``path`` column shows the file
+            path = str(Path(manifest).parent / value)
+        explicit = str(rec["id"]) if rec.get("id") not in (None, "") else None
+        label = None if rec.get("label") is None else str(rec["label"])
+        extra = {k: _json_safe(v) for k, v in rec.items() if k not in ("path", "id", "label")}
+        entries.append((value, path, explicit or value, explicit, label, extra))
+    return entries
+
+
+def _identity(path: str) -> tuple[str, str, str]:
+    """(identity text, partition text, origin) of the file at ``path`` (or URL)."""
+    if remote_scheme(path):
+        from avprep import remote  # noqa: PLC0415
+
+        shown = remote.canonical(path)
+        return shown, remote.scrub(path), shown
+    return os.path.realpath(path), os.path.normpath(path), ""
+
+
 def discover(inputs: list[str]) -> list[Input]:
     """All inputs in a stable order, each once, with unique safe video ids."""
-    raw: dict[str, tuple] = {}  # input_key -> source, path, id text, label, extra, rank_key
+    raw: dict[str, tuple] = {}  # input_key -> source, path, id text, label, extra, rank_key, origin
     for given in inputs:
-        p = Path(given)
-        if not p.exists():
-            raise UsageError(f"input not found: {display(given)}")
-        entries = []  # (source, path, id text, explicit id, label, extra)
-        if p.is_dir():
-            for f in _walk(p):
-                rel = f.relative_to(p).as_posix()
-                entries.append((os.path.join(given, rel), str(f), rel, None, None, {}))
-        elif p.suffix.lower() in MANIFEST_EXTS:
-            for rec in _manifest_records(p):
-                value = str(rec["path"])
-                # relative to the manifest's folder; the manifest's ``path`` column shows the file
-                path = value if os.path.isabs(value) else str(p.parent / value)
-                explicit = str(rec["id"]) if rec.get("id") not in (None, "") else None
-                label = None if rec.get("label") is None else str(rec["label"])
-                extra = {
-                    k: _json_safe(v) for k, v in rec.items() if k not in ("path", "id", "label")
-                }
-                entries.append((value, path, explicit or value, explicit, label, extra))
+        given = str(given)
+        if remote_scheme(given):
+            entries = _remote_entries(given)
         else:
-            entries.append((given, str(p), p.name, None, None, {}))
+            p = Path(given)
+            if not p.exists():
+                raise UsageError(f"input not found: {display(given)}")
+            entries = []  # (source, path, id text, explicit id, label, extra)
+            if p.is_dir():
+                for f in _walk(p):
+                    rel = f.relative_to(p).as_posix()
+                    entries.append((os.path.join(given, rel), str(f), rel, None, None, {}))
+            elif p.suffix.lower() in MANIFEST_EXTS:
+                entries = _manifest_entries(given)
+            else:
+                entries.append((given, str(p), p.name, None, None, {}))
         for source, path, id_text, explicit, label, extra in entries:
-            key = _key(os.path.realpath(path), explicit, label, extra)
-            rank_key = _key(os.path.normpath(path), explicit, label, extra)
+            identity, spelled, origin = _identity(path)
+            key = _key(identity, explicit, label, extra)
+            rank_key = _key(spelled, explicit, label, extra)
             # The same file named twice (a folder and a file in it): one input, the first name.
-            raw.setdefault(key, (display(source), path, id_text, label, extra, rank_key))
+            raw.setdefault(key, (_shown(source), path, id_text, label, extra, rank_key, origin))
 
     bases = [schema.safe_id(_strip_media_ext(r[2])) for r in raw.values()]
     counts = Counter(bases)
     taken: Counter = Counter()
     out = []
-    for (key, (source, path, _, label, extra, rank_key)), base in zip(
+    for (key, (source, path, _, label, extra, rank_key, origin)), base in zip(
         raw.items(), bases, strict=True
     ):
         vid = base if counts[base] == 1 else f"{base}-{key[:10]}"
         taken[vid] += 1
         if taken[vid] > 1:  # (a 40-bit hash prefix shared: not seen, but never a duplicate id)
             vid = f"{vid}-{taken[vid]}"
-        out.append(Input(source, path, vid, label, extra, input_key=key, rank_key=rank_key))
+        out.append(Input(source, path, vid, label, extra, input_key=key, rank_key=rank_key,
+                         origin=origin))  # fmt: skip
     return out
 
 

@@ -24,6 +24,7 @@ from avprep.config import ShardConfig
 from avprep.discover import Input
 from avprep.errors import AvprepError
 from avprep.outdir import OutputDir
+from avprep.remote import StoreError
 from avprep.worker import worker_main
 
 if TYPE_CHECKING:
@@ -175,6 +176,8 @@ class Dispatcher:
             report.shards.append(msg[2])
             committed = set(msg[3])
             w.uncommitted = [i for i in w.uncommitted if self.items[i].video_id not in committed]
+        elif kind == "fatal":  # the output cannot be written: stop (the finally kills the rest)
+            raise StoreError(msg[2])
         elif kind == "exit":
             w.proc.join()
             w.conn.close()
@@ -216,8 +219,7 @@ class Dispatcher:
         """Kill ``w``; fail its current input; redo what it had not committed."""
         _kill(w.proc)
         w.conn.close()
-        for tmp in self.out.worker_temporaries(w.id):
-            tmp.unlink(missing_ok=True)
+        self.out.clean_worker(w.id)
         if w.task is not None:
             self.record(w.task, manifest.FAILED, why, time.monotonic() - w.last_progress)
             self.live_segments.pop(w.task, None)

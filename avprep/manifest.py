@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from avprep import schema
 from avprep.errors import UsageError
+from avprep.urls import remote_scheme
 
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 
@@ -84,12 +85,17 @@ def make_row(**fields: Any) -> dict[str, Any]:
 
 def write_part(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write rows atomically (temporary name, then rename)."""
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
     # hidden: a kill between write and rename must not leave a file that
     # ds.dataset("DIR/manifest") tries to read (it skips names starting with ".")
     tmp = path.with_name(f".{path.name}{schema.TMP_SUFFIX}")
-    pq.write_table(table, tmp, compression="zstd")
+    write_table(tmp, rows)
     os.replace(tmp, path)
+
+
+def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows as a Parquet file at ``path`` (no rename: ``write_part`` and remote stores
+    make it appear whole)."""
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path, compression="zstd")
 
 
 def manifest_dir(out_dir: Path) -> Path:
@@ -132,13 +138,14 @@ def _twice(table: pa.Table) -> bool:
     return len(keys) != len(pc.unique(keys))
 
 
-def read_part(path: Path) -> pa.Table:
+def read_part(path: Path, data: bytes | None = None) -> pa.Table:
     """One part, checked; DamagedPart if it is not one avprep wrote (a shard's part,
-    ``{stem}.parquet``, must hold rows of ``{stem}.tar`` only)."""
-    path = Path(path)
-    shard = f"{path.stem}{schema.SHARD_SUFFIX}" if schema.parse_shard_stem(path.stem) else None
+    ``{stem}.parquet``, must hold rows of ``{stem}.tar`` only). ``data``: the part's
+    bytes, read elsewhere (from a remote store), ``path`` then only names it."""
+    name = Path(str(path).rsplit("/", 1)[-1])
+    shard = f"{name.stem}{schema.SHARD_SUFFIX}" if schema.parse_shard_stem(name.stem) else None
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(Path(path) if data is None else pa.BufferReader(data))
     except (OSError, pa.ArrowException) as e:
         raise DamagedPart(path, f"not readable as Parquet ({_first_line(e)})") from e
     why = _damage(table, shard)
@@ -147,12 +154,29 @@ def read_part(path: Path) -> pa.Table:
     return table
 
 
-def read(out_dir: Path) -> pa.Table:
-    """Every committed row under ``out_dir/manifest`` (an empty table if none).
+def repair_hint(name: str) -> str:
+    """How a damaged part named ``name`` (``{stem}.parquet``) gets repaired."""
+    if schema.parse_shard_stem(name.rsplit("/", 1)[-1].removesuffix(".parquet")):
+        return "the next run of its rank rebuilds it from its shard"
+    return "delete it, and its rank's next run tries those inputs again"
+
+
+def check_together(table: pa.Table) -> bool:
+    """Whether rows read together look as avprep writes them (no damage, no input twice)."""
+    return not (_damage(table, None) or _twice(table))
+
+
+def read(out_dir: Path | str) -> pa.Table:
+    """Every committed row under ``out_dir/manifest`` (an empty table if none); ``out_dir``
+    may be a URL (``avprep.remote_store``).
 
     DamagedPart names the first part that is not one avprep wrote (each part is
     checked on its own only when the rows read together show damage: an input
     twice counts)."""
+    if remote_scheme(str(out_dir)):
+        from avprep.remote_store import RemoteStore  # noqa: PLC0415
+
+        return RemoteStore(str(out_dir)).read_manifest()
     parts = sorted(manifest_dir(out_dir).glob("*.parquet"))
     if not parts:
         return SCHEMA.empty_table()
@@ -165,27 +189,24 @@ def read(out_dir: Path) -> pa.Table:
             try:
                 read_part(part)
             except DamagedPart as e:
-                repair = (
-                    "the next run of its rank rebuilds it from its shard"
-                    if schema.parse_shard_stem(part.stem)
-                    else "delete it, and its rank's next run tries those inputs again"
-                )
-                raise DamagedPart(part, f"{e.why}; {repair}") from None
+                raise DamagedPart(part, f"{e.why}; {repair_hint(part.name)}") from None
         if table is None:  # every part reads alone but not together: not seen
             raise UsageError(f"cannot read the manifest parts under {manifest_dir(out_dir)}")
     return table
 
 
 def rows_from_shard(
-    tar_path: Path, *, rank: int, run: int, paths: dict[str, str] | None = None
+    tar_path: Path, *, rank: int, run: int, paths: dict[str, str] | None = None, fileobj=None
 ) -> list[dict[str, Any]]:
     """Rebuild the ok rows of a committed shard from its samples' json.
 
     Used on resume when a run was killed between renaming a shard and writing
     its manifest part. ``paths`` (input_key -> real path) fills the path column.
+    ``fileobj``: the tar opened elsewhere (a remote shard); ``tar_path`` then names it.
     """
     videos: dict[str, dict[str, Any]] = {}
-    with tarfile.open(tar_path) as tar:
+    tar_path = Path(str(tar_path).rsplit("/", 1)[-1]) if fileobj is not None else Path(tar_path)
+    with tarfile.open(tar_path if fileobj is None else None, fileobj=fileobj) as tar:
         for member in tar:
             if not member.name.endswith("." + schema.JSON):
                 continue

@@ -6,6 +6,11 @@ redone: temporary shards are deleted, shards committed without their manifest
 part (a kill between the two renames) get their rows rebuilt from the tar, and
 this rank's earlier skipped/failed rows are dropped so those inputs are tried
 again and recorded exactly once.
+
+The folder is a store: ``LocalStore`` here (temporaries beside the shards, renamed into
+place), or ``avprep.remote_store.RemoteStore`` for a URL (temporaries in a local staging
+folder, each uploaded whole under its final name: an object store's PUT or multipart
+upload completes atomically). The rules above are the same for both.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import fcntl
 import json
 import os
 import re
-import tarfile
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from avprep import manifest, schema
 from avprep.config import ShardConfig
 from avprep.errors import UsageError
+from avprep.urls import remote_scheme
+from avprep.writer import fsync_rename
 
 STATE_DIR = ".avprep"
 CONFIG_FILE = "shard-config.json"
@@ -49,48 +57,131 @@ def try_lock(path: Path) -> int | None:
     return fd
 
 
+class LocalStore:
+    """An output folder on this machine's file system; names are relative to ``root``
+    (``shard-....tar``, ``manifest/x.parquet``, ``.avprep/...``)."""
+
+    remote = False
+
+    def __init__(self, root: str | Path, rank: int = 0) -> None:
+        self.root = Path(root)
+        self.shown = str(root)
+        self.rank = rank
+        self.staging = self.root  # temporary shards are written beside the final ones
+        self.spool = self.root / STATE_DIR / f"spool-r{rank:04d}"  # local copies of URL inputs
+
+    def prepare(self) -> None:
+        try:
+            (self.root / schema.MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
+            (self.root / STATE_DIR).mkdir(exist_ok=True)
+            probe = self.root / STATE_DIR / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise UsageError(f"cannot write to {self.root}: {e.strerror or e}") from e
+
+    def lock(self) -> Callable[[], None]:
+        """Hold this rank's lock; returns what releases it. UsageError if it is held."""
+        path = self.root / STATE_DIR / f"lock-r{self.rank:04d}"
+        fd = try_lock(path)
+        if fd is None:
+            raise UsageError(
+                f"rank {self.rank} is already running on {self.root} (lock {path}); "
+                "wait for it or give another --rank"
+            )
+        return lambda: os.close(fd)
+
+    def list(self, pattern: str) -> list[str]:
+        return sorted(p.relative_to(self.root).as_posix() for p in self.root.glob(pattern))
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).exists()
+
+    def read_bytes(self, name: str) -> bytes:
+        return (self.root / name).read_bytes()
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        path = self.root / name
+        tmp = path.with_name(f"{path.name}.{os.getpid()}{schema.TMP_SUFFIX}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def publish(self, tmp: Path, name: str) -> None:
+        """Put the complete local file ``tmp`` in place as ``name`` (gone from ``tmp``)."""
+        fsync_rename(tmp, self.root / name)
+
+    def write_part(self, name: str, rows: list[dict]) -> None:
+        manifest.write_part(self.root / name, rows)
+
+    def read_part(self, name: str):
+        return manifest.read_part(self.root / name)
+
+    def open(self, name: str):
+        return open(self.root / name, "rb")
+
+    def delete(self, name: str) -> None:
+        (self.root / name).unlink(missing_ok=True)
+
+    def where(self, name: str) -> str:
+        return str(self.root / name)
+
+    def clean_temporaries(self) -> None:
+        prefix = f"{schema.SHARD_PREFIX}-r{self.rank:04d}-"
+        for tmp in self.root.glob(f"{prefix}*{schema.TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+        for tmp in (self.root / schema.MANIFEST_DIR).glob(
+            f".*r{self.rank:04d}-*{schema.TMP_SUFFIX}"
+        ):
+            tmp.unlink(missing_ok=True)
+        shutil.rmtree(self.spool, ignore_errors=True)
+
+    def clean_worker(self, worker_id: int, stem: str) -> None:
+        """Drop what a dead worker left: its temporary shards (``stem``: its names' start)."""
+        for tmp in self.staging.glob(f"{stem}-*{schema.TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+
+    def read_manifest(self):
+        return manifest.read(self.root)
+
+    def close(self) -> None:
+        pass
+
+
+def open_store(root: str | Path, rank: int = 0):
+    """The store of an output folder or URL."""
+    if remote_scheme(str(root)):
+        from avprep.remote_store import RemoteStore  # noqa: PLC0415
+
+        return RemoteStore(str(root), rank)
+    return LocalStore(root, rank)
+
+
 class OutputDir:
     def __init__(self, root: str | Path, rank: int) -> None:
-        self.root = Path(root)
+        self.store = open_store(root, rank)
+        self.root = self.store.shown
         self.rank = rank
-        self.manifest = manifest.manifest_dir(self.root)
-        self.state = self.root / STATE_DIR
-        self._lock_fd: int | None = None
+        self._unlock: Callable[[], None] | None = None
         self.run = 0
         self.paths: dict[str, str] = {}  # input_key -> real path, for rows rebuilt from shards
         self.notices: list[str] = []  # one line per manifest part rebuilt from its shard
 
     def open(self, cfg: ShardConfig) -> None:
         """Create, lock this rank, check settings, pick this run's number, clean up."""
-        try:
-            self.manifest.mkdir(parents=True, exist_ok=True)
-            self.state.mkdir(exist_ok=True)
-            probe = self.state / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise UsageError(f"cannot write to {self.root}: {e.strerror or e}") from e
-        self._lock()
+        self.store.prepare()
+        self._unlock = self.store.lock()
         self._check_config(cfg)
         self.run = self._next_run()
-        self._clean_temporaries()
-
-    def _lock(self) -> None:
-        path = self.state / f"lock-r{self.rank:04d}"
-        self._lock_fd = try_lock(path)
-        if self._lock_fd is None:
-            raise UsageError(
-                f"rank {self.rank} is already running on {self.root} (lock {path}); "
-                "wait for it or give another --rank"
-            )
+        self.store.clean_temporaries()
 
     def close(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._unlock is not None:
+            self._unlock()
+            self._unlock = None
+        self.store.close()
 
     def _check_config(self, cfg: ShardConfig) -> None:
-        path = self.state / CONFIG_FILE
+        name = f"{STATE_DIR}/{CONFIG_FILE}"
         # world_size too: ranks of another world size own other inputs (each once only here)
         want = {
             "schema_version": schema.SCHEMA_VERSION,
@@ -98,8 +189,8 @@ class OutputDir:
             **cfg.content_dict(),
             "world_size": cfg.world_size,
         }
-        if path.exists():
-            have = json.loads(path.read_text())
+        if self.store.exists(name):
+            have = json.loads(self.store.read_bytes(name))
             diff = sorted(k for k in want if have.get(k) != want[k])
             if diff:
                 shown = ", ".join(f"{k}={have.get(k)!r} (now {want[k]!r})" for k in diff)
@@ -108,31 +199,19 @@ class OutputDir:
                     "use a new --out or the same settings"
                 )
             return
-        tmp = path.with_name(f"{path.name}.{os.getpid()}{schema.TMP_SUFFIX}")
-        tmp.write_text(json.dumps(want, indent=1))
-        os.replace(tmp, path)
-
-    def _mine(self, pattern: str) -> list[Path]:
-        return sorted(self.root.glob(pattern))
+        self.store.write_bytes(name, json.dumps(want, indent=1).encode())
 
     def _next_run(self) -> int:
         runs = [0]
-        for p in self.root.glob(f"{schema.SHARD_PREFIX}-r{self.rank:04d}-*"):
-            parsed = schema.parse_shard_stem(p.name.split(".")[0])
+        for name in self.store.list(f"{schema.SHARD_PREFIX}-r{self.rank:04d}-*"):
+            parsed = schema.parse_shard_stem(name.split(".")[0])
             if parsed:
                 runs.append(parsed[1])
-        for p in self.manifest.glob(f"other-r{self.rank:04d}-*.parquet"):
-            m = re.match(r"other-r\d+-(\d+)\.parquet$", p.name)
+        for name in self.store.list(f"{schema.MANIFEST_DIR}/other-r{self.rank:04d}-*.parquet"):
+            m = re.match(r"other-r\d+-(\d+)\.parquet$", name.rsplit("/", 1)[-1])
             if m:
                 runs.append(int(m.group(1)))
         return max(runs) + 1
-
-    def _clean_temporaries(self) -> None:
-        prefix = f"{schema.SHARD_PREFIX}-r{self.rank:04d}-"
-        for tmp in self.root.glob(f"{prefix}*{schema.TMP_SUFFIX}"):
-            tmp.unlink(missing_ok=True)
-        for tmp in self.manifest.glob(f".*r{self.rank:04d}-*{schema.TMP_SUFFIX}"):
-            tmp.unlink(missing_ok=True)
 
     def recover_orphans(self, pattern: str | None = None) -> set[str]:
         """Write the manifest parts of this rank's committed shards that are missing or
@@ -145,49 +224,54 @@ class OutputDir:
         """
         pattern = pattern or f"{schema.SHARD_PREFIX}-r{self.rank:04d}-*{schema.SHARD_SUFFIX}"
         ids: set[str] = set()
-        for tar in sorted(self.root.glob(pattern)):
-            part = self.manifest / f"{tar.stem}.parquet"
+        parts = set(self.store.list(f"{schema.MANIFEST_DIR}/*.parquet"))
+        for tar in self.store.list(pattern):
+            part = f"{schema.MANIFEST_DIR}/{tar.removesuffix(schema.SHARD_SUFFIX)}.parquet"
             table = None
-            if part.exists():
+            if part in parts:
                 try:
-                    table = manifest.read_part(part)
+                    table = self.store.read_part(part)
                 except manifest.DamagedPart as e:
-                    self.notices.append(f"{e}; rebuilt from {tar.name}")
+                    self.notices.append(f"{e}; rebuilt from {tar}")
             if table is None:
                 rows = self._rows_from_shard(tar)
-                manifest.write_part(part, rows)
-                table = manifest.read_part(part)
+                self.store.write_part(part, rows)
+                table = self.store.read_part(part)
             ids.update(table.column("video_id").to_pylist())
         return ids
 
-    def _rows_from_shard(self, tar: Path) -> list[dict]:
-        parsed = schema.parse_shard_stem(tar.stem)
+    def _rows_from_shard(self, tar: str) -> list[dict]:
+        parsed = schema.parse_shard_stem(tar.removesuffix(schema.SHARD_SUFFIX))
         run = parsed[1] if parsed else 0
         try:
-            rows = manifest.rows_from_shard(tar, rank=self.rank, run=run, paths=self.paths)
+            with self.store.open(tar) as f:
+                rows = manifest.rows_from_shard(tar, rank=self.rank, run=run, paths=self.paths,
+                                                fileobj=f)  # fmt: skip
             why = "" if rows else "it holds no samples"
-        except (OSError, tarfile.TarError, ValueError, KeyError, TypeError) as e:
+        except Exception as e:  # OSError, TarError, ValueError, KeyError, TypeError, remote
             rows, why = [], str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not rows:
             raise UsageError(
-                f"cannot rebuild the manifest part of {tar} from it: {why}; "
+                f"cannot rebuild the manifest part of {self.store.where(tar)} from it: {why}; "
                 "move the shard away to shard its videos again"
             )
         return rows
 
+    def _worker_stem(self, worker_id: int) -> str:
+        return schema.shard_stem(self.rank, self.run, worker_id, 0).rsplit("-", 1)[0]
+
     def recover_worker(self, worker_id: int) -> set[str]:
         """Recover one (dead) worker of this run; the video ids it committed."""
-        stem = schema.shard_stem(self.rank, self.run, worker_id, 0).rsplit("-", 1)[0]
-        return self.recover_orphans(f"{stem}-*{schema.SHARD_SUFFIX}")
+        return self.recover_orphans(f"{self._worker_stem(worker_id)}-*{schema.SHARD_SUFFIX}")
 
     def drop_other_rows(self) -> None:
         """Forget this rank's skipped/failed rows: those inputs are tried again."""
-        for part in self.manifest.glob(f"other-r{self.rank:04d}-*.parquet"):
-            part.unlink()
+        for name in self.store.list(f"{schema.MANIFEST_DIR}/other-r{self.rank:04d}-*.parquet"):
+            self.store.delete(name)
 
     def committed_inputs(self) -> dict[str, str]:
         """input_key -> video_id of every input with a committed ok row (any rank)."""
-        table = manifest.read(self.root)
+        table = self.store.read_manifest()
         rows = zip(
             table.column("input_key").to_pylist(),
             table.column("video_id").to_pylist(),
@@ -196,9 +280,11 @@ class OutputDir:
         )
         return {key: vid for key, vid, status in rows if status == manifest.OK}
 
-    def other_part(self) -> Path:
-        return self.manifest / f"other-r{self.rank:04d}-{self.run:03d}.parquet"
+    def write_other_rows(self, rows: list[dict]) -> None:
+        self.store.write_part(
+            f"{schema.MANIFEST_DIR}/other-r{self.rank:04d}-{self.run:03d}.parquet", rows
+        )
 
-    def worker_temporaries(self, worker_id: int) -> list[Path]:
-        stem = schema.shard_stem(self.rank, self.run, worker_id, 0).rsplit("-", 1)[0]
-        return list(self.root.glob(f"{stem}-*{schema.TMP_SUFFIX}"))
+    def clean_worker(self, worker_id: int) -> None:
+        """Drop the temporaries a dead worker left."""
+        self.store.clean_worker(worker_id, self._worker_stem(worker_id))

@@ -112,8 +112,8 @@ def shard_videos(
             progress.start(len(items), report.n_already_done)
             other_rows = Dispatcher(items, cfg, out, report, progress).run(todo)
             if other_rows:
-                manifest.write_part(out.other_part(), other_rows)
-            final = manifest.read(cfg.out_dir)
+                out.write_other_rows(other_rows)
+            final = out.store.read_manifest()
             seen = Counter(final.column("input_key").to_pylist())
             report.unaccounted = [inp.source for inp in items if seen[inp.input_key] != 1]
             report.seconds = time.perf_counter() - t0

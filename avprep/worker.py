@@ -1,5 +1,9 @@
 """A shard worker process: takes one input at a time, writes its own shards.
 
+A URL input is decoded as it downloads (``remote_inputs.process_remote``). A store that
+cannot be written after its retries (``remote.StoreError``) stops the whole run: the
+parent is told (``fatal``) and the same command resumes later.
+
 Frames never cross processes: the worker decodes, encodes and writes; the
 parent only receives small messages (start, segment, done, commit, exit).
 """
@@ -18,6 +22,9 @@ from pathlib import Path
 from avprep import manifest, schema
 from avprep.config import ShardConfig, available_cpus
 from avprep.errors import MediaError, SkipInput
+from avprep.outdir import open_store
+from avprep.remote import StoreError, scrub
+from avprep.remote_inputs import process_remote
 from avprep.tools import die_with_parent
 
 
@@ -31,29 +38,38 @@ def worker_main(
     die_with_parent()  # and its ffmpeg/ffprobe children die with it (tools.popen)
     os.setpgid(0, 0)  # its own process group, so the parent can kill it with its ffmpegs
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides on Ctrl-C
-    from avprep.sample import process_video  # noqa: PLC0415  (imports decord, torch)
-    from avprep.spectrogram import LogMel  # noqa: PLC0415
-
     cfg = ShardConfig.from_dict(cfg_dict)
-    out_dir = Path(cfg.out_dir)
-    mdir = manifest.manifest_dir(out_dir)
+    store = open_store(cfg.out_dir, cfg.rank)
     threads = max(1, available_cpus() // cfg.workers)  # decord's and the ffmpeg pipe's
 
     def on_commit(path: Path, rows: list[dict]) -> None:
         for row in rows:
             row["rank"], row["run"] = cfg.rank, run
-        manifest.write_part(mdir / f"{path.stem}.parquet", rows)
+        store.write_part(f"{schema.MANIFEST_DIR}/{path.stem}.parquet", rows)
         results.send(("commit", worker_id, path.name, [r["video_id"] for r in rows]))
 
     from avprep.writer import ShardWriter  # noqa: PLC0415
 
     writer = ShardWriter(
-        out_dir,
+        store.staging,
         stem_for=lambda seq: schema.shard_stem(cfg.rank, run, worker_id, seq),
         max_samples=cfg.shard_max_samples,
         max_bytes=cfg.shard_max_bytes,
         on_commit=on_commit,
+        publish=store.publish,
     )
+    try:
+        _work(worker_id, cfg, run, tasks, results, writer, store, threads)
+    except StoreError as e:  # the output cannot be written (after retries): the run stops
+        writer.abort()
+        results.send(("fatal", worker_id, str(e)))
+
+
+def _work(worker_id, cfg, run, tasks, results, writer, store, threads) -> None:
+    from avprep.sample import process_video  # noqa: PLC0415  (imports PyAV, decord)
+    from avprep.spectrogram import LogMel  # noqa: PLC0415
+
+    spool = store.spool / f"w{worker_id:02d}"
     logmel = LogMel(cfg.spec_preset, cfg.sample_rate_hz)
     parent = mp.parent_process()
     results.send(("ready", worker_id))
@@ -74,15 +90,23 @@ def worker_main(
             results.send(("segment", worker_id, index, n))
 
         try:
-            process_video(inp, cfg, writer, logmel, threads=threads, on_segment=on_segment)
+            if inp.remote:
+                process_remote(inp, cfg, writer, logmel, spool, threads=threads,
+                               on_segment=on_segment)  # fmt: skip
+            else:
+                process_video(inp, cfg, writer, logmel, threads=threads, on_segment=on_segment)
             results.send(("ok", worker_id, index, None))
             continue
+        except StoreError:
+            raise
         except SkipInput as e:
             status, reason, media = manifest.SKIPPED, e.reason, e.media
         except MediaError as e:
             status, reason, media = manifest.FAILED, e.reason, e.media
         except Exception as e:  # a bad file must never stop the run
             status, reason, media = manifest.FAILED, f"error: {type(e).__name__}: {e}"[:300], {}
+        if inp.remote:  # a library's message may name the URL with its credentials
+            reason = scrub(reason)
         media = dict(media)
         row = manifest.make_row(
             source=inp.source,

@@ -47,6 +47,8 @@ class ShardWriter:
 
     ``stem_for(seq)`` names shard number ``seq``; ``on_commit(path, rows)`` is
     called after each rename with the manifest rows of the videos it holds.
+    ``publish(tmp, name)`` puts a complete temporary shard in place (default: renamed
+    to ``out_dir/name``; a remote store uploads it under its final name).
     """
 
     def __init__(
@@ -57,8 +59,10 @@ class ShardWriter:
         max_samples: int,
         max_bytes: int,
         on_commit: Callable[[Path, list[dict]], None],
+        publish: Callable[[Path, str], None] | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
+        self.publish = publish or (lambda tmp, name: fsync_rename(tmp, self.out_dir / name))
         self.stem_for = stem_for
         self.max_samples = max_samples
         self.max_bytes = max_bytes
@@ -125,7 +129,7 @@ class ShardWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        fsync_rename(self._tmp, self._final)
+        self.publish(self._tmp, self._final.name)
         rows, final = self._rows, self._final
         self._file, self._tmp, self._rows = None, None, []
         self.on_commit(final, rows)

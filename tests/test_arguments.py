@@ -158,9 +158,7 @@ def test_a_wrong_choice_is_one_line_before_any_heavy_import(option, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-URL_ARGS = {
-    "shard --out": ["shard", "{tmp}", "--out", "s3://bucket/x"],
-    "shard input": ["shard", "s3://bucket/video.mp4", "--out", "out"],
+URL_ARGS = {  # avprep shard takes URLs (tests/test_remote.py)
     "inspect": ["inspect", "gs://bucket/shards"],
     "inspect --png": ["inspect", "{tmp}", "--png", "s3://bucket/sheet.png"],
     "synth": ["synth", "s3://bucket/bench"],
@@ -193,12 +191,13 @@ def test_a_url_where_a_local_path_is_needed_is_refused(case, tmp_path):
     assert list(work.iterdir()) == [] and list(tmp_path.iterdir()) == [work]
 
 
-def test_the_library_refuses_a_url_out_dir_too(tmp_path, monkeypatch):
-    """``ShardConfig(out_dir="s3://...")`` from Python: the same one line, no folder made."""
+def test_the_library_refuses_a_read_only_url_out_dir_too(tmp_path, monkeypatch):
+    """``ShardConfig(out_dir="https://...")`` from Python: one line, no folder made (an
+    s3:// out_dir is written: tests/test_remote.py)."""
     from avprep.config import ShardConfig
     from avprep.errors import UsageError
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(UsageError, match=r"^remote storage \(s3://\) is not supported yet"):
-        ShardConfig(out_dir="s3://bucket/x")
+    with pytest.raises(UsageError, match=r"^--out cannot be an https:// URL \(read only\)"):
+        ShardConfig(out_dir="https://host/x")
     assert list(tmp_path.iterdir()) == []

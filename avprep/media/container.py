@@ -7,6 +7,10 @@ Decoding is single-threaded: the worker processes are the parallelism.
 
 Errors follow the ffmpeg CLI: a packet that fails to decode is recorded in
 ``error`` and skipped; a demuxing error ends the file there (``error`` says why).
+
+A URL (``s3://``, ``https://``: ``avprep.remote``) is read as it is decoded, through a
+seekable file object, never copied whole. A remote read that fails for good (after its
+retries) fails the input with that reason, not as a truncated file.
 """
 
 from __future__ import annotations
@@ -20,6 +24,16 @@ from avprep.errors import MediaError
 from avprep.media.probe import media_info
 from avprep.probe import MediaInfo
 from avprep.tools import local_url
+from avprep.urls import remote_scheme
+
+
+class RemoteReadError(MediaError):
+    """A remote input that could not be read (after retries); ``kind`` as
+    ``avprep.remote.classify`` names it."""
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 def reason(e: Exception) -> str:
@@ -36,10 +50,24 @@ class Container:
     def __init__(self, path: str) -> None:
         self.path = path
         self.error = ""
+        self._file = None
+        if remote_scheme(path):
+            from avprep.remote import RemoteFailure, RemoteFile  # noqa: PLC0415
+
+            try:
+                self._file = RemoteFile(path)
+            except RemoteFailure as e:
+                raise RemoteReadError(e.reason, e.kind) from None
         try:
             # file: so that no protocol (concat:, subfile:, ...) can claim the name
-            self._av = av.open(local_url(path), metadata_errors="replace")
+            source = self._file if self._file is not None else local_url(path)
+            self._av = av.open(source, metadata_errors="replace")
         except av.FFmpegError as e:
+            failure = self._file.failure if self._file is not None else None
+            if self._file is not None:
+                self._file.close()
+            if failure is not None:
+                raise RemoteReadError(failure.reason, failure.kind) from None
             raise MediaError(f"decode_error: {reason(e)}") from e
         try:
             info = media_info(path, self._av)
@@ -88,9 +116,11 @@ class Container:
             packet = next(self._packets)
         except StopIteration:
             self._eof = True
+            self._remote_failure()
             return False
         except av.FFmpegError as e:
             self.error, self._eof = reason(e), True
+            self._remote_failure()
             return False
         self._queues[packet.stream.index].append(packet)
         return True
@@ -110,8 +140,16 @@ class Container:
             if flush:
                 return
 
+    def _remote_failure(self) -> None:
+        """Raise the remote read's failure, if the data ended because of one."""
+        failure = self._file.failure if self._file is not None else None
+        if failure is not None:
+            raise RemoteReadError(failure.reason, failure.kind)
+
     def close(self) -> None:
         self._av.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def _indices(info: MediaInfo) -> set[int]:
