@@ -23,6 +23,7 @@ from avprep.cli_messages import (
 from avprep.errors import UsageError
 from avprep.media.decoder import DECODERS, Decoder
 from avprep.units import SIZE_HELP
+from avprep.urls import out_path_or_url, path_or_url
 
 app = typer.Typer(
     name="avprep",
@@ -85,12 +86,14 @@ def _ckpt_option():
 def shard(
     inputs: list[Path] = typer.Argument(
         ...,
-        parser=opt.local_path,
-        help="Folders, media files or manifests (.csv/.jsonl/.parquet with a 'path' column).",
+        parser=path_or_url,
+        help="Folders, media files or manifests (.csv/.jsonl/.parquet with a 'path' column); "
+        "each may be a URL (s3://, https://, any installed fsspec protocol).",
         show_default=False,
     ),  # noqa: E501
     out_dir: Path = typer.Option(
-        ..., "--out", parser=opt.local_path, help="Output directory for shards and manifest/."
+        ..., "--out", parser=out_path_or_url,
+        help="Output directory for shards and manifest/, or a URL (s3://bucket/prefix).",
     ),
     fps: float = typer.Option(
         16.0, help="Frames per second stored (AVID/CMAC sample video at 16 fps)."
