@@ -236,8 +236,11 @@ def _remote_entries(given: str) -> list[tuple]:
         prefix = root.rstrip("/") + "/"
         entries = []
         for name in sorted(found):
-            rel = name[len(prefix):] if name.startswith(prefix) else name.rsplit("/", 1)[-1]
-            if any(part.startswith(".") for part in rel.split("/")) or _suffix(rel) not in MEDIA_EXTS:
+            if not name.startswith(prefix):  # an index page's link elsewhere
+                continue
+            rel = name[len(prefix) :]
+            hidden = any(part.startswith(".") for part in rel.split("/"))
+            if hidden or not rel or _suffix(rel) not in MEDIA_EXTS:
                 continue
             url = remote.join(given, rel)
             entries.append((url, url, rel, None, None, {}))

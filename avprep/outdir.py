@@ -170,9 +170,13 @@ class OutputDir:
         """Create, lock this rank, check settings, pick this run's number, clean up."""
         self.store.prepare()
         self._unlock = self.store.lock()
-        self._check_config(cfg)
-        self.run = self._next_run()
-        self.store.clean_temporaries()
+        try:
+            self._check_config(cfg)
+            self.run = self._next_run()
+            self.store.clean_temporaries()
+        except BaseException:
+            self.close()  # a remote rank's lease goes at once, not when it lapses
+            raise
 
     def close(self) -> None:
         if self._unlock is not None:

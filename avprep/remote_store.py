@@ -157,7 +157,11 @@ class RemoteStore:
             raise StoreError(
                 f"cannot make the staging folder {self.staging}: {e.strerror or e}"
             ) from e
-        self._do("write to", lambda: self.fs.pipe_file(self._path(probe), b""))
+        try:
+            remote.retry(lambda: self.fs.pipe_file(self._path(probe), b""))
+        except remote.RemoteFailure as e:
+            why = "its bucket does not exist" if e.kind == remote.MISSING else e.reason
+            raise StoreError(f"cannot write to {self.shown}: {why}") from None
         self._do("write to", lambda: self._rm(self._path(probe)))
 
     def _rm(self, path: str) -> None:

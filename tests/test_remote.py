@@ -572,6 +572,15 @@ def test_unusable_urls_are_one_line(args, message, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_out_url_in_a_missing_bucket_is_one_line(s3, videos, tmp_path):
+    proc = run_cli("shard", str(videos / "clip00.mp4"), "--out", "s3://no-such-bucket/x",
+                   *SHARD, check=False)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0] == ("avprep: error: cannot write to s3://no-such-bucket/x: its bucket "
+                        "does not exist")  # fmt: skip
+
+
 def test_scrub():
     from avprep.remote import scrub
 
