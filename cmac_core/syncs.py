@@ -23,6 +23,7 @@ on the code path, not on timing.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections import Counter
 
 import torch
@@ -124,17 +125,30 @@ class SyncCounter(TorchFunctionMode):
 
 class StepSyncs:
     """An ``observer`` for ``cmac_core.train.pretrain``: one ``SyncCounter`` per step;
-    ``per_step`` maps each step index (0-based) to its count and ``calls`` to its Counter."""
+    ``per_step`` maps each step index (0-based) to its count and ``calls`` to its Counter.
+    With ``cuda``, ``cuda_per_step`` also holds what CUDA's sync debug mode reported
+    (``torch.cuda.set_sync_debug_mode``: syncs below Python too)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, cuda: bool = False) -> None:
+        self.cuda = cuda
         self.per_step: dict[int, int] = {}
+        self.cuda_per_step: dict[int, int] = {}
         self.calls: dict[int, Counter] = {}
         self.where: dict[int, list[str]] = {}
 
     @contextlib.contextmanager
     def __call__(self, step: int):
-        with SyncCounter() as c:
+        with contextlib.ExitStack() as stack:
+            seen = None
+            if self.cuda:
+                seen = stack.enter_context(warnings.catch_warnings(record=True))
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                stack.callback(torch.cuda.set_sync_debug_mode, 0)
+            c = stack.enter_context(SyncCounter())
             yield
         self.per_step[step] = c.total
         self.calls[step] = c.calls
         self.where[step] = c.where
+        if seen is not None:
+            self.cuda_per_step[step] = sum("synchroniz" in str(w.message) for w in seen)
