@@ -107,8 +107,9 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
 
 class ProxyHandler(http.server.BaseHTTPRequestHandler):
     """Forwards every request to ``server.upstream`` (the S3 server), failing some:
-    every ``server.fail_every``-th one with S3's 503 SlowDown, and any whose key is in
-    ``server.deny`` with S3's 403 AccessDenied."""
+    every ``server.fail_every``-th one with S3's 503 SlowDown, any whose key is in
+    ``server.deny`` with S3's 403 AccessDenied, and every PUT of a ``.tar`` after the
+    first ``server.tars_ok`` ones (if set) with 503 InternalError."""
 
     protocol_version = "HTTP/1.1"
 
@@ -143,6 +144,13 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         key = unquote(urlsplit(self.path).path)
         if any(key.endswith(d) for d in srv.deny):
             return self._error(403, "AccessDenied")
+        if getattr(srv, "tars_ok", None) is not None and self.command == "PUT" and (
+            key.endswith(".tar")
+        ):
+            srv.tars += 1
+            if srv.tars > srv.tars_ok:
+                srv.failed += 1
+                return self._error(503, "InternalError")
         if srv.fail_every and srv.count % srv.fail_every == 0:
             srv.failed += 1
             return self._error(503, "SlowDown")
@@ -509,6 +517,82 @@ def test_a_server_that_fails_some_requests_is_retried(s3, videos, tmp_path):
     assert len(rows) == 5 and all(r["status"] == "ok" for r in rows.values()), [
         (r["source"], r["reason"]) for r in rows.values()
     ]
+
+
+def test_a_bucket_that_stops_taking_shards_stops_the_run_and_it_resumes(s3, videos, tmp_path):
+    """After two shards every shard upload fails (retries spent): the run stops in one
+    line, exit 2, with what it committed intact; the same command against a working store
+    finishes exactly once, nothing redone."""
+    src = _upload(s3, videos, "stops-in")
+    out_url = f"s3://{BUCKET}/stops-out"
+    upstream = urlsplit(os.environ["AWS_ENDPOINT_URL"])
+    proxy = _serve(ProxyHandler, upstream=(upstream.hostname, upstream.port), fail_every=0,
+                   count=0, failed=0, deny=(), tars_ok=2, tars=0)  # fmt: skip
+    args = ("shard", src, "--out", out_url, "--workers", "1", "--shard-max-samples", "1", *SHARD)
+    try:
+        env = {"AWS_ENDPOINT_URL": _url(proxy), "AWS_MAX_ATTEMPTS": "1",
+               "AVPREP_REMOTE_TRIES": "2"}  # fmt: skip
+        proc = run_cli(*args, env=env, check=False)
+    finally:
+        proxy.shutdown()
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"avprep: error: cannot write to {out_url}: remote: "), lines
+    assert "(after 2 tries)" in lines[0]
+    first = _tars(s3, out_url)
+    assert len(first) == 2
+    done = {r["video_id"] for r in read_manifest(_download(s3, out_url, tmp_path / "a")).to_pylist()}
+    assert len(done) == 2
+    run_cli(*args)
+    rows = _assert_exactly_once(_download(s3, out_url, tmp_path / "b"), 5, segments=1)
+    assert first <= _tars(s3, out_url)
+    assert {r["video_id"] for r in rows if r["run"] == 1} == done
+
+
+def test_a_worker_killed_mid_run_writing_to_the_bucket_is_replaced(s3, tmp_path):
+    """SIGKILL one worker while shards go to S3: its video is failed 'worker died', what it
+    had not committed is redone by its replacement, each input once."""
+    clips = tmp_path / "in"
+    clips.mkdir()
+    for i in range(8):
+        make_demo_video(clips / f"clip{i:02d}.mp4", duration_s=4.0, size=(96, 64),
+                        tone_hz=300 + 40 * i)  # fmt: skip
+    src = _upload(s3, clips, "killed-worker-in")
+    out_url = f"s3://{BUCKET}/killed-worker-out"
+    proc = subprocess.Popen([sys.executable, "-m", "avprep", "shard", src, "--out", out_url,
+                             "--workers", "2", "--shard-max-samples", "2", *SHARD],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not _tars(s3, out_url) and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        workers = [int(p.name) for p in Path("/proc").glob("[0-9]*")
+                   if _parent(int(p.name)) == proc.pid and b"spawn_main" in _cmdline(p)]  # fmt: skip
+        assert workers and proc.poll() is None
+        os.kill(workers[0], signal.SIGKILL)
+    finally:
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    rows = read_manifest(_download(s3, out_url, tmp_path / "got")).to_pylist()
+    assert Counter(r["source"] for r in rows) == Counter(f"{src}/clip{i:02d}.mp4" for i in range(8))
+    failed = [r for r in rows if r["status"] != "ok"]
+    assert len(failed) <= 1 and all(r["reason"] == "worker died (exit code -9)" for r in failed)
+    assert len(read_shards(tmp_path / "got")) == 2 * (8 - len(failed))
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cmdline(p: Path) -> bytes:
+    try:
+        return (p / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 # -- HTTP -------------------------------------------------------------------------------
