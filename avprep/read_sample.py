@@ -109,9 +109,18 @@ def npy_array(key: str, npy: bytes, meta: dict) -> np.ndarray:
         raise SampleError(f"sample {schema.shown(key)}: {e}") from None
     n = lay.shape[0] * lay.shape[1]
     flat = np.frombuffer(npy, dtype=lay.dtype, count=n, offset=lay.offset)
-    if not np.isfinite(flat).all():
+    if not all_finite(flat):
         raise SampleError(f"sample {schema.shown(key)}: {schema.SPEC} holds NaN or inf")
     return flat.reshape(lay.shape, order="F" if lay.fortran else "C")
+
+
+def all_finite(a: np.ndarray) -> bool:
+    """Whether every value of a float16 or float32 array is finite; float16 by its exponent
+    bits (all ones: inf or NaN), five times faster than ``np.isfinite``'s half floats."""
+    if a.dtype == np.float16 and (a.flags.c_contiguous or a.flags.f_contiguous):
+        bits = a.ravel(order="K").view(np.uint16)  # contiguous: a view, no copy
+        return not bits.size or int((bits & 0x7C00).max()) != 0x7C00
+    return bool(np.isfinite(a).all())
 
 
 def decode_jpegs(key: str, jpegs: list) -> np.ndarray:

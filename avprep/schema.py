@@ -40,6 +40,7 @@ import ast
 import hashlib
 import json
 import math
+import operator
 import re
 from typing import NamedTuple
 
@@ -81,6 +82,7 @@ MAX_FRAMES_BYTES = 1 << 34  # a frames member's bound (16 GiB: 1000 frames of 16
 MAX_COLUMNS = 10**7  # a spectrogram's bound (28 hours at 10 ms)
 MAX_JSON_TEXT = 1 << 20  # media_json, extra_json
 F16_MAX = 65504.0
+_NUMBER_TYPES = {int, float}  # exact types: a bool is not a number here
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _KEY = re.compile(r"^[A-Za-z0-9_-]+_[0-9]{4,}$")
@@ -237,10 +239,10 @@ def _check_sample(key: str, meta: object, suffixes: set[str]) -> dict:
     times = meta.get("frame_times")
     if not isinstance(times, list) or not 0 < len(times) <= MAX_FRAMES:
         raise SampleError(f"frame_times must be a list of 1..{MAX_FRAMES} times")
-    for t in times:
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t):
-            raise SampleError(f"frame_times holds {shown(t)}, not a finite number")
-    if any(b < a for a, b in zip(times, times[1:], strict=False)):
+    if not set(map(type, times)) <= _NUMBER_TYPES or not all(map(math.isfinite, times)):
+        bad = next(t for t in times if type(t) not in _NUMBER_TYPES or not math.isfinite(t))
+        raise SampleError(f"frame_times holds {shown(bad)}, not a finite number")
+    if not all(map(operator.le, times, times[1:])):  # C loops: 160 times in a few us
         raise SampleError("frame_times go back in time")
     if version == 2:
         return _check_v2(meta, suffixes)
@@ -259,11 +261,13 @@ def _check_v2(meta: dict, suffixes: set[str]) -> dict:
     offsets = meta.get("frame_offsets")
     if not isinstance(offsets, list) or len(offsets) != n + 1:
         raise SampleError(f"frame_offsets must be a list of {n + 1} byte offsets (frames + 1)")
-    for o in offsets:
-        if not isinstance(o, int) or isinstance(o, bool) or not 0 <= o <= MAX_FRAMES_BYTES:
-            raise SampleError(f"frame_offsets holds {shown(o)}, not a byte offset")
-    if offsets[0] != 0 or any(b <= a for a, b in zip(offsets, offsets[1:], strict=False)):
+    if not set(map(type, offsets)) <= {int}:
+        bad = next(o for o in offsets if type(o) is not int)
+        raise SampleError(f"frame_offsets holds {shown(bad)}, not a byte offset")
+    if offsets[0] != 0 or not all(map(operator.lt, offsets, offsets[1:])):
         raise SampleError("frame_offsets must start at 0 and increase (no empty frame)")
+    if offsets[-1] > MAX_FRAMES_BYTES:
+        raise SampleError(f"frame_offsets reach {offsets[-1]}, past {MAX_FRAMES_BYTES}")
     pad = _number(meta, "spec_min")
     if abs(pad) > F16_MAX:
         raise SampleError(f"spec_min {pad:g} is outside float16's range")
@@ -286,6 +290,24 @@ def _check_v2(meta: dict, suffixes: set[str]) -> dict:
     missing = [m for m in (JSON, FRAMES, SPEC) if m not in suffixes]
     if missing:
         raise SampleError(f"members missing: {', '.join(missing)}")
+    return out
+
+
+def readers_meta(meta: dict) -> dict:
+    """A sample json (parsed) as readers see it, not checked: for v2, ``media`` and ``extra``
+    parsed from their JSON text and ``label`` None where it is ``""``; v1 as it is. For code
+    that reads the json of shards it wrote (the manifest's rebuild on resume); shards of
+    strangers go through ``check_sample``."""
+    if not isinstance(meta, dict) or meta.get("schema_version") != 2:
+        return meta
+    out = dict(meta)
+    for name in ("media", "extra"):
+        try:
+            value = json.loads(meta.get(f"{name}_json") or "{}")
+        except (ValueError, TypeError, RecursionError):
+            value = {}
+        out[name] = value if isinstance(value, dict) else {}
+    out["label"] = meta.get("label") or None
     return out
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import webdataset as wds
 
 from avprep import ShardConfig, shard_videos
+from avprep.read_sample import decode_sample
 from avprep.synth import make_demo_video
 
 
@@ -25,12 +26,11 @@ def main(work: Path) -> None:
     print(f"ok={report.counts['ok']} segments={report.n_segments} shards={len(report.shards)}")
 
     urls = sorted(str(p) for p in (work / "shards").glob("*.tar"))
-    # npy members load with allow_pickle=False; frames decode to uint8 HxWx3.
-    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("rgb8")
+    # decode_sample: one call from a webdataset sample to arrays (npy loaded with
+    # allow_pickle=False, frames decoded to uint8, everything checked against the format).
+    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
     for sample in dataset:
-        meta = sample["json"]
-        frames = [sample[k] for k in sorted(sample) if k.endswith(".jpg")]
-        spec = sample["spec.npy"]
+        frames, spec, meta = decode_sample(sample)
         print(
             f"{sample['__key__']}: {len(frames)} frames {frames[0].shape} at "
             f"{meta['frame_times'][0]:.3f}..{meta['frame_times'][-1]:.3f} s, "

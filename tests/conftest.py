@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avprep import schema
+
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
@@ -107,7 +109,7 @@ def read_shards(out_dir: Path) -> dict[str, dict]:
                 s = samples[key]
                 s["shard"] = tar_path.name
                 if suffix == "json":
-                    s["json"] = readers_meta(json.loads(data))
+                    s["json"] = schema.readers_meta(json.loads(data))  # v2: media, extra parsed
                     seen_keys.append(key)
                 elif suffix == "spec.npy":
                     s["spec"] = np.load(io.BytesIO(data), allow_pickle=False)
@@ -120,15 +122,6 @@ def read_shards(out_dir: Path) -> dict[str, dict]:
                     s["flac"] = data
     assert len(seen_keys) == len(set(seen_keys)), "a sample key appears twice across shards"
     return dict(samples)
-
-
-def readers_meta(meta: dict) -> dict:
-    """A sample json as readers see it (``schema.check_sample``): a v2 json's ``media`` and
-    ``extra`` parsed from their JSON text, its ``label`` None where it is ``""``."""
-    if meta.get("schema_version") != 2:
-        return meta
-    return {**meta, "media": json.loads(meta["media_json"]), "extra": json.loads(meta["extra_json"]),
-            "label": meta["label"] or None}  # fmt: skip
 
 
 def decode_frames(sample: dict) -> np.ndarray:

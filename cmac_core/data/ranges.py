@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from avprep import schema
+from avprep.read_sample import all_finite
 from avprep.schema import SampleError
 
 
@@ -22,13 +23,14 @@ class CountingFile:
 
     def __init__(self, path: str) -> None:
         self.fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
         self.pos = 0
         self.bytes_read = 0
 
     # the part of a file object tarfile uses
     def read(self, n: int = -1) -> bytes:
         if n < 0:
-            n = max(0, os.fstat(self.fd).st_size - self.pos)
+            n = max(0, self.size - self.pos)
         data = os.pread(self.fd, n, self.pos)
         self.pos += len(data)
         self.bytes_read += len(data)
@@ -40,7 +42,7 @@ class CountingFile:
         elif whence == 1:
             self.pos += pos
         else:
-            self.pos = os.fstat(self.fd).st_size + pos
+            self.pos = self.size + pos
         return self.pos
 
     def tell(self) -> int:
@@ -129,7 +131,7 @@ class FileSpec:
         return self._finite(np.frombuffer(data, lay.dtype).reshape((n_mels, hi - lo), order="F"))
 
     def _finite(self, a: np.ndarray) -> np.ndarray:
-        if not np.isfinite(a).all():
+        if not all_finite(a):
             raise SampleError(f"sample {schema.shown(self.key)}: {schema.SPEC} holds NaN or inf")
         return a
 

@@ -40,7 +40,7 @@ from cmac_core.data.damage import (
     marker,
 )
 from cmac_core.data.ranges import CountingFile, FileFrames, FileSpec
-from cmac_core.data.shards import _is_url
+from cmac_core.data.shards import COMPRESSED, _is_url
 from cmac_core.data.stages import SafeDecode, check_members, parse_json
 
 JSON_MAX = 1 << 22  # a sample json's bound (4 MiB; avprep writes a few KB)
@@ -98,30 +98,28 @@ class ShardClips:
             yield marker(url, e, kind=SHARD)
             return
         try:
-            try:
-                tar = tarfile.open(fileobj=f, mode="r:")  # noqa: SIM115  (closed with f)
-            except (tarfile.TarError, OSError):  # compressed, or not a tar: the stream says why
+            head = f.pread(min(6, f.size), 0) if f.size else b""
+            if head.startswith(COMPRESSED):  # webdataset's stream decompresses it
                 yield from self._stream(shard)
-                return
-            yield from self._walk(shard, f, tar)
+            else:
+                yield from self._walk(shard, f)
         finally:
             self.bytes_read += f.bytes_read
             f.close()
 
-    def _walk(self, shard: dict, f: CountingFile, tar: tarfile.TarFile):
+    def _walk(self, shard: dict, f: CountingFile):
         url, n, first = shard["url"], 0, True
         key, group = None, {}
+        members = tar_members(f)
         while True:
             try:
-                m = tar.next()
-                tar.members.clear()  # headers are not kept: a shard may hold millions
-            except Exception as e:  # a header cut short or damaged: what the stream reports
+                m = next(members, None)
+            except Exception as e:  # a header cut short or damaged
                 yield marker(url, e, kind=SHARD)
                 return
-            name = None if m is None else m.name
-            if m is not None and (not m.isreg() or _skipped(name)):
+            if m is not None and (not m[3] or _skipped(m[0])):
                 continue
-            k, suffix = base_plus_ext(name) if m is not None else (None, None)
+            k, suffix = base_plus_ext(m[0]) if m is not None else (None, None)
             if m is not None and k is None:
                 continue
             if (m is None or k != key) and group:
@@ -138,9 +136,9 @@ class ShardClips:
                 key, group = k, {}
             suffix = suffix.lower()
             if suffix in group:
-                yield marker(url, f"{name}: duplicate file name in tar file {suffix}", kind=SHARD)
+                yield marker(url, f"{m[0]}: duplicate file name in tar file {suffix}", kind=SHARD)
                 return
-            group[suffix] = (m.offset_data, m.size)
+            group[suffix] = (m[1], m[2])
         if n == 0:
             yield marker(url, "holds no samples (an empty tar)", kind=SHARD)
 
@@ -184,6 +182,64 @@ class ShardClips:
             raise SampleError(f"sample {key}: {e}") from None
         return {"key": key, "meta": meta, "jpegs": FileFrames(f, frames_at, meta["frame_offsets"]),
                 "spec": FileSpec(f, key, spec_at, layout)}  # fmt: skip
+
+
+BLOCK = 512
+ZERO_BLOCK = bytes(BLOCK)
+
+
+def tar_members(f: CountingFile):
+    """``(name, data offset, size, is a regular file)`` of each member of the tar ``f``, read
+    from its 512-byte header alone (member data is never read here). Plain ustar headers
+    of regular files (what avprep writes) are parsed here; anything else (pax and GNU
+    long-name headers, links, base-256 sizes) by Python's tarfile. Raises
+    tarfile.ReadError for a damaged header or a member that runs past the end of the file.
+    """
+    pos = 0
+    while True:
+        if pos + BLOCK > f.size:
+            if pos < f.size:
+                raise tarfile.ReadError(f"unexpected end of data at byte {pos}")
+            return  # no end-of-archive marker: check_shard reports that before reading
+        buf = f.pread(BLOCK, pos)
+        if buf == ZERO_BLOCK:
+            return  # end of archive (tarfile stops at the first zero block too)
+        if _plain(buf):
+            name = buf[:100].split(b"\0", 1)[0]
+            prefix = buf[345:500].split(b"\0", 1)[0]
+            if prefix:
+                name = prefix + b"/" + name
+            size = int(buf[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            m = (name.decode("utf-8", "surrogateescape"), pos + BLOCK, size, True)
+            pos = pos + BLOCK + -(-size // BLOCK) * BLOCK
+        else:
+            f.seek(pos)
+            try:
+                info = tarfile.TarFile(fileobj=f, mode="r").firstmember
+            except tarfile.HeaderError as e:
+                raise tarfile.ReadError(f"damaged tar header at byte {pos}: {e}") from None
+            if info is None:
+                raise tarfile.ReadError(f"damaged tar header at byte {pos}")
+            data_blocks = -(-info.size // BLOCK) * BLOCK if info.isreg() else 0
+            m = (info.name, info.offset_data, info.size, info.isreg())
+            pos = info.offset_data + data_blocks
+        if m[3] and m[1] + m[2] > f.size:
+            raise tarfile.ReadError(f"unexpected end of data: {schema.shown(m[0])} runs past "
+                                    f"the end of the file")  # fmt: skip
+        yield m
+
+
+def _plain(buf: bytes) -> bool:
+    """Whether a header block is a plain ustar/GNU header of a regular file with an octal
+    size and a valid checksum."""
+    if buf[156:157] not in (b"0", b"\0") or buf[257:262] != b"ustar" or buf[124] & 0x80:
+        return False
+    try:
+        want = int(buf[148:156].split(b"\0", 1)[0].strip() or b"x", 8)
+        int(buf[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        return False
+    return want == 256 + sum(buf[:148]) + sum(buf[156:])
 
 
 def _skipped(name: str) -> bool:
