@@ -366,3 +366,26 @@ def test_a_stalled_loader_worker_ends_the_run_in_one_line():
         next(it)
     assert time.monotonic() - t0 < 20
     assert "data.loader_timeout_s" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_seek_reader_reads_long_names_and_hands_compressed_shards_to_the_stream(
+    demo_shards, tmp_path
+):
+    good = samples_of(tars(demo_shards)[0])
+    key, members = next(iter(good.items()))
+    long_key = "v" * 110 + "_0000"  # a name past ustar's 100 bytes: a pax header before it
+    meta = {**json.loads(members["json"]), "key": long_key, "video_id": "v" * 110}
+    folder = tmp_path / "long"
+    folder.mkdir()
+    write_tar(
+        folder / "long.tar", {long_key: {**members, "json": json.dumps(meta).encode()}, **good}
+    )
+    stage, out = _clips(folder, preset("tiny").data, seek=True)
+    assert [c["key"] for c in out] == [long_key, *good] and stage.samples_seeked == len(good) + 1
+    import gzip
+
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    (packed / "a.tar").write_bytes(gzip.compress(tars(demo_shards)[0].read_bytes()))
+    stage, out = _clips(packed, preset("tiny").data, seek=True)
+    assert [c["key"] for c in out] == list(good) and stage.samples_seeked == 0
