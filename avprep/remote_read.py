@@ -1,0 +1,158 @@
+"""Reading shards that ``avprep shard --out URL`` wrote: listing them, opening them for
+webdataset, counting their samples from the manifest, and the cheap tar check.
+
+For readers (``cmac_core.data``, ``avprep inspect``) that take a shard spec:
+
+- ``shard_urls(url)``: the committed ``*.tar`` of an output URL (a folder URL, or a
+  glob such as ``s3://b/shards/shard-r0000-*.tar``), sorted, as URLs of the same
+  protocol; hidden names (temporaries of renaming protocols) left out.
+- ``gopen(url, mode)``: the shard as a seekable, retried file (``remote.RemoteFile``);
+  ``register_webdataset()`` makes webdataset open every fsspec protocol that it has
+  no handler of its own for (``s3://``, ``az://``...) with it, so
+  ``wds.WebDataset(shard_urls(...))`` and ``tarfile_to_samples`` read them.
+- ``count_samples(urls)``: from the manifest parts beside the shards (one small read
+  per part), None where a part is missing (then count otherwise, or give ``--steps``).
+- ``check_shard(url)``: ``cmac_core.data.shards.check_shard``'s three-block test on a
+  remote shard (first header, end-of-archive marker), in ranged reads.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tarfile
+from typing import Any
+
+from avprep import manifest, remote, schema
+from avprep.errors import UsageError
+from avprep.urls import remote_scheme
+
+TAR_BLOCK = 512
+# webdataset's own handlers (wds.gopen.gopen_schemes) are kept for these
+_WDS_OWN = {"pipe", "http", "https", "ais", "sftp", "ftps", "scp", "gs", "htgs", "hf"}
+
+
+def is_fsspec_url(text: str) -> bool:
+    """A URL fsspec opens (``s3://``, ``gs://``...), not ``pipe:`` or a local path."""
+    return remote_scheme(text) is not None
+
+
+def shard_urls(url: str) -> list[str]:
+    """The committed shards under an output URL, or matching a glob URL, sorted;
+    UsageError in one line if there are none or the store cannot be listed."""
+    fs, path = remote.filesystem(url)
+    shown = remote.scrub(url)
+    glob = any(c in path for c in "*?[")
+    folder, pattern = (path.rsplit("/", 1) if glob else (path.rstrip("/"), "*"))
+    try:
+        names = remote.retry(lambda: fs.ls(folder, detail=False))
+    except remote.RemoteFailure as e:
+        if e.kind == remote.MISSING:
+            raise UsageError(f"no {schema.SHARD_SUFFIX} shards in {shown}") from None
+        raise UsageError(f"cannot list {shown}: {e.reason}") from None
+    found = []
+    for name in names:
+        base = name.rstrip("/").rsplit("/", 1)[-1]
+        if base.startswith(".") or not base.endswith(schema.SHARD_SUFFIX):
+            continue
+        if fnmatch.fnmatchcase(base, pattern):
+            found.append(fs.unstrip_protocol(f"{folder}/{base}"))
+    if not found:
+        raise UsageError(f"no {schema.SHARD_SUFFIX} shards in {shown}")
+    return sorted(found)
+
+
+def gopen(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any):
+    """webdataset's opener signature: ``url`` as a read-only seekable file."""
+    if "r" not in mode:
+        raise ValueError(f"{remote.scrub(url)}: shards are read only here")
+    try:
+        return remote.RemoteFile(url)
+    except remote.RemoteFailure as e:
+        raise OSError(f"{remote.scrub(url)}: {e.reason}") from None
+
+
+def register_webdataset(schemes: tuple[str, ...] | None = None) -> None:
+    """Make webdataset open fsspec URLs with ``gopen``: ``schemes``, default the installed
+    fsspec protocols webdataset has no handler of its own for."""
+    import importlib  # noqa: PLC0415
+
+    import fsspec  # noqa: PLC0415
+
+    # the module itself: ``webdataset.gopen`` is also the name of its function
+    wg = importlib.import_module("webdataset.gopen")
+
+    if schemes is None:
+        known = fsspec.available_protocols()
+        schemes = tuple(s for s in known if s not in _WDS_OWN and s not in ("file", "local"))
+    for s in schemes:
+        wg.gopen_schemes.setdefault(s, gopen)
+
+
+def count_samples(urls: list[str]) -> int | None:
+    """Samples in the shards ``urls`` (all under one output URL or several), summed from
+    their manifest parts; None if any part is missing or unreadable."""
+    by_folder: dict[str, set[str]] = {}
+    for u in urls:
+        folder, _, name = u.rpartition("/")
+        by_folder.setdefault(folder, set()).add(name)
+    total = 0
+    for folder, names in by_folder.items():
+        parts = {
+            f"{folder}/{schema.MANIFEST_DIR}/{n.removesuffix(schema.SHARD_SUFFIX)}.parquet": n
+            for n in names
+        }
+        fs, _ = remote.filesystem(folder)
+        try:
+            data = remote.retry(lambda fs=fs, parts=parts: fs.cat(list(parts), on_error="raise"))
+        except remote.RemoteFailure:
+            return None
+        for part_url, blob in zip(parts, _in_order(data, parts, fs), strict=True):
+            try:
+                table = manifest.read_part(part_url, blob)
+            except manifest.DamagedPart:
+                return None
+            total += sum(n or 0 for n in table.column("n_segments").to_pylist())
+    return total
+
+
+def _in_order(data: dict, urls: dict, fs) -> list[bytes]:
+    out = []
+    for u in urls:
+        key = u if u in data else fs._strip_protocol(u)
+        out.append(data[key])
+    return out
+
+
+COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
+
+
+def check_shard(url: str) -> str | None:
+    """Why remote shard ``url`` cannot be a readable tar, or None (three blocks read)."""
+    try:
+        f = remote.RemoteFile(url, block_bytes=4 * TAR_BLOCK)
+    except remote.RemoteFailure as e:
+        return f"cannot be read ({e.reason})"
+    try:
+        size = f.size or 0
+        if size == 0:
+            return "an empty file (0 bytes)"
+        head = f.read(TAR_BLOCK)
+        f.seek(max(0, size - 2 * TAR_BLOCK))
+        tail = f.read()
+        if f.failure is not None:
+            return f"cannot be read ({f.failure.reason})"
+    finally:
+        f.close()
+    if head.startswith(COMPRESSED):
+        return None
+    if size % TAR_BLOCK or size < 3 * TAR_BLOCK:
+        return f"not a tar ({size} bytes, not whole {TAR_BLOCK}-byte blocks)"
+    if not head.strip(b"\0"):
+        return "holds no samples (an empty tar)"
+    try:
+        tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
+    except tarfile.HeaderError:
+        return "not a tar (no tar header at its start)"
+    if tail.strip(b"\0"):
+        return "cut short (no end-of-archive marker)"
+    return None
