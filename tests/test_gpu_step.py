@@ -325,6 +325,7 @@ def test_sync_batchnorm_makes_two_ranks_match_one_process(tmp_path):
         assert (bn == {"GlobalBatchNorm": sum(count_batchnorms(model).values())}) == (
             mode == "on"
         ), bn
+    print(f"gradient cosine against one process: {cosine}")
     assert cosine["on"] > 0.9999 and cosine["off"] < 0.99, cosine
 
 
@@ -336,6 +337,7 @@ def test_bf16_embeddings_agree_with_float32(demo_shards, tiny_ckpt):
     from cmac_core.data.shards import resolve
     from cmac_core.embed.frozen import Frozen
     from cmac_core.embed.run import BF16_MIN_COSINE, precision_agreement
+    from cmac_core.embed.table import VECTORS
 
     frozen = Frozen.load(tiny_ckpt, torch.device("cpu"))
     loader = eval_loader(
@@ -343,5 +345,5 @@ def test_bf16_embeddings_agree_with_float32(demo_shards, tiny_ckpt):
     )
     batches = [(s["video"], s["spec"]) for s in itertools.islice(loader, 4) if "video" in s]
     worst = precision_agreement(frozen, batches)
-    assert set(worst) == {"z_v", "z_a", "f_v", "f_a"}
+    assert set(worst) == set(VECTORS) and len(batches) >= 2
     assert min(worst.values()) >= BF16_MIN_COSINE, worst

@@ -217,7 +217,7 @@ class AutocastChoice:
 def precision_agreement(
     frozen: Frozen, batches, dtype: torch.dtype = torch.bfloat16
 ) -> dict[str, float]:
-    """The lowest cosine similarity, per output (``VECTORS``: z_v, z_a, f_v, f_a), between
+    """The lowest cosine similarity, per output (``VECTORS``: embeddings and features), between
     each clip's float32 output and its output under ``torch.autocast(dtype)`` on the model's
     device, over ``batches`` of ``(video, spec)`` already on that device. Usable on CPU
     (autocast cpu bf16) as on CUDA."""
