@@ -37,6 +37,7 @@ from cmac_core.data.stages import SafeDecode, decode_jpegs
 from cmac_core.embed.frozen import Frozen
 from cmac_core.errors import CmacError
 from cmac_core.losses import cross_modal_target
+from cmac_core.watchdog import Watchdog, wait_for_all
 
 # A perceptual "inferno"-like ramp: dark purple -> red -> yellow.
 _RAMP = np.array(
@@ -126,7 +127,7 @@ def localize(
 
     Under torchrun each rank takes disjoint shards (``limit`` then counts per
     rank) and rank 0 writes the page once all are done; a rank that finishes early
-    waits on the rendezvous store, not in a collective (``distributed.wait_for_all``).
+    waits on the rendezvous store, not in a collective (``watchdog.wait_for_all``).
     A folder holds the maps of one checkpoint: another is refused.
     """
     if limit is not None and limit < 1:
@@ -135,7 +136,7 @@ def localize(
     if out.exists() and not out.is_dir():
         raise LocalizeError(f"{out} is a file, not a folder")
     info = distributed.init(device)
-    dog = distributed.Watchdog.start_for(info, what="segment", name_laggards=False)
+    dog = Watchdog.start_for(info, what="segment", name_laggards=False)
     try:
         frozen = Frozen.load(ckpt, info.device)
         urls = resolve(shards)[info.rank :: info.world_size]
@@ -147,7 +148,7 @@ def localize(
         made, skipped, damage = _maps(frozen, urls, out, limit, dog=dog)
         if dog is not None:
             dog.progress(made + skipped, "waiting for the other ranks to finish")
-        distributed.wait_for_all("localize", info)  # imbalanced shares: off any collective
+        wait_for_all("localize", info)  # imbalanced shares: off any collective
         made, skipped = (distributed.all_reduce_sum(x, info.device) for x in (made, skipped))
         total = Damage()
         for rank_damage in distributed.gather_objects(damage):

@@ -9,6 +9,11 @@ rank writes ``ranks/rank-R.json`` at the end.
 Nothing is written before every check has passed (a resume must keep the run's
 model, data and loss settings), and a run dir this run made is removed again
 when the run fails before its first step.
+
+A plain step makes no host-device sync (docs/cluster.md): a step whose loss or gradient
+norm is not finite is skipped on the device (``step_guard``), values reach the host only
+on log steps and before saves (``to_host``), and non-finite weights are never saved.
+Under torchrun each rank's ``Watchdog`` names a rank that stops answering.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ from cmac_core.metrics import Display, MetricsLog
 from cmac_core.models import ARCH_OF_METHOD, build
 from cmac_core.models.placement import sync_batchnorm, use_channels_last
 from cmac_core.schedule import WarmupCosine
+from cmac_core.step_guard import StepGuard, grad_norm, weights_finite
 from cmac_core.sync_task import make_task
+from cmac_core.watchdog import Watchdog
 
 
 class TrainingError(CmacError):
@@ -134,7 +141,7 @@ def pretrain(
     info = distributed.init(device, timeout_s=cfg.optim.collective_timeout_s)
     run_dir = Path(run_dir)
     lock = None
-    dog = distributed.Watchdog.start_for(info, what="step")
+    dog = Watchdog.start_for(info, what="step")
     try:
         lock, created = _lock_run_dir(run_dir, info.rank)
         try:
@@ -204,72 +211,6 @@ def _rank0_data_config(shards, cfg: PretrainConfig, info) -> PretrainConfig:
     if error is not None:
         raise ConfigError(error)
     return dataclasses.replace(cfg, data=result)
-
-
-class StepGuard:
-    """Skips the updates whose loss or gradient norm is not finite, with no host-device sync.
-
-    Per step, on the device: ``bad`` (the loss on any rank, or the global gradient norm,
-    not finite) goes to the fused optimizer as ``found_inf``, which then leaves weights and
-    state as they were; counters of skipped steps and of the current run of them follow.
-    The host reads them only with the values it logs, and before each save (``values``).
-    """
-
-    FIELDS = ("skipped", "streak", "start", "start_loss", "failed_at", "failed_loss")
-
-    def __init__(self, device: torch.device, *, limit: int, distributed_: bool) -> None:
-        self.limit, self.distributed = limit, distributed_
-        self.t = torch.zeros(len(self.FIELDS), dtype=torch.int64, device=device)
-        self.t[4] = -1  # failed_at: none yet
-
-    def gate(self, loss: torch.Tensor, grad_norm: torch.Tensor, step: int) -> torch.Tensor:
-        """The optimizer's ``found_inf`` (0-dim float32: 1 = skip this update)."""
-        loss_bad = (~torch.isfinite(loss.detach()).all()).to(torch.float32)
-        if self.distributed:  # the same decision on every rank: their weights stay equal
-            dist.all_reduce(loss_bad, op=dist.ReduceOp.MAX)
-        loss_bad = loss_bad > 0
-        bad = loss_bad | ~torch.isfinite(grad_norm)
-        skipped, streak, start, start_loss, failed_at, failed_loss = self.t.unbind()
-        starts = bad & (streak == 0)
-        start = torch.where(starts, step, start)
-        start_loss = torch.where(starts, loss_bad.long(), start_loss)
-        streak = (streak + 1) * bad.long()
-        hit = (streak >= self.limit) & (failed_at < 0)
-        self.t = torch.stack([skipped + bad.long(), streak, start, start_loss,
-                              torch.where(hit, start, failed_at), torch.where(hit, start_loss, failed_loss)])  # fmt: skip
-        return bad.to(torch.float32)
-
-    def values(self) -> torch.Tensor:
-        return self.t
-
-    def problem(self, values: list[int], *, current: bool = False) -> str | None:
-        """What went wrong, from ``values`` read on the host: a run of ``limit`` skipped
-        steps (or with ``current``, the run going on now), else None."""
-        v = dict(zip(self.FIELDS, (int(x) for x in values), strict=True))
-        if v["failed_at"] >= 0:
-            at, loss = v["failed_at"], v["failed_loss"]
-        elif current and v["streak"] > 0:
-            at, loss = v["start"], v["start_loss"]
-        else:
-            return None
-        what = "loss" if loss else "gradient norm"
-        return f"{what} is not finite at step {at} (nan/inf)"
-
-
-def _weights_finite(model: torch.nn.Module) -> torch.Tensor:
-    """0-dim bool on the device: every floating weight and buffer finite (max |x|: no
-    overflow, NaN propagates)."""
-    ts = [t.detach() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
-    return torch.isfinite(torch.stack(torch._foreach_norm(ts, float("inf")))).all()
-
-
-def _grad_norm(params, clip: float) -> torch.Tensor:
-    """The global gradient norm on the device (and the gradients clipped to ``clip`` > 0);
-    non-finite where any entry is, which the guard reads."""
-    if clip > 0:
-        return torch.nn.utils.clip_grad_norm_(params, clip)
-    grads = [p.grad for p in params if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 def to_host(t: torch.Tensor) -> list:
@@ -378,7 +319,7 @@ def _pretrain(
                 loss = out["loss"]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.found_inf = guard.gate(loss, _grad_norm(params, o.grad_clip), step)
+                optimizer.found_inf = guard.gate(loss, grad_norm(params, o.grad_clip), step)
                 optimizer.step()
                 step += 1
                 t2 = time.perf_counter()
@@ -475,7 +416,7 @@ def _save(run_dir, model, optimizer, cfg, schedule, step, per_epoch, is_main, ar
     """Write step-N.pt and last.pt (rank 0). Every rank first checks, in one transfer, that
     the weights are finite and the guard saw no run of non-finite steps: non-finite weights
     are never saved (the same answer on every rank, whose weights are equal)."""
-    checks = [_weights_finite(model).long().reshape(1)]
+    checks = [weights_finite(model).long().reshape(1)]
     if guard is not None:
         checks.append(guard.values())
     host = to_host(torch.cat(checks))

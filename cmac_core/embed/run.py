@@ -39,6 +39,7 @@ from cmac_core.embed.table import (
     table_schema,
     write_per_video,
 )
+from cmac_core.watchdog import Watchdog, wait_for_all
 
 
 @dataclass
@@ -84,7 +85,7 @@ def embed(
     ``precision`` auto: bf16 autocast on CUDA, once the first batch's embeddings agree with
     float32 ones (cosine >= ``BF16_MIN_COSINE``; else float32 throughout), float32
     elsewhere; or ``bfloat16`` / ``float32``. Ranks that finish early wait for the others
-    on the rendezvous store, not in a collective (``distributed.wait_for_all``).
+    on the rendezvous store, not in a collective (``watchdog.wait_for_all``).
     """
     _check_args(
         out_dir, batch_size=batch_size, clips_per_segment=clips_per_segment, workers=workers
@@ -95,7 +96,7 @@ def embed(
     info = distributed.init(device)
     out_dir = Path(out_dir)
     lock = None
-    dog = distributed.Watchdog.start_for(info, what="sample", name_laggards=False)
+    dog = Watchdog.start_for(info, what="sample", name_laggards=False)
     try:
         urls = resolve(shards)
         frozen = Frozen.load(ckpt, info.device)
@@ -135,7 +136,7 @@ def embed(
             writer.flush()  # every complete row counts, whatever stopped the run
         if dog is not None:
             dog.progress(clips, "waiting for the other ranks to finish")
-        distributed.wait_for_all("embed", info)  # imbalanced shares: off any collective
+        wait_for_all("embed", info)  # imbalanced shares: off any collective
         written, skipped, clips = (distributed.all_reduce_sum(x, info.device)
                                    for x in (writer.written, notes.skipped, clips))  # fmt: skip
         damage = Damage()
