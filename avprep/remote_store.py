@@ -152,12 +152,6 @@ class RemoteStore:
     def prepare(self) -> None:
         probe = f"{STATE_DIR}/.write-test-{socket.gethostname()}-{os.getpid()}"
         try:
-            self.staging.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(
-                f"cannot make the staging folder {self.staging}: {e.strerror or e}"
-            ) from e
-        try:
             remote.retry(lambda: self.fs.pipe_file(self._path(probe), b""))
         except remote.RemoteFailure as e:
             why = "its bucket does not exist" if e.kind == remote.MISSING else e.reason
@@ -203,7 +197,14 @@ class RemoteStore:
 
     def clean_temporaries(self) -> None:
         """What a killed run of this rank left: its staging folder, its hidden temporaries
-        (renaming protocols), its unfinished multipart uploads (S3)."""
+        (renaming protocols), its unfinished multipart uploads (S3). Made here, once the
+        rank's lease is held (a run refused leaves nothing behind)."""
+        try:
+            self.staging.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(
+                f"cannot make the staging folder {self.staging}: {e.strerror or e}"
+            ) from e
         for p in self.staging.glob("*"):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
