@@ -230,10 +230,13 @@ def test_seek_reader_reads_at_most_twice_the_bytes_a_clip_uses(demo_shards):
 
 def test_steps_per_epoch_reads_each_sample_once_with_several_clips(demo_shards):
     cfg = preset("tiny").data
+    n = train_stream(str(demo_shards), cfg, batch_size=2, workers=0).n_samples
     one = train_stream(str(demo_shards), cfg, batch_size=2, workers=0).steps_per_epoch
-    three = train_stream(str(demo_shards), DataConfig(**{**cfg.__dict__, "clips_per_sample": 3}),
-                         batch_size=2, workers=0).steps_per_epoch  # fmt: skip
-    assert three == 3 * one or three == (3 * one * 2 + 1) // 2  # n * 3 // batch
+    three = DataConfig(**{**cfg.__dict__, "clips_per_sample": 3})
+    assert one == n // 2
+    assert (
+        train_stream(str(demo_shards), three, batch_size=2, workers=0).steps_per_epoch == 3 * n // 2
+    )
 
 
 def test_v1_shards_are_read_as_a_stream_with_the_same_clips(demo_shards, v1_shards):
@@ -361,10 +364,8 @@ def test_a_stalled_loader_worker_ends_the_run_in_one_line():
     loader = torch.utils.data.DataLoader(_Stalls(), batch_size=None, num_workers=1, timeout=1)
     it = iter(TimedLoader(loader, 1))
     next(it)
-    t0 = time.monotonic()
-    with pytest.raises(LoaderTimeoutError) as caught:
+    with pytest.raises(LoaderTimeoutError) as caught:  # not the batch 30 s later
         next(it)
-    assert time.monotonic() - t0 < 20
     assert "data.loader_timeout_s" in str(caught.value) and "\n" not in str(caught.value)
 
 
