@@ -28,7 +28,7 @@ from avprep.urls import remote_scheme
 
 TAR_BLOCK = 512
 # webdataset's own handlers (wds.gopen.gopen_schemes) are kept for these
-_WDS_OWN = {"pipe", "http", "https", "ais", "sftp", "ftps", "scp", "gs", "htgs", "hf"}
+WDS_OWN = {"pipe", "http", "https", "ais", "sftp", "ftps", "scp", "gs", "htgs", "hf"}
 
 
 def is_fsspec_url(text: str) -> bool:
@@ -83,7 +83,7 @@ def register_webdataset(schemes: tuple[str, ...] | None = None) -> None:
 
     if schemes is None:
         known = fsspec.available_protocols()
-        schemes = tuple(s for s in known if s not in _WDS_OWN and s not in ("file", "local"))
+        schemes = tuple(s for s in known if s not in WDS_OWN and s not in ("file", "local"))
     for s in schemes:
         wg.gopen_schemes.setdefault(s, gopen)
 

@@ -2,7 +2,11 @@
 
 Shard specs: a directory written by ``avprep shard`` (its ``*.tar``), a glob, a
 brace pattern (``shards/shard-{000..009}.tar``), or any URL webdataset's gopen
-handles (``pipe:curl -s ...``, ``http://...``); several joined with ``::``.
+handles (``pipe:curl -s ...``, ``http://...``); several joined with ``::``. A URL of
+an fsspec protocol (``s3://b/shards/``, ``s3://b/shards/shard-r0000-*.tar``) is listed
+like a local folder or glob (``avprep.remote_read``), and webdataset opens ``s3://``
+and the other fsspec protocols it has no handler of its own for through fsspec with
+retries: registered when this module is imported, so in every loader worker too.
 """
 
 from __future__ import annotations
@@ -18,7 +22,17 @@ from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 
 from avprep import schema
+from avprep.errors import UsageError
 from cmac_core.errors import CmacError
+
+try:  # fsspec (the remote extra): webdataset opens s3:// and the like through it
+    import fsspec  # noqa: F401
+except ImportError:
+    remote_read = None
+else:
+    from avprep import remote_read
+
+    remote_read.register_webdataset()  # at import: spawned loader workers import this too
 
 
 class ShardSpecError(CmacError):
@@ -29,12 +43,41 @@ def _is_url(text: str) -> bool:
     return "://" in text or text.startswith("pipe:")
 
 
+def _is_fsspec(text: str) -> bool:
+    """A URL fsspec lists and opens (``s3://``, ``gs://``, ``https://``...), fsspec installed."""
+    return remote_read is not None and remote_read.is_fsspec_url(text)
+
+
+def _checked_remotely(url: str) -> bool:
+    """A shard URL that webdataset opens through fsspec (``remote_read.gopen``): ranged
+    reads work there, so it is checked before reading like a local shard."""
+    return _is_fsspec(url) and url.split("://", 1)[0].lower() not in remote_read.WDS_OWN
+
+
+def _lists(part: str) -> bool:
+    """Whether fsspec URL ``part`` names a folder or a glob (listed), not one shard."""
+    path = part.split("?", 1)[0] if part.lower().startswith("http") else part
+    base = path.rstrip("/").rsplit("/", 1)[-1]
+    if path.endswith("/") or any(c in path for c in "*?["):
+        return True
+    return ".tar" not in base and not base.endswith(".tgz")
+
+
+def _remote_shards(part: str) -> list[str]:
+    try:
+        return remote_read.shard_urls(part)
+    except UsageError as e:  # no shards there, a store that cannot be listed
+        raise ShardSpecError(str(e)) from None
+
+
 def resolve(spec: str | list[str]) -> list[str]:
     """The shard URLs of ``spec``, sorted where they come from a directory or glob; each once."""
     parts = spec if isinstance(spec, list) else str(spec).split("::")
     urls: list[str] = []
     for part in parts:
-        if _is_url(part):
+        if _is_fsspec(part) and "{" not in part and _lists(part):
+            urls.extend(_remote_shards(part))
+        elif _is_url(part):
             urls.extend(braceexpand(part))
         elif os.path.isfile(part):  # an existing file is itself, "[" or "{" in its name or not
             urls.append(part)
@@ -57,16 +100,26 @@ def resolve(spec: str | list[str]) -> list[str]:
 
 
 def count_samples(urls: list[str]) -> int | None:
-    """Samples in local shards: from the manifest beside them, else by reading tar headers.
+    """Samples in shards: local ones from the manifest beside them, else by reading tar
+    headers; fsspec URLs from the manifest parts beside them (``remote_read``).
 
-    None for remote URLs (then give ``--steps``).
+    None for other URLs (``pipe:``), or remote shards without their manifest parts (then
+    give ``--steps``).
     """
-    if any(_is_url(u) for u in urls):
+    remote = [u for u in urls if _is_url(u)]
+    if remote and not all(_is_fsspec(u) for u in remote):
         return None
+    total = 0
+    if remote:
+        counted = remote_read.count_samples(remote)
+        if counted is None:
+            return None
+        total += counted
     by_dir: dict[Path, set[str]] = {}
     for u in urls:
+        if _is_url(u):
+            continue
         by_dir.setdefault(Path(u).parent, set()).add(Path(u).name)
-    total = 0
     for folder, names in by_dir.items():
         counted = _from_manifest(folder, names)
         if counted is None:
@@ -138,11 +191,20 @@ def check_shard(path: str) -> str | None:
 
 
 def check_shards(urls: list[str]) -> tuple[list[str], dict[str, str]]:
-    """``(readable, damaged)``: the local shards that pass ``check_shard`` (remote URLs are
-    kept: they are checked as they are read), and why each other one does not."""
+    """``(readable, damaged)``: the shards that pass ``check_shard`` (local ones, and fsspec
+    URLs webdataset opens through fsspec: ``remote_read.check_shard``, three ranged reads
+    each, several shards at once; other URLs are kept: they are checked as they are
+    read), and why each other one does not."""
+    remote = [u for u in urls if _checked_remotely(u)]
+    whys = {}
+    if remote:
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        with ThreadPoolExecutor(min(16, len(remote))) as pool:
+            whys = dict(zip(remote, pool.map(remote_read.check_shard, remote), strict=True))
     good, bad = [], {}
     for url in urls:
-        why = None if _is_url(url) else check_shard(url)
+        why = whys.get(url) if _is_url(url) else check_shard(url)
         if why is None:
             good.append(url)
         else:
