@@ -3,10 +3,16 @@
 ``stats`` reads the manifest and the shard files' sizes only; ``contact_sheet``
 reads just the few samples it draws (chosen from the manifest, spread across
 the shards) and hands them to ``avprep.sheet`` to draw.
+
+The directory may be an output URL (``s3://bucket/shards``, any fsspec protocol): the
+manifest parts are read whole, the shards listed with their sizes in one listing, and
+the contact sheet's samples read from their shards in ranged reads
+(``avprep.remote.RemoteFile``), never the whole shard.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tarfile
 from collections import Counter
@@ -21,11 +27,16 @@ from rich.table import Table
 
 from avprep import manifest, read_sample, schema
 from avprep.errors import UsageError
+from avprep.urls import remote_scheme
 
 STATUSES = (manifest.OK, manifest.SKIPPED, manifest.FAILED)
 
 
-def _check_out_dir(shard_dir: Path) -> Path:
+def _check_out_dir(shard_dir: Path | str) -> Path | str:
+    """``shard_dir`` (a Path, or a URL without its trailing ``/``) if it is an avprep output
+    directory; UsageError in one line if not."""
+    if remote_scheme(str(shard_dir)):
+        return _check_out_url(str(shard_dir).rstrip("/"))
     shard_dir = Path(shard_dir)
     if not shard_dir.is_dir():
         raise UsageError(f"{shard_dir} is not a directory")
@@ -36,9 +47,48 @@ def _check_out_dir(shard_dir: Path) -> Path:
     return shard_dir
 
 
-def shard_paths(shard_dir: Path) -> list[Path]:
-    """Committed shards (``*.tar``; temporary ``*.tar.tmp`` ones are not counted), sorted."""
-    return sorted(Path(shard_dir).glob(f"*{schema.SHARD_SUFFIX}"))
+def _check_out_url(url: str) -> str:
+    from avprep import remote  # noqa: PLC0415  (fsspec only for URLs)
+
+    fs, path = remote.filesystem(url)
+    shown = remote.scrub(url)
+    try:
+        entries = remote.retry(lambda: fs.ls(path, detail=False))
+    except remote.RemoteFailure as e:
+        if e.kind == remote.MISSING:
+            raise UsageError(f"{shown} is not a directory") from None
+        raise UsageError(f"cannot list {shown}: {e.reason}") from None
+    if not entries:  # an object store lists a missing prefix as empty
+        raise UsageError(f"{shown} is not a directory")
+    if schema.MANIFEST_DIR not in {_name(e) for e in entries}:
+        raise UsageError(
+            f"{shown} is not an avprep output directory (no {schema.MANIFEST_DIR}/ folder)"
+        )
+    return url
+
+
+def _name(path: Path | str) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def shard_paths(shard_dir: Path | str) -> list[Path] | list[str]:
+    """Committed shards (``*.tar``; temporary ``*.tar.tmp`` ones are not counted), sorted:
+    Paths, or URLs for an output URL."""
+    return list(shard_sizes(shard_dir))
+
+
+def shard_sizes(shard_dir: Path | str) -> dict:
+    """``shard_paths`` -> each one's size in bytes (a URL's from one listing)."""
+    if remote_scheme(str(shard_dir)):
+        from avprep import remote_read  # noqa: PLC0415
+
+        try:
+            return {u: n or 0 for u, n in remote_read.shard_sizes(str(shard_dir)).items()}
+        except UsageError as e:
+            if str(e).startswith("no "):  # no shards (yet): counted as none
+                return {}
+            raise
+    return {p: p.stat().st_size for p in sorted(Path(shard_dir).glob(f"*{schema.SHARD_SUFFIX}"))}
 
 
 def shard_pattern(paths: list[Path]) -> str:
@@ -84,7 +134,7 @@ def reason_code(reason: str | None) -> str:
     return (reason or "unknown").split(":", 1)[0].strip() or "unknown"
 
 
-def stats(shard_dir: Path) -> dict[str, Any]:
+def stats(shard_dir: Path | str) -> dict[str, Any]:
     """Counts of an avprep output directory, as plain data.
 
     Returns ``shards`` (committed ``*.tar`` files), ``bytes`` (their size on
@@ -98,7 +148,8 @@ def stats(shard_dir: Path) -> dict[str, Any]:
     shard_dir = _check_out_dir(shard_dir)
     columns = ["status", "reason", "n_segments", "duration_s"]
     rows = manifest.read(shard_dir).select(columns).to_pylist()
-    tars = shard_paths(shard_dir)
+    sizes = shard_sizes(shard_dir)
+    tars = list(sizes)
     inputs = Counter({s: 0 for s in STATUSES})
     reasons: dict[str, Counter] = {manifest.SKIPPED: Counter(), manifest.FAILED: Counter()}
     examples: dict[str, str] = {}
@@ -116,7 +167,7 @@ def stats(shard_dir: Path) -> dict[str, Any]:
     return {
         "shard_dir": str(shard_dir),
         "shards": len(tars),
-        "bytes": sum(p.stat().st_size for p in tars),
+        "bytes": sum(sizes.values()),
         "samples": samples,
         "inputs": dict(inputs),
         "hours": seconds / 3600,
@@ -159,7 +210,7 @@ def print_stats(st: dict[str, Any], console: Console) -> None:
 # -- samples for the contact sheet ---------------------------------------------
 
 
-def choose_samples(shard_dir: Path, n_samples: int) -> list[tuple[Path, str]]:
+def choose_samples(shard_dir: Path | str, n_samples: int) -> list[tuple[Path | str, str]]:
     """Up to ``n_samples`` ``(shard path, key)`` pairs spread evenly over the shards.
 
     Keys come from the manifest's ok rows (video id x segment), so no tar is
@@ -173,13 +224,13 @@ def choose_samples(shard_dir: Path, n_samples: int) -> list[tuple[Path, str]]:
         ok = row["status"] == manifest.OK and row["shards"] and row["n_segments"]
         if ok and schema.is_key(f"{row['video_id']}_0000"):  # a stranger's manifest: ids checked
             videos.setdefault(row["shards"][0], []).append((row["video_id"], row["n_segments"]))
-    present = [p for p in shard_paths(shard_dir) if p.name in videos]
+    present = [p for p in shard_paths(shard_dir) if _name(p) in videos]
     if not present or n_samples <= 0:
         return []
     picks = Counter(int((i + 0.5) * len(present) / n_samples) for i in range(n_samples))
-    chosen: list[tuple[Path, str]] = []
+    chosen: list[tuple[Path | str, str]] = []
     for index, m in sorted(picks.items()):
-        shard_videos = sorted(videos[present[index].name])
+        shard_videos = sorted(videos[_name(present[index])])
         ends = np.cumsum([n for _, n in shard_videos])  # samples up to and including each video
         for k in sorted({int((r + 0.5) * ends[-1] / m) for r in range(m)}):
             v = int(np.searchsorted(ends, k, side="right"))
@@ -189,7 +240,7 @@ def choose_samples(shard_dir: Path, n_samples: int) -> list[tuple[Path, str]]:
 
 
 def read_samples(
-    pairs: list[tuple[Path, str]], problems: list[str] | None = None
+    pairs: list[tuple[Path | str, str]], problems: list[str] | None = None
 ) -> list[dict[str, Any]]:
     """Read the chosen samples: ``{"json": dict, "frames": [jpeg bytes] in order, "spec": array}``
     (``json`` as ``schema.check_sample`` gives it, in either schema version).
@@ -198,14 +249,14 @@ def read_samples(
     the last wanted sample; a key that is not in its shard is left out, and so is a sample
     that breaks the shard format (``schema.check_sample``), with a line in ``problems``.
     """
-    by_shard: dict[Path, set[str]] = {}
+    by_shard: dict[Path | str, set[str]] = {}
     for path, key in pairs:
         by_shard.setdefault(path, set()).add(key)
     raw: dict[str, dict[str, bytes]] = {}
     for path, wanted in by_shard.items():
         left = set(wanted)
         try:
-            with tarfile.open(path) as tar:
+            with _open_tar(path) as tar:
                 for member in tar:
                     key, _, suffix = member.name.partition(".")
                     if key not in wanted:
@@ -232,6 +283,29 @@ def read_samples(
     return out
 
 
+@contextlib.contextmanager
+def _open_tar(path: Path | str):
+    """A shard for reading: a local file, or a URL read in ranges as tarfile seeks (OSError
+    when its reads fail for good, as a local file's would)."""
+    if not remote_scheme(str(path)):
+        with tarfile.open(path) as tar:
+            yield tar
+        return
+    from avprep import remote  # noqa: PLC0415
+
+    try:
+        f = remote.RemoteFile(str(path))
+    except remote.RemoteFailure as e:
+        raise OSError(e.reason) from None
+    try:
+        with tarfile.open(fileobj=f) as tar:
+            yield tar
+        if f.failure is not None:  # a RemoteFile reads as ended once its retries are spent
+            raise OSError(f.failure.reason)
+    finally:
+        f.close()
+
+
 def _checked(key: str, members: dict[str, bytes]) -> dict[str, Any]:
     """One sample's members (either schema version), checked against the shard format, as
     ``read_samples`` gives it."""
@@ -247,7 +321,7 @@ def _checked(key: str, members: dict[str, bytes]) -> dict[str, Any]:
 
 
 def contact_sheet(
-    shard_dir: Path, png_path: Path, *, n_samples: int = 4, problems: list[str] | None = None
+    shard_dir: Path | str, png_path: Path, *, n_samples: int = 4, problems: list[str] | None = None
 ) -> Path:
     """Write a PNG of ``n_samples`` samples: frames and log-mel on one time axis per sample.
 

@@ -5,7 +5,8 @@ For readers (``cmac_core.data``, ``avprep inspect``) that take a shard spec:
 
 - ``shard_urls(url)``: the committed ``*.tar`` of an output URL (a folder URL, or a
   glob such as ``s3://b/shards/shard-r0000-*.tar``), sorted, as URLs of the same
-  protocol; hidden names (temporaries of renaming protocols) left out.
+  protocol; hidden names (temporaries of renaming protocols) left out. ``shard_sizes``:
+  the same with their sizes, from the one listing.
 - ``gopen(url, mode)``: the shard as a seekable, retried file (``remote.RemoteFile``);
   ``register_webdataset()`` makes webdataset open every fsspec protocol that it has
   no handler of its own for (``s3://``, ``az://``...) with it, so
@@ -39,26 +40,32 @@ def is_fsspec_url(text: str) -> bool:
 def shard_urls(url: str) -> list[str]:
     """The committed shards under an output URL, or matching a glob URL, sorted;
     UsageError in one line if there are none or the store cannot be listed."""
+    return list(shard_sizes(url))
+
+
+def shard_sizes(url: str) -> dict[str, int | None]:
+    """``shard_urls(url)`` with each shard's size in bytes (one listing; None where the
+    store does not say), in the same order."""
     fs, path = remote.filesystem(url)
     shown = remote.scrub(url)
     glob = any(c in path for c in "*?[")
-    folder, pattern = (path.rsplit("/", 1) if glob else (path.rstrip("/"), "*"))
+    folder, pattern = path.rsplit("/", 1) if glob else (path.rstrip("/"), "*")
     try:
-        names = remote.retry(lambda: fs.ls(folder, detail=False))
+        entries = remote.retry(lambda: fs.ls(folder, detail=True))
     except remote.RemoteFailure as e:
         if e.kind == remote.MISSING:
             raise UsageError(f"no {schema.SHARD_SUFFIX} shards in {shown}") from None
         raise UsageError(f"cannot list {shown}: {e.reason}") from None
-    found = []
-    for name in names:
-        base = name.rstrip("/").rsplit("/", 1)[-1]
+    found = {}
+    for entry in entries:
+        base = entry["name"].rstrip("/").rsplit("/", 1)[-1]
         if base.startswith(".") or not base.endswith(schema.SHARD_SUFFIX):
             continue
-        if fnmatch.fnmatchcase(base, pattern):
-            found.append(fs.unstrip_protocol(f"{folder}/{base}"))
+        if entry.get("type") != "directory" and fnmatch.fnmatchcase(base, pattern):
+            found[fs.unstrip_protocol(f"{folder}/{base}")] = entry.get("size")
     if not found:
         raise UsageError(f"no {schema.SHARD_SUFFIX} shards in {shown}")
-    return sorted(found)
+    return dict(sorted(found.items()))
 
 
 def gopen(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any):
