@@ -197,7 +197,10 @@ def run_shard(inputs: list[str], cfg) -> int:
 @app.command()
 def inspect(
     shard_dir: Path = typer.Argument(
-        ..., parser=opt.local_path, help="An avprep shard output directory.", show_default=False
+        ...,
+        parser=path_or_url,
+        help="An avprep shard output directory, or its URL (s3://bucket/shards).",
+        show_default=False,
     ),
     png: Path = typer.Option(
         None, "--png", parser=opt.local_path, help="Write a contact sheet of a few samples here."
