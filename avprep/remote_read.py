@@ -110,24 +110,41 @@ def count_samples(urls: list[str]) -> int | None:
         }
         fs, _ = remote.filesystem(folder)
         try:
-            data = remote.retry(lambda fs=fs, parts=parts: fs.cat(list(parts), on_error="raise"))
+            data = cat_each(fs, list(parts))
         except remote.RemoteFailure:
             return None
-        for part_url, blob in zip(parts, _in_order(data, parts, fs), strict=True):
+        for part_url in parts:
             try:
-                table = manifest.read_part(part_url, blob)
+                table = manifest.read_part(part_url, data[part_url])
             except manifest.DamagedPart:
                 return None
             total += sum(n or 0 for n in table.column("n_segments").to_pylist())
     return total
 
 
-def _in_order(data: dict, urls: dict, fs) -> list[bytes]:
-    out = []
-    for u in urls:
-        key = u if u in data else fs._strip_protocol(u)
-        out.append(data[key])
-    return out
+def cat_each(fs, urls: list[str]) -> dict[str, bytes]:
+    """Each of ``urls``' bytes, fetched together (``fs.cat``); after a transient failure only
+    those that failed are fetched again (``remote.retry``'s tries and backoff), so a store
+    that fails a few requests of many is no worse for a longer list. RemoteFailure."""
+    got: dict[str, bytes] = {}
+    left = list(urls)
+
+    def fetch() -> None:
+        data = fs.cat(left, on_error="return")
+        failed = []
+        for u in left:
+            value = data[u] if u in data else data.get(fs._strip_protocol(u))
+            if isinstance(value, bytes):
+                got[u] = value
+            else:  # an exception, or an object the store did not answer for
+                failed.append((u, value if isinstance(value, Exception) else FileNotFoundError(u)))
+        left[:] = [u for u, _ in failed]
+        if failed:  # a permanent failure (missing, denied) first: no more tries then
+            failed.sort(key=lambda f: remote.classify(f[1]) == remote.TRANSIENT)
+            raise failed[0][1]
+
+    remote.retry(fetch)
+    return got
 
 
 COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd

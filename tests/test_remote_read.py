@@ -1,0 +1,147 @@
+"""Reading shards from remote storage (issue 17's read side): pretrain, embed and inspect on
+an ``s3://`` output of ``avprep shard``, against moto's S3 server on loopback.
+
+Each test compares the bucket with a local copy of the same shards (downloaded, byte for
+byte): the same shard list and sample count, the same steps per epoch (no ``--steps``:
+the count comes from the manifest parts in the bucket), the same embedding rows, the
+same ``inspect`` counts. A server that fails some requests still trains. The servers and
+helpers are tests/test_remote.py's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import read_shards, run_cli
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto.server")
+
+from test_remote import (  # noqa: E402  (servers and helpers shared with the shard tests)
+    BUCKET,
+    SHARD,
+    ProxyHandler,
+    _download,
+    _serve,
+    _upload,
+    _url,
+    s3,  # noqa: F401  (fixture)
+    videos,  # noqa: F401  (fixture)
+)
+
+TINY = ("--config", "tiny", "--batch-size", "2", "--workers", "1")
+QUIET = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def shards(s3, videos, tmp_path_factory) -> tuple[str, Path]:  # noqa: F811
+    """Five 2 s clips sharded to ``s3://BUCKET/rr-shards`` (three shards), and a local copy."""
+    src = _upload(s3, videos, "rr-videos")
+    url = f"s3://{BUCKET}/rr-shards"
+    run_cli("shard", src, "--out", url, "--workers", "1", "--shard-max-samples", "2", *SHARD)
+    return url, _download(s3, url, tmp_path_factory.mktemp("rr") / "local")
+
+
+@pytest.fixture(scope="module")
+def trained(shards, tmp_path_factory) -> tuple[Path, Path]:
+    """One epoch of tiny pretraining from the bucket and from the local copy (no --steps)."""
+    url, local = shards
+    runs = tmp_path_factory.mktemp("rr-runs")
+    for name, spec in (("remote", url + "/"), ("local", str(local))):
+        run_cli("pretrain", spec, "--out", str(runs / name), *TINY, "--epochs", "1", env=QUIET)
+    return runs / "remote", runs / "local"
+
+
+def _steps(run: Path) -> list[int]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r["step"] for r in map(json.loads, lines) if "loss" in r]
+
+
+def test_the_bucket_resolves_counts_and_checks_as_its_local_copy(shards, s3):  # noqa: F811
+    from cmac_core.data.shards import check_shards, count_samples, resolve
+
+    url, local = shards
+    names = [p.name for p in sorted(local.glob("*.tar"))]
+    for spec in (url, url + "/", f"{url}/shard-*.tar"):
+        assert resolve(spec) == [f"{url}/{n}" for n in names]
+    assert resolve(f"{url}/{names[0]}") == [f"{url}/{names[0]}"]  # one shard is itself
+    assert len(names) == 3 and count_samples(resolve(url)) == count_samples(resolve(str(local))) == 5
+    cut = s3.cat_file(f"{BUCKET}/rr-shards/{names[0]}")
+    s3.pipe_file(f"{BUCKET}/rr-cut/{names[0]}", cut[: len(cut) // 2 // 512 * 512])
+    good, bad = check_shards([*resolve(url), f"s3://{BUCKET}/rr-cut/{names[0]}"])
+    assert good == resolve(url)
+    assert bad == {f"s3://{BUCKET}/rr-cut/{names[0]}": "cut short (no end-of-archive marker)"}
+    assert count_samples([f"s3://{BUCKET}/rr-cut/{names[0]}"]) is None  # no manifest there
+
+
+def test_pretrain_reads_an_epoch_from_the_bucket_without_steps(trained):
+    """The epoch's length comes from the bucket's manifest parts: the same steps as on disk."""
+    remote, local = trained
+    assert _steps(remote) == _steps(local) and len(_steps(remote)) >= 2
+    assert (remote / "last.pt").exists()
+
+
+def test_embed_from_the_bucket_gives_the_rows_of_the_local_copy(shards, trained, tmp_path):
+    import pyarrow.dataset as ds
+
+    from cmac_core.embed.table import VECTORS
+
+    url, local = shards
+    ckpt = trained[1] / "last.pt"
+    tables = {}
+    for name, spec in (("remote", url), ("local", str(local))):
+        out = tmp_path / name
+        run_cli("embed", spec, "--ckpt", str(ckpt), "--out", str(out), "--workers", "1",
+                "--device", "cpu", env=QUIET)  # fmt: skip
+        tables[name] = ds.dataset(str(out), format="parquet").to_table().sort_by("key")
+    a, b = tables["remote"], tables["local"]
+    assert a.column("key").to_pylist() == b.column("key").to_pylist() == sorted(read_shards(local))
+    for col in ("video_id", "segment", "start_s", "end_s", *VECTORS):
+        assert a.column(col).to_pylist() == b.column(col).to_pylist(), col
+
+
+def test_inspect_prints_the_counts_of_the_local_copy(shards, tmp_path):
+    url, local = shards
+    got = json.loads(run_cli("inspect", url, "--json", "--png", str(tmp_path / "s.png")).stdout)
+    want = json.loads(run_cli("inspect", str(local), "--json").stdout)
+    for key in ("shards", "bytes", "samples", "inputs", "hours", "reasons"):
+        assert got[key] == want[key], key
+    assert got["shard_dir"] == url and got["pattern"].startswith(f"{url}/shard-")
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    table = run_cli("inspect", url + "/").stdout
+    assert "samples" in table and " 5 " in table.split("samples", 1)[1].splitlines()[0] + " "
+
+
+@pytest.mark.parametrize("spec", ["s3://{bucket}/rr-none/", "s3://{bucket}/rr-shards/x-*.tar"])
+def test_no_shards_at_a_url_is_one_line(spec, shards, tmp_path):
+    proc = run_cli("pretrain", spec.format(bucket=BUCKET), "--out", str(tmp_path / "run"), *TINY,
+                   "--steps", "1", check=False)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "no .tar shards in s3://" in lines[0]
+    proc = run_cli("inspect", f"s3://{BUCKET}/rr-none", check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0] == f"avprep: error: s3://{BUCKET}/rr-none is not a directory"
+
+
+def test_a_server_that_fails_some_requests_still_trains(shards, tmp_path):
+    """Every 5th request to S3 is a 503 SlowDown (botocore's retries off): the listing, the
+    count, the checks and the loader workers' reads are retried; the epoch is whole."""
+    url, _ = shards
+    upstream = urlsplit(os.environ["AWS_ENDPOINT_URL"])
+    proxy = _serve(ProxyHandler, upstream=(upstream.hostname, upstream.port), fail_every=5,
+                   count=0, failed=0, deny=())  # fmt: skip
+    env = {**QUIET, "AWS_ENDPOINT_URL": _url(proxy), "AWS_MAX_ATTEMPTS": "1",
+           "AWS_RETRY_MODE": "standard", "AVPREP_REMOTE_TRIES": "8",
+           "AVPREP_REMOTE_BLOCK_BYTES": "65536"}  # fmt: skip
+    try:
+        run_cli("pretrain", url, "--out", str(tmp_path / "run"), *TINY, "--epochs", "1", env=env)
+    finally:
+        proxy.shutdown()
+    assert proxy.failed >= 3, proxy.failed
+    assert len(_steps(tmp_path / "run")) >= 2
