@@ -298,6 +298,7 @@ distributed.shutdown()
 """
 
 
+@pytest.mark.slow
 def test_sync_batchnorm_makes_two_ranks_match_one_process(tmp_path):
     """Two gloo ranks with half the clips each against one process with all of them: the
     gradients agree with GlobalBatchNorm (what optim.sync_batchnorm turns on for cmac and
