@@ -2,7 +2,8 @@
 
 A checkpoint is a dict of tensors and Python primitives: format name and
 version, package version, architecture, the config as a dict, the unwrapped
-model state_dict, optimizer and scheduler state, step and epoch.
+model state_dict, optimizer and scheduler state, step and epoch; a pretraining run's also
+where its data stream stands (``data_state``, for an exact resume).
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ def save(
     scheduler: dict[str, Any] | None = None,
     arch: str = "cmac",
     metrics: dict[str, float] | None = None,
+    data_state: dict[str, Any] | None = None,
 ) -> Path:
+    """``data_state``: where the training stream stands (``data.position.DataState``, plain
+    data), for an exact resume; absent from checkpoints of other runs."""
     path = Path(path)
     payload = {
         "format": FORMAT,
@@ -64,6 +68,7 @@ def save(
         "step": int(step),
         "epoch": int(epoch),
         "metrics": dict(metrics or {}),
+        **({"data_state": data_state} if data_state is not None else {}),
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

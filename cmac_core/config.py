@@ -281,6 +281,8 @@ class OptimConfig:
     # row stop the run. Checked every log_every_steps and before each save (no sync per step).
     max_nonfinite_steps: int = 10
     seed: int = 0
+    # Write each step's sample keys to keys/rank-R.jsonl in the run dir (what the run saw).
+    record_keys: bool = False
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "lr": Bound(0, 10, open_lo=True),

@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from avprep.outdir import try_lock
 from cmac_core import checkpoint, distributed
 from cmac_core.config import ConfigError, PretrainConfig
+from cmac_core.data import position
 from cmac_core.data.augment import finish_video
 from cmac_core.data.damage import Damage
 from cmac_core.data.loader import train_stream, with_spec_norm
@@ -235,6 +236,7 @@ def _pretrain(
     cfg = _rank0_data_config(shards, cfg, info)  # numbers recorded
     ckpt = _resume_from(run_dir, cfg, resume=resume, device=info.device)
     step = ckpt["step"] if ckpt else 0
+    saved_data = ckpt.get("data_state") if ckpt else None
     torch.manual_seed(o.seed + info.rank)
     cuda = info.device.type == "cuda"
     configure_backends(info.device, o)
@@ -258,6 +260,12 @@ def _pretrain(
         return TrainResult(run_dir, step, step / per_epoch if per_epoch else 0.0,
                            run_dir / "last.pt", None, 0.0, 0.0)  # fmt: skip
     schedule = WarmupCosine(o.lr, min(o.warmup_steps, max(1, total // 10)), total)
+    layout = position.DataState(info.world_size, o.workers, o.seed, 0,
+                                position.shards_digest(stream.urls))  # fmt: skip
+    layout.epoch, start, note = position.resume_point(saved_data, layout, rank=info.rank, step=step,
+                                                      per_epoch=per_epoch)  # fmt: skip
+    stream.start[:] = start  # each reader replays its stream to there, decoding nothing
+    at = position.Position(max(1, o.workers), start)
 
     model, arch = build_model(cfg, info)
     task = make_task(model, cfg.loss)
@@ -288,8 +296,11 @@ def _pretrain(
     damage = Damage()
     for line in stream.damage.lines():
         display.print(f"pretrain: {line}; left out")
+    if note is not None and info.is_main:
+        display.print(f"pretrain: {note}")
+    keylog = position.KeyLog(run_dir, info.rank, step=step) if o.record_keys else None
     try:
-        stream.epoch.set(step // per_epoch if per_epoch else step)  # a resumed run reshuffles anew
+        stream.epoch.set(layout.epoch)  # the epoch the stream started in seeds its order
         batches = iter(stream.loader)  # endless: one iterator for the whole run
         while step < total:
             t0 = time.perf_counter()
@@ -299,6 +310,9 @@ def _pretrain(
             if dog is not None:
                 dog.progress(step, "in the step")
             _note_damage(damage, batch.pop("damage"), display)
+            at.note(batch.pop(position.READER))
+            if keylog is not None:
+                keylog.write(step + 1, batch["key"])
             with observer(step) if observer is not None else contextlib.nullcontext():
                 video_u8 = batch["video"].to(info.device, non_blocking=True)
                 jitter = batch["jitter"].to(info.device, non_blocking=True)
@@ -336,12 +350,16 @@ def _pretrain(
                 if step % o.save_every_steps == 0 or step == total:
                     if dog is not None:
                         dog.progress(step, "saving a checkpoint")
+                    layout.readers = distributed.gather_objects(at.readers)
                     last_ckpt = _save(run_dir, model, optimizer, cfg, schedule, step, per_epoch,
-                                      info.is_main, arch, guard=guard, last_ckpt=last_ckpt)  # fmt: skip
+                                      info.is_main, arch, guard=guard, last_ckpt=last_ckpt,
+                                      data_state=layout.to_dict())  # fmt: skip
     finally:
         display.stop()
         if metrics is not None:
             metrics.close()
+        if keylog is not None:
+            keylog.close()
     (run_dir / "ranks" / f"rank-{info.rank:05d}.json").write_text(
         json.dumps(
             {"rank": info.rank, "world_size": info.world_size, "step": step, "samples": samples}
@@ -412,7 +430,8 @@ def _restore(model: torch.nn.Module, optimizer, ckpt: dict, path: Path) -> None:
 
 
 def _save(run_dir, model, optimizer, cfg, schedule, step, per_epoch, is_main, arch="cmac", *,
-          guard: StepGuard | None = None, last_ckpt: Path | None = None) -> Path:  # fmt: skip
+          guard: StepGuard | None = None, last_ckpt: Path | None = None,
+          data_state: dict | None = None) -> Path:  # fmt: skip
     """Write step-N.pt and last.pt (rank 0). Every rank first checks, in one transfer, that
     the weights are finite and the guard saw no run of non-finite steps: non-finite weights
     are never saved (the same answer on every rank, whose weights are equal)."""
@@ -433,7 +452,8 @@ def _save(run_dir, model, optimizer, cfg, schedule, step, per_epoch, is_main, ar
         tmp = run_dir / f".last.{os.getpid()}.tmp"
         try:
             checkpoint.save(run_dir / f"step-{step}.pt", model=model, optimizer=optimizer, config=cfg.to_dict(),
-                            step=step, epoch=epoch, scheduler=schedule.state_dict(), arch=arch)  # fmt: skip
+                            step=step, epoch=epoch, scheduler=schedule.state_dict(), arch=arch,
+                            data_state=data_state)  # fmt: skip
             try:
                 os.link(run_dir / f"step-{step}.pt", tmp)
             except OSError:  # file systems without hard links

@@ -20,6 +20,7 @@ from cmac_core.data.damage import (
     decode_or_marker,
     is_marker,
 )
+from cmac_core.data.position import Numbered, RotateReaders
 from cmac_core.data.seek import ShardClips
 from cmac_core.data.shards import EpochShards, SharedEpoch, check_shards, count_samples, resolve
 from cmac_core.data.stages import Augment, ClipWindow, DecodeFrames, SafeDecode, Shuffle
@@ -67,6 +68,7 @@ class TrainStream:
     n_samples: int | None
     steps_per_epoch: int | None  # batches per rank per epoch, equal on every rank
     damage: Damage  # shards left out before reading (empty, not tars, cut short)
+    start: list[list[int]]  # [clips, batches] per reader of this rank to resume at ([]: fresh)
 
 
 def first_preset(urls: list[str]) -> str | None:
@@ -102,12 +104,15 @@ def with_spec_norm(shards: str | list[str], cfg: DataConfig) -> DataConfig:
 
 
 def train_pipeline(urls: list[str], cfg: DataConfig, *, batch_size: int, rank: int, world_size: int,
-                   epoch: SharedEpoch, seed: int, seek: bool = True) -> wds.DataPipeline:  # fmt: skip
+                   epoch: SharedEpoch, seed: int, seek: bool = True,
+                   start: list[list[int]] | None = None) -> wds.DataPipeline:  # fmt: skip
     """Damaged samples and shards become markers (``cmac_core.data.damage``), are dropped
     before the shuffle buffer and after frame decoding, and ride on the next batch as
     ``batch["damage"]``; no error sleeps, and a stream with nothing readable left raises.
     ``seek``: read local v2 shards by seeking (``data.seek``; False: decode every sample
-    whole, as for v1 shards; the same clips either way)."""
+    whole, as for v1 shards; the same clips either way). ``start``: per loader worker of
+    this rank, ``[clips, batches]`` already trained on (``data.position``): each worker
+    replays its stream up to there without decoding a frame, and goes on exactly."""
     seeding = {"seed": seed, "rank": rank, "epoch": epoch}
     window = ClipWindow(cfg.clip_frames, audio_offset_max_s=cfg.audio_offset_max_s,
                         audio_seconds=cfg.audio_seconds, spec_preset=cfg.spec_preset,
@@ -120,10 +125,11 @@ def train_pipeline(urls: list[str], cfg: DataConfig, *, batch_size: int, rank: i
         # Shuffled once cut to its window: the buffer holds a clip's few JPEGs, not a
         # whole segment (~40 KB instead of ~800 KB at 16 fps, 10 s, 128 px).
         Shuffle(cfg.shuffle_buffer, initial=min(cfg.shuffle_buffer, 64), **seeding),
+        Numbered(start),  # a resume drops what was trained on here, before decoding
         wds.map(OrMarker(DecodeFrames())),
         DropDamaged(len(urls), cfg.clips_per_sample),
         wds.batched(batch_size, collation_fn=list, partial=False),
-        wds.map(Augment(cfg, **seeding)),
+        wds.map(Augment(cfg, start=start, **seeding)),
     )
 
 
@@ -138,11 +144,15 @@ def train_stream(
     seed: int = 0,
     pin_memory: bool = False,
     seek: bool = True,
+    start: list[list[int]] | None = None,
 ) -> TrainStream:
     """The training loader of ``shards``: an endless stream of augmented batches, equal in
     number on every rank. ``steps_per_epoch`` reads each sample once per epoch (with
     ``data.clips_per_sample`` clips of it); ``data.loader_timeout_s`` bounds the wait for a
-    worker's batch."""
+    worker's batch. ``stream.start`` (``start``, or an empty list): where this rank's
+    readers resume (``train_pipeline``), filled in place before the loader is iterated;
+    the stream's ``epoch`` must then be the one it started in."""
+    start = [] if start is None else start
     urls, bad = check_shards(resolve(shards))
     damage = Damage(cut_short=bad)
     if not urls:
@@ -161,7 +171,7 @@ def train_stream(
     n = count_samples(urls)
     steps = None if n is None else n * cfg.clips_per_sample // (world_size * batch_size)
     pipe = train_pipeline(urls, cfg, batch_size=batch_size, rank=rank, world_size=world_size,
-                          epoch=epoch, seed=seed, seek=seek)  # fmt: skip
+                          epoch=epoch, seed=seed, seek=seek, start=start)  # fmt: skip
     timeout = cfg.loader_timeout_s if workers > 0 else 0.0  # torch's timeout needs workers
     loader = wds.WebLoader(
         pipe,
@@ -171,6 +181,7 @@ def train_stream(
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
         timeout=timeout,
+        worker_init_fn=RotateReaders(start) if workers > 0 else None,
     )
     return TrainStream(loader=TimedLoader(loader, timeout), epoch=epoch, urls=urls, n_samples=n, steps_per_epoch=steps,
-                       damage=damage)  # fmt: skip
+                       damage=damage, start=start)  # fmt: skip

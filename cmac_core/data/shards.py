@@ -225,9 +225,17 @@ class SharedEpoch:
         return self.value.value
 
 
+# Which reader loader worker 0 plays (set in each worker by ``position.RotateReaders``): a
+# resumed stream's first batch is due from the reader after the last one trained on.
+_READER_OFFSET = [0]
+
+
 def worker_coords() -> tuple[int, int]:
+    """``(reader, readers)`` of this loader worker on its rank (``(0, 1)`` outside one)."""
     info = get_worker_info()
-    return (info.id, info.num_workers) if info is not None else (0, 1)
+    if info is None:
+        return (0, 1)
+    return ((info.id + _READER_OFFSET[0]) % info.num_workers, info.num_workers)
 
 
 class EpochShards(IterableDataset):

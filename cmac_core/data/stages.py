@@ -236,17 +236,35 @@ class Augment(_Seeded):
     loader worker allocates in shared memory (as ``default_collate`` does), so
     no clip is copied again on its way to the trainer; the trainer applies the
     colour jitter and normalisation on its device (``augment.finish_video``).
+
+    Each batch draws from its own generator, seeded per (seed, epoch, rank, loader worker,
+    batch index): a resumed reader (``start``, ``data.position``) needs no replay of the
+    batches before. Training batches add ``"reader"``: ``{"worker", "clips", "batches"}``,
+    where that worker's stream stands after this batch (clips numbered by
+    ``position.Numbered``).
     """
 
     STREAM = 2
 
-    def __init__(self, data_cfg, *, train: bool = True, **seeding) -> None:
+    def __init__(self, data_cfg, *, train: bool = True, start: list[list[int]] | None = None,
+                 **seeding) -> None:  # fmt: skip
         super().__init__(**seeding)
-        self.cfg, self.train = data_cfg, train
+        self.cfg, self.train, self.start = data_cfg, train, start
+        self._batch: int | None = None
+
+    def batch_rng(self) -> np.random.Generator:
+        """The next batch's generator (and its index, counted in ``self._batch``)."""
+        worker, _ = worker_coords()
+        if self._batch is None:
+            self._batch = self.start[worker][1] if self.start else 0
+        epoch = self.epoch.get() if self.epoch is not None else 0
+        self._batch += 1
+        return np.random.default_rng([self.seed, epoch, self.rank, worker, self.STREAM,
+                                      self._batch - 1])  # fmt: skip
 
     def __call__(self, clips: list[dict]) -> dict:
         c = self.cfg
-        rng = self.rng() if self.train else None
+        rng = self.batch_rng() if self.train else None
         video = batch_tensor(
             (len(clips), 3, len(clips[0]["frames"]), c.crop_px, c.crop_px), torch.uint8
         )
@@ -276,7 +294,9 @@ class Augment(_Seeded):
             "spec": default_collate(specs),  # in a loader worker: stacked into shared memory
             "start_s": torch.tensor([s["window"].start_s for s in clips], dtype=torch.float64),
             **sync,
-        }
+            **({"reader": {"worker": worker_coords()[0], "clips": clips[-1]["_n"],
+                           "batches": self._batch}} if self.train and "_n" in clips[-1] else {}),
+        }  # fmt: skip
 
 
 def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
