@@ -72,7 +72,7 @@ def pair_decidable(meta: dict, pair: SyncPair, *, tolerance_s: float) -> bool | 
     length = pair.aligned.n_columns * hop
     a = strikes_in(onsets, spec_start + pair.aligned.first_column * hop, length)
     b = strikes_in(onsets, spec_start + pair.shifted.first_column * hop, length)
-    return len(a) != len(b) or any(abs(x - y) > tolerance_s for x, y in zip(a, b))
+    return len(a) != len(b) or any(abs(x - y) > tolerance_s for x, y in zip(a, b, strict=True))
 
 
 def held_out_pair(sample: dict, frozen_cfg, *, min_shift_s: float, seed: int):

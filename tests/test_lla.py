@@ -18,10 +18,10 @@ from conftest import kill_when, run_cli
 
 from avprep.schema import SampleError
 from cmac_core.config import ConfigError, preset
+from cmac_core.data.clip import Window
 from cmac_core.data.damage import ShardSamples, decode_or_marker, is_marker
 from cmac_core.data.loader import train_stream, with_spec_norm
 from cmac_core.data.stages import ClipWindow, SafeDecode
-from cmac_core.data.clip import Window
 from cmac_core.data.sync import SyncPair, shift_range, sync_pair
 from cmac_core.embed.frozen import Frozen
 from cmac_core.models import build

@@ -67,7 +67,9 @@ def test_targets_get_no_gradient_and_the_copy_is_not_a_parameter():
 
 def test_avid_ignores_the_momentum_and_bad_values_are_refused():
     cfg = preset("tiny")
-    avid = PretrainTask(build("cmac", cfg.model), cfg.replace("loss", method="avid", target_momentum=0.9).loss)
+    avid = PretrainTask(
+        build("cmac", cfg.model), cfg.replace("loss", method="avid", target_momentum=0.9).loss
+    )
     assert avid.teacher is None
     with pytest.raises(ConfigError, match="target_momentum"):
         cfg.replace("loss", target_momentum=1.0)
