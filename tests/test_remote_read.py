@@ -104,6 +104,18 @@ def test_embed_from_the_bucket_gives_the_rows_of_the_local_copy(shards, trained,
         assert a.column(col).to_pylist() == b.column(col).to_pylist(), col
 
 
+def test_localize_from_the_bucket_maps_what_the_local_copy_maps(shards, trained, tmp_path):
+    url, local = shards
+    ckpt = trained[1] / "last.pt"
+    maps = {}
+    for name, spec in (("remote", url), ("local", str(local))):
+        out = tmp_path / name
+        run_cli("localize", spec, "--ckpt", str(ckpt), "--out", str(out), "--limit", "3",
+                "--device", "cpu", env=QUIET)  # fmt: skip
+        maps[name] = {p.name: p.read_bytes() for p in out.glob("*.npy")}
+    assert maps["remote"] == maps["local"] and len(maps["remote"]) >= 3
+
+
 def test_inspect_prints_the_counts_of_the_local_copy(shards, tmp_path):
     url, local = shards
     got = json.loads(run_cli("inspect", url, "--json", "--png", str(tmp_path / "s.png")).stdout)
