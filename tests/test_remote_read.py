@@ -69,7 +69,8 @@ def test_the_bucket_resolves_counts_and_checks_as_its_local_copy(shards, s3):  #
     for spec in (url, url + "/", f"{url}/shard-*.tar"):
         assert resolve(spec) == [f"{url}/{n}" for n in names]
     assert resolve(f"{url}/{names[0]}") == [f"{url}/{names[0]}"]  # one shard is itself
-    assert len(names) == 3 and count_samples(resolve(url)) == count_samples(resolve(str(local))) == 5
+    assert len(names) == 3
+    assert count_samples(resolve(url)) == count_samples(resolve(str(local))) == 5
     cut = s3.cat_file(f"{BUCKET}/rr-shards/{names[0]}")
     s3.pipe_file(f"{BUCKET}/rr-cut/{names[0]}", cut[: len(cut) // 2 // 512 * 512])
     good, bad = check_shards([*resolve(url), f"s3://{BUCKET}/rr-cut/{names[0]}"])
