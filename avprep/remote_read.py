@@ -97,7 +97,8 @@ def register_webdataset(schemes: tuple[str, ...] | None = None) -> None:
 
 def count_samples(urls: list[str]) -> int | None:
     """Samples in the shards ``urls`` (all under one output URL or several), summed from
-    their manifest parts; None if any part is missing or unreadable."""
+    their manifest parts; None if any part is missing or unreadable, or fsspec cannot
+    open the protocol (webdataset may: ``gs://`` through gsutil)."""
     by_folder: dict[str, set[str]] = {}
     for u in urls:
         folder, _, name = u.rpartition("/")
@@ -108,10 +109,10 @@ def count_samples(urls: list[str]) -> int | None:
             f"{folder}/{schema.MANIFEST_DIR}/{n.removesuffix(schema.SHARD_SUFFIX)}.parquet": n
             for n in names
         }
-        fs, _ = remote.filesystem(folder)
         try:
+            fs, _ = remote.filesystem(folder)
             data = cat_each(fs, list(parts))
-        except remote.RemoteFailure:
+        except (remote.RemoteFailure, UsageError):  # or a protocol fsspec cannot open here
             return None
         for part_url in parts:
             try:
