@@ -210,7 +210,7 @@ def rows_from_shard(
         for member in tar:
             if not member.name.endswith("." + schema.JSON):
                 continue
-            meta = json.loads(tar.extractfile(member).read())
+            meta = schema.readers_meta(json.loads(tar.extractfile(member).read()))  # v1 or v2
             vid = meta["video_id"]
             if vid not in videos:
                 media = dict(meta.get("media") or {})
