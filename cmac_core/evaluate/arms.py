@@ -9,6 +9,7 @@ model could learn from is gone, so anything that arm "localizes" is a shortcut.
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 from dataclasses import dataclass
@@ -95,7 +96,8 @@ def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
 
 def shuffled_audio_copy(src_dir: str | Path, dst_dir: str | Path, *, seed: int) -> dict[str, str]:
     """Copy every shard of ``src_dir`` to ``dst_dir`` with each sample's spectrogram member
-    exchanged for another video's. Samples are grouped by their spectrogram's size in
+    exchanged for another video's (and, in v2, the json's ``spec_min`` with it: the
+    padding value of the spectrogram it now holds). Samples are grouped by their spectrogram's size in
     bytes (same shape, so every json still describes its new spectrogram) and deranged
     within a group along one random cycle, so no sample keeps its own audio; a copy in
     which a sample would hold another segment of its own video is refused. Returns ``{key: key whose audio it now holds}``. Each shard is
@@ -106,11 +108,16 @@ def shuffled_audio_copy(src_dir: str | Path, dst_dir: str | Path, *, seed: int) 
         raise ArmError(f"no shards in {src}")
     contents = {p.name: _read(p) for p in shards}
     specs: dict[str, bytes] = {}
+    spec_mins: dict[str, float] = {}  # v2 jsons carry their spectrogram's minimum (padding)
     for members in contents.values():
         for info, data in members:
             key, member = _split(info.name)
             if member == SPEC_MEMBER:
                 specs[key] = data
+            elif member == schema.JSON:
+                meta = json.loads(data)
+                if "spec_min" in meta:
+                    spec_mins[key] = meta["spec_min"]
     groups: dict[int, list[str]] = {}
     for key in sorted(specs):
         groups.setdefault(len(specs[key]), []).append(key)
@@ -135,6 +142,8 @@ def shuffled_audio_copy(src_dir: str | Path, dst_dir: str | Path, *, seed: int) 
                 key, member = _split(info.name)
                 if member == SPEC_MEMBER:
                     data = specs[donor[key]]
+                elif member == schema.JSON and donor[key] in spec_mins:
+                    data = json.dumps({**json.loads(data), "spec_min": spec_mins[donor[key]]}).encode()
                 new = tarfile.TarInfo(info.name)
                 new.size, new.mtime, new.mode = len(data), info.mtime, info.mode
                 tar.addfile(new, io.BytesIO(data))
