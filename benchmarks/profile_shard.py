@@ -67,7 +67,7 @@ def instrument() -> None:
     """Wrap the parts of the worker's path in timers (this process only)."""
     import decord  # noqa: PLC0415
 
-    from avprep import decode, sample, writer  # noqa: PLC0415
+    from avprep import decode, read_sample, sample, writer  # noqa: PLC0415
     from avprep.spectrogram import LogMel  # noqa: PLC0415
 
     sample.probe = timed("probe (ffprobe)", sample.probe)
@@ -82,7 +82,7 @@ def instrument() -> None:
     decode.DecordFrames.encode_jpeg = staticmethod(
         timed("JPEG encode (simplejpeg)", decode.DecordFrames.encode_jpeg)
     )
-    sample.encode_npy = timed("spectrogram .npy", sample.encode_npy)
+    read_sample.encode_npy = timed("spectrogram .npy", read_sample.encode_npy)  # what sample_members calls
     writer.ShardWriter.add = timed("tar writing (headers + write)", writer.ShardWriter.add)
     writer.ShardWriter.commit = timed("shard commit (fsync + rename)", writer.ShardWriter.commit)
 
