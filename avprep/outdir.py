@@ -198,6 +198,12 @@ class OutputDir:
             diff = sorted(k for k in want if have.get(k) != want[k])
             if diff:
                 shown = ", ".join(f"{k}={have.get(k)!r} (now {want[k]!r})" for k in diff)
+                if "schema_version" in diff:
+                    raise UsageError(
+                        f"{self.root} holds schema v{have.get('schema_version')} shards and this avprep "
+                        f"writes v{want['schema_version']}: use a new --out (readers take both; "
+                        "avprep.read_sample.convert_shard rewrites a shard as v2)"
+                    )
                 raise UsageError(
                     f"{self.root} holds shards made with other settings: {shown}; "
                     "use a new --out or the same settings"

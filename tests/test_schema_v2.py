@@ -390,3 +390,20 @@ def test_seek_reader_reads_long_names_and_hands_compressed_shards_to_the_stream(
     (packed / "a.tar").write_bytes(gzip.compress(tars(demo_shards)[0].read_bytes()))
     stage, out = _clips(packed, preset("tiny").data, seek=True)
     assert [c["key"] for c in out] == list(good) and stage.samples_seeked == 0
+
+
+def test_resuming_a_v1_output_folder_says_so_in_one_line(demo_shards, tmp_path):
+    """A folder sharded by an avprep that wrote v1 is not extended with v2 shards."""
+    out = tmp_path / "out"
+    out.mkdir()
+    videos = demo_shards.parent / "videos"
+    run_cli("shard", str(videos), "--out", str(out), "--segment-seconds", "2", "--workers", "1", "--quiet")
+    state = out / ".avprep" / "shard-config.json"
+    config = json.loads(state.read_text())
+    state.write_text(json.dumps({**config, "schema_version": 1}))
+    before = sorted(p.name for p in out.rglob("*"))
+    proc = run_cli("shard", str(videos), "--out", str(out), "--segment-seconds", "2", "--workers", "1",
+                   check=False)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "holds schema v1 shards and this avprep writes v2" in proc.stderr
+    assert sorted(p.name for p in out.rglob("*")) == before
