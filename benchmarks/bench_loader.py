@@ -356,6 +356,35 @@ def bound_run(shards: Path, cfg: DataConfig, workers: int, batch: int, seed: int
     return timed(data_loader(ds, workers), workers, **n)
 
 
+def first_batch_run(shards: Path, cfg: DataConfig, workers: int, batch: int, seed: int, *,
+                    at: int) -> dict:  # fmt: skip
+    """Seconds from making the loader to its first batch: fresh, and resumed ``at`` batches
+    in (``data.position``: each reader replays headers, json and windows, decodes nothing
+    it skips), and whether the resumed first batch is the uninterrupted stream's."""
+    from cmac_core.data.position import Position  # noqa: PLC0415
+
+    def first(start=None):
+        t0 = time.perf_counter()
+        stream = train_stream(str(shards), cfg, batch_size=batch, workers=workers, seed=seed,
+                              start=start)  # fmt: skip
+        it = iter(stream.loader)
+        keys = next(it)["key"]
+        wall = time.perf_counter() - t0
+        del it
+        return wall, keys
+
+    stream = train_stream(str(shards), cfg, batch_size=batch, workers=workers, seed=seed)
+    pos, it = Position(max(1, workers)), iter(stream.loader)
+    for _ in range(at):
+        pos.note(next(it)["reader"])
+    want = next(it)["key"]
+    del it
+    fresh, _ = first()
+    resumed, keys = first([list(r) for r in pos.readers])
+    return {"workers": workers, "at_batches": at, "fresh_s": fresh, "resumed_s": resumed,
+            "same_batch": keys == want}  # fmt: skip
+
+
 def source_run(videos: list[dict], cfg: DataConfig, workers: int, batch: int, seed: int, **n):
     ds = FromSource(videos, cfg, batch_size=batch, seed=seed)
     return timed(data_loader(ds, workers), workers, **n)
@@ -453,6 +482,8 @@ def main() -> None:
     ap.add_argument("--sides", default="v1,v2,v1read,v2read,bound,boundaug", help="Which sides to run "
                     f"({','.join(s for s, _ in SIDES)}).")  # fmt: skip
     ap.add_argument("--clips-per-sample", type=int, default=1, help="data.clips_per_sample.")
+    ap.add_argument("--first-batch", type=int, default=0, help="Also time the first batch of a "
+                    "fresh loader and of one resumed this many batches in (0: not).")  # fmt: skip
     args = ap.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     sides = [s for s, _ in SIDES if s in args.sides.split(",")]
@@ -508,6 +539,15 @@ def main() -> None:
         res["by_workers"].append(row)
     res["machine"]["loadavg_after"] = os.getloadavg()[0]
     print_report(res)
+    if args.first_batch:
+        res["first_batch"] = []
+        for w in workers:
+            for rep in range(args.repeats):
+                r = first_batch_run(shard_dir, cfg, w, bs, rep, at=args.first_batch)
+                res["first_batch"].append(r)
+                print(f"first batch, {w} workers: fresh {r['fresh_s']:.2f} s, resumed "
+                      f"{args.first_batch} batches in {r['resumed_s']:.2f} s "
+                      f"(the same batch: {r['same_batch']})")  # fmt: skip
     if args.json is not None:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
 
