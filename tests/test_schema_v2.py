@@ -397,13 +397,13 @@ def test_resuming_a_v1_output_folder_says_so_in_one_line(demo_shards, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     videos = demo_shards.parent / "videos"
-    run_cli("shard", str(videos), "--out", str(out), "--segment-seconds", "2", "--workers", "1", "--quiet")
+    args = ("shard", str(videos), "--out", str(out), "--segment-seconds", "2", "--workers", "1")
+    run_cli(*args, "--quiet")
     state = out / ".avprep" / "shard-config.json"
     config = json.loads(state.read_text())
     state.write_text(json.dumps({**config, "schema_version": 1}))
     before = sorted(p.name for p in out.rglob("*"))
-    proc = run_cli("shard", str(videos), "--out", str(out), "--segment-seconds", "2", "--workers", "1",
-                   check=False)  # fmt: skip
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "holds schema v1 shards and this avprep writes v2" in proc.stderr
+    proc = run_cli(*args, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "holds schema v1 shards and this avprep writes v2" in proc.stderr
     assert sorted(p.name for p in out.rglob("*")) == before
