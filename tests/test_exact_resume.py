@@ -18,7 +18,7 @@ from conftest import run_cli
 
 from cmac_core.config import preset
 from cmac_core.data.loader import train_stream
-from cmac_core.data.position import Position, read_keys
+from cmac_core.data.position import DataState, Position, read_keys, resume_point, shards_digest
 
 ENV = {"OMP_NUM_THREADS": "1"}
 
@@ -45,6 +45,25 @@ def test_a_resumed_loader_goes_on_with_the_same_batches(demo_shards, workers):
     for at in (3, 8):  # mid-epoch (9 batches of 2 per epoch), and past the first epoch
         rest, _ = _batches(demo_shards, workers=workers, n=14 - at, start=states[at - 1])
         assert rest == keys[at:], at
+
+
+def test_a_layout_change_or_a_damaged_position_resumes_with_one_line():
+    layout = DataState(2, 1, 0, 0, shards_digest(["a.tar", "b.tar"]))
+    layout.readers = [[[10, 5]], [[8, 5]]]
+    saved = layout.to_dict()
+    assert resume_point(saved, layout, rank=1, step=10, per_epoch=4) == (0, [[8, 5]], None)
+    assert resume_point(None, layout, rank=0, step=0, per_epoch=4) == (0, [], None)
+    one = DataState(1, 1, 0, 0, layout.shards)
+    epoch, start, note = resume_point(saved, one, rank=0, step=10, per_epoch=9)
+    assert (epoch, start) == (1, []) and "world size 2 -> 1" in note
+    two = DataState(2, 2, 0, 0, layout.shards)
+    _, _, note = resume_point(saved, two, rank=0, step=10, per_epoch=9)
+    assert "loader workers 1 -> 2" in note
+    for bad in ({**saved, "readers": [[["x", 1]]]}, {**saved, "epoch": -1}, {"version": 1}):
+        epoch, start, note = resume_point(bad, layout, rank=0, step=10, per_epoch=4)
+        assert (epoch, start) == (2, []) and "not readable" in note
+    _, _, note = resume_point(None, layout, rank=0, step=10, per_epoch=4)
+    assert "no data position" in note
 
 
 def _args(shards, run: Path, *, workers: int, steps: int = 14, save_every: int = 2) -> list[str]:

@@ -145,18 +145,24 @@ def resume_point(saved: dict | None, layout: DataState, *, rank: int, step: int,
     if saved is None:
         return epoch, [], (f"the checkpoint holds no data position: the stream of epoch "
                            f"{epoch} starts anew (its samples may repeat or be missed)")  # fmt: skip
+    unreadable = (f"the checkpoint's data position is not readable: the stream of epoch "
+                  f"{epoch} starts anew (its samples may repeat or be missed)")  # fmt: skip
     try:
         old = DataState.from_dict(saved)
-        mine = [[int(c), int(b)] for c, b in old.readers[rank]]
-        assert len(mine) == max(1, layout.workers) and min(min(r) for r in mine) >= 0
-    except (AssertionError, KeyError, TypeError, ValueError, IndexError, AttributeError):
-        return epoch, [], (f"the checkpoint's data position is not readable: the stream of "
-                           f"epoch {epoch} starts anew (its samples may repeat or be missed)")  # fmt: skip
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return epoch, [], unreadable
     changed = old.differs(layout)
     if changed is not None:
         return epoch, [], (f"resumed with another data layout ({changed}): the stream of epoch "
                            f"{epoch} starts anew in the new layout (samples of this epoch may "
                            f"repeat or be missed)")  # fmt: skip
+    try:
+        mine = [[int(c), int(b)] for c, b in old.readers[rank]]
+    except (TypeError, ValueError, IndexError):
+        return epoch, [], unreadable
+    bad_counts = len(mine) != max(1, layout.workers) or min(min(r) for r in mine) < 0
+    if bad_counts or len(old.readers) != layout.world_size or not 0 <= old.epoch < 2**31:
+        return epoch, [], unreadable
     return old.epoch, mine, None
 
 
