@@ -431,6 +431,9 @@ def pretrain(
     ),
     save_every: int = typer.Option(None, help="Checkpoint every N steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
+    record_keys: bool = typer.Option(
+        None, "--record-keys", help="Write every step's sample keys to RUN_DIR/keys/ (optim.record_keys)."
+    ),
     device: str = _device_option(),
     settings: list[str] = typer.Option(
         None,
@@ -444,7 +447,7 @@ def pretrain(
     flags = {"--steps": ("optim.steps", steps), "--epochs": ("optim.epochs", epochs),
              "--batch-size": ("optim.batch_size", batch_size), "--lr": ("optim.lr", lr),
              "--workers": ("optim.workers", workers), "--save-every": ("optim.save_every_steps", save_every),
-             "--method": ("loss.method", method)}  # fmt: skip
+             "--method": ("loss.method", method), "--record-keys": ("optim.record_keys", record_keys)}  # fmt: skip
     with one_line_errors():
         from cmac_core import config_files as cmac_config  # noqa: PLC0415  (no torch: checked first)
 
@@ -467,8 +470,9 @@ def pretrain(
         if result.final_loss is not None and is_rank0():
             out.print(
                 f"pretrain: {result.steps} steps, final loss {result.final_loss:.4f}, "
-                f"{result.samples_per_s:.1f} samples/s, data wait {100 * result.data_wait_frac:.1f}%; "
-                f"checkpoint {result.last_checkpoint}",
+                f"{result.samples_per_s:.1f} samples/s, data wait {100 * result.data_wait_frac:.1f}%"
+                + (f", {result.skipped_steps} non-finite steps skipped" if result.skipped_steps else "")
+                + f"; checkpoint {result.last_checkpoint}",
                 markup=False, highlight=False, soft_wrap=True,
             )  # fmt: skip
 
@@ -488,7 +492,9 @@ def embed(
     clips_per_segment: int = typer.Option(
         0, help="Clip windows per segment, averaged (0: enough to cover it)."
     ),  # noqa: E501
-    workers: int = typer.Option(2, help="Data-loader processes per rank."),
+    workers: int = typer.Option(
+        None, help="Data-loader processes per rank (default: as pretraining used, within this rank's CPUs)."
+    ),
     per_video: bool = typer.Option(
         False, "--per-video", help="Also write EMB_DIR.videos.parquet beside it (mean of segments)."
     ),  # noqa: E501
@@ -514,7 +520,8 @@ def embed(
                      clips_per_segment=clips_per_segment or None, workers=workers, per_video=per_video)  # fmt: skip
         if is_rank0():
             out.print(f"embed: {report.rows_written} segments embedded ({report.rows_skipped} already done), "
-                      f"{report.clips / max(report.seconds, 1e-9):.1f} clips/s; table: {out_dir}/*.parquet"
+                      f"{report.clips / max(report.seconds, 1e-9):.1f} clips/s ({report.precision}); "
+                      f"table: {out_dir}/*.parquet"
                       + (f", per video: {report.per_video}" if report.per_video else ""),
                       markup=False, highlight=False, soft_wrap=True)  # fmt: skip
         code = report_damage(report.damage)

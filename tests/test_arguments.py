@@ -159,7 +159,6 @@ def test_a_wrong_choice_is_one_line_before_any_heavy_import(option, tmp_path):
 
 
 URL_ARGS = {  # avprep shard takes URLs (tests/test_remote.py)
-    "inspect": ["inspect", "gs://bucket/shards"],
     "inspect --png": ["inspect", "{tmp}", "--png", "s3://bucket/sheet.png"],
     "synth": ["synth", "s3://bucket/bench"],
     "evaluate": ["evaluate", "s3://bucket/eval"],

@@ -69,7 +69,7 @@ def test_a_layout_change_or_a_damaged_position_resumes_with_one_line():
 def _args(shards, run: Path, *, workers: int, steps: int = 14, save_every: int = 2) -> list[str]:
     return [str(shards), "--out", str(run), "--config", "tiny", "--batch-size", "2",
             "--steps", str(steps), "--save-every", str(save_every), "--workers", str(workers),
-            "--device", "cpu", "--set", "optim.record_keys=true"]  # fmt: skip
+            "--device", "cpu", "--record-keys"]  # fmt: skip
 
 
 def _descendants(pid: int) -> list[int]:
