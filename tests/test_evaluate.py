@@ -19,7 +19,7 @@ from cmac_core.evaluate.config import EvaluateConfig
 from cmac_core.evaluate.features import clip_box, visible_classes
 from cmac_core.evaluate.probes import probe_accuracy, video_probe_ceiling
 from cmac_core.evaluate.protocol import BENCHMARK_AUGMENT, train_config
-from cmac_core.evaluate.report import table
+from cmac_core.evaluate.report import _other_boxes, table
 from cmac_core.evaluate.retrieval import recall_at_1
 
 SHAPE = (20, 20)
@@ -187,6 +187,12 @@ def test_table_marks_lla_alpha_not_applicable_and_shows_chance_and_ceiling():
     assert cells["video probe ceiling"][heads.index("probe audio")] == "–"
 
 
+def test_report_names_arms_whose_boxes_are_not_the_baselines():
+    assert _other_boxes({"other_boxes": []}) == []
+    text = " ".join(_other_boxes({"other_boxes": ["lla"], "baselines_arm": "random_init"}))
+    assert "boxes of random_init's clips" in text and "lla uses clips of another length" in text
+
+
 def test_recall_at_1_identical_vs_shuffled_pairs():
     rng = np.random.default_rng(1)
     z = rng.normal(size=(100, 32))
@@ -259,6 +265,11 @@ def test_evaluate_quick_end_to_end(tmp_path):
     text = (out / "report" / "RESULTS.md").read_text()
     assert "| video probe ceiling |" in text and "sync 2AFC (12 clips)" in text
     assert "ceiling here: 0.500" in text
+    # lla's clips are twice as long: its boxes are not the baselines' (random_init's), and
+    # the report says so; the synthetic truth bounds the 2AFC (a ceiling for every arm).
+    assert results["baselines_arm"] == "random_init" and results["other_boxes"] == ["lla"]
+    assert "lla uses clips of another length" in " ".join(text.split())
+    assert all(0.5 <= s["sync_ceiling"]["mean"] <= 1.0 for s in results["arms"].values())
     lla_run = json.loads((out / "runs" / "lla-s0" / "config.json").read_text())
     assert lla_run["loss"]["method"] == "lla" and lla_run["data"]["sync_shift_min_s"] > 0
     assert {c["claim"].split(":")[0] for c in results["checks"]} >= {"avid", "cmac", "random_init"}

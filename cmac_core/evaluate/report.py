@@ -36,6 +36,21 @@ def _cell(stats: dict, key: str) -> str:
     return f"{stat['mean']:.3f}"
 
 
+def _other_boxes(results: dict) -> list[str]:
+    """A paragraph where some arm's clips differ in length from the baselines' arm's."""
+    other = results.get("other_boxes") or []
+    if not other:
+        return []
+    return [
+        f"Baselines, chance and ceilings are measured on the boxes of {results.get('baselines_arm')}'s "
+        f"clips. {', '.join(other)} {'uses' if len(other) == 1 else 'use'} clips of another length, "
+        "whose boxes over the clip differ (a longer clip's are larger, which favours the centre "
+        "prior): compare those rows with a run of that arm alone (`--arms NAME`), whose "
+        "baseline rows are its own.",
+        "",
+    ]
+
+
 def table(results: dict) -> str:
     """The Markdown table: one row per arm (mean ± spread across seeds), then baselines,
     chance and the video-only probe's ceiling."""
@@ -92,11 +107,12 @@ def markdown(results: dict) -> str:
         "",
         "β: the audio-guided map (beta_v); α: the vision-only map (alpha_v; trained only by "
         "cmac's consistency term). The true box's own row is the ceiling of each measure; "
-        f"with half the map flagged cIoU cannot exceed {results['chance']['ciou_ceiling']:.3f} "
-        "on these boxes (their mean area / half the frame), so success at cIoU 0.5 is 0 for "
-        "every model here by geometry. lla has no vision-only map (its α is uniform by "
-        "design): n/a.",
+        "with half the map flagged a clip's cIoU cannot exceed its box's area / half the frame "
+        f"(on average {results['chance']['ciou_ceiling']:.3f} here), so only clips whose box "
+        "covers a quarter of the frame can reach success at cIoU 0.5: the true box's row bounds "
+        "it. lla has no vision-only map (its α is uniform by design): n/a.",
         "",
+        *_other_boxes(results),
         f"Video probe ceiling: every test clip shows objects of {_visible(results)} classes and "
         "nothing in the video alone says which one sounds, so a probe on video features can "
         "name the sounding class at best 1 time in that many: the mean of 1 / (distinct "

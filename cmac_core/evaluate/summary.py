@@ -55,7 +55,9 @@ def measure_run(run: dict, n_classes: int, *, alpha: bool = True) -> dict[str, f
     if sync and sync["clips"]:
         out["sync_2afc"] = sync["correct"] / sync["clips"]
         if sync.get("decidable") is not None:  # the truth's bound on these pairs (sync_2afc.py)
-            out["sync_ceiling"] = (sync["decidable"] + 0.5 * (sync["clips"] - sync["decidable"])) / sync["clips"]
+            out["sync_ceiling"] = (
+                sync["decidable"] + 0.5 * (sync["clips"] - sync["decidable"])
+            ) / sync["clips"]
     last = run.get("metrics") or [{}]
     for k, v in last[-1].items():
         if k == "loss" or k == "nce" or k.startswith("entropy"):
@@ -206,9 +208,13 @@ def summarize(cfg, runs: dict, *, timings: dict, command: str, device: torch.dev
     syncs = [r["sync"]["clips"] for s in runs.values() for r in s.values() if r.get("sync")]
     base = baselines(first["test"], seed=cfg.bench_seed)
     ch = chance(first["test"], n_classes)
+    # Baselines, chance and ceilings are the first arm's boxes; an arm whose clips are of
+    # another length (lla) has other boxes over its clip, which those rows do not describe.
+    other_boxes = [a for a, s in runs.items()
+                   if any(not np.array_equal(r["test"]["boxes"], first["test"]["boxes"]) for r in s.values())]  # fmt: skip
     return {"command": command, "commit": git_commit(), "machine": machine(device),
             "config": cfg.to_dict(), "n_classes": n_classes, "n_test_clips": len(first["test"]["keys"]),
             "n_train_clips": len(first["train"]["keys"]), "n_sync_clips": min(syncs, default=0),
-            "chance": ch, "baselines": base,
+            "chance": ch, "baselines": base, "baselines_arm": next(iter(runs)), "other_boxes": other_boxes,
             "arms": arms, "per_seed": per_seed, "checks": checks(arms, base, ch),
             "timings_s": timings}  # fmt: skip
