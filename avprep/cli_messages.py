@@ -47,7 +47,7 @@ def one_line_errors():
     except Exception as e:
         known = cmac_error(e)
         if known is not None:
-            _say(last_line(known))
+            _say(getattr(known, "cli", None) or last_line(known))  # the CLI's wording, if any
         elif isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
             _say(f"cannot write: {f'{e.filename}: ' if e.filename else ''}{e.strerror or e}")
         else:

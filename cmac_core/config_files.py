@@ -31,7 +31,8 @@ def load(
 
 def _load_file(path: Path, given: str, *, method: str | None) -> PretrainConfig:
     if not path.is_file():
-        raise ConfigError(f"--config {given!r} is neither tiny, base nor a YAML or JSON file")
+        raise ConfigError(f"config {given!r} is neither tiny, base nor a YAML or JSON file",
+                          cli=f"--config {given!r} is neither tiny, base nor a YAML or JSON file")  # fmt: skip
     data = _read_yaml(path) if path.suffix.lower() in (".yaml", ".yml") else _read_json(path)
     try:
         cfg = PretrainConfig.from_dict(data)
@@ -39,17 +40,17 @@ def _load_file(path: Path, given: str, *, method: str | None) -> PretrainConfig:
     except ConfigError:
         raise
     except (AttributeError, TypeError, ValueError) as e:
-        raise ConfigError(
-            f"--config {path}: not a cmac_core config ({type(e).__name__}: {e}); "
-            "see a run dir's config.json for the shape"
-        ) from e
+        why = f"not a cmac_core config ({type(e).__name__}: {e}); see a run dir's config.json for the shape"
+        raise ConfigError(f"config file {path}: {why}", cli=f"--config {path}: {why}") from e
 
 
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ConfigError(f"--config {path}: not JSON ({e})") from e
+        raise ConfigError(
+            f"config file {path}: not JSON ({e})", cli=f"--config {path}: not JSON ({e})"
+        ) from e
 
 
 def _read_yaml(path: Path) -> Any:
@@ -58,15 +59,15 @@ def _read_yaml(path: Path) -> Any:
     try:
         import yaml  # noqa: PLC0415  (only YAML configs need it)
     except ImportError as e:
-        raise ConfigError(
-            f"--config {path}: reading YAML needs PyYAML (pip install pyyaml); "
-            "or give the config as JSON"
-        ) from e
+        why = "reading YAML needs PyYAML (pip install pyyaml); or give the config as JSON"
+        raise ConfigError(f"config file {path}: {why}", cli=f"--config {path}: {why}") from e
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         first = " ".join(str(e).split())[:160]
-        raise ConfigError(f"--config {path}: not YAML ({first})") from e
+        raise ConfigError(
+            f"config file {path}: not YAML ({first})", cli=f"--config {path}: not YAML ({first})"
+        ) from e
     if not isinstance(data, dict):
         return data  # from_dict says it is not a config
     for section, values in data.items():

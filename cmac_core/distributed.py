@@ -64,9 +64,11 @@ def wants_cuda(device: str) -> bool:
     if device == "cpu":
         return False
     if not re.fullmatch(r"cuda(:\d+)?", device):
-        raise DeviceError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        raise DeviceError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}",
+                          cli=f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")  # fmt: skip
     if not torch.cuda.is_available():
-        raise DeviceError(f"--device {device}: no CUDA device is available here")
+        raise DeviceError(f"device {device}: no CUDA device is available here",
+                          cli=f"--device {device}: no CUDA device is available here")  # fmt: skip
     return True
 
 
@@ -78,15 +80,16 @@ def cuda_index(device: str, *, local_rank: int, world_size: int) -> int:
         return local_rank
     if world_size > 1:
         raise DeviceError(
-            f"--device {device} names one GPU, but under torchrun each rank uses cuda:LOCAL_RANK: "
-            "give --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs"
+            f"device {device} names one GPU, but under torchrun each rank uses cuda:LOCAL_RANK: "
+            "give device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs",
+            cli=f"--device {device} names one GPU, but under torchrun each rank uses cuda:LOCAL_RANK: "
+            "give --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs",
         )
     index = int(m.group(1))
     count = torch.cuda.device_count()
     if index >= count:
-        raise DeviceError(
-            f"--device {device}: this machine has {count} CUDA devices (0-{count - 1})"
-        )
+        has = f"this machine has {count} CUDA devices (0-{count - 1})"
+        raise DeviceError(f"device {device}: {has}", cli=f"--device {device}: {has}")
     return index
 
 
@@ -188,10 +191,9 @@ def check_same_backend(ranks: list[dict]) -> None:
             hosts = sorted({ranks[r]["host"] for r in rs})
             parts.append(f"ranks {_ranges(rs)} use {backend} ({ranks[rs[0]]['device'].split(':')[0]}; "
                          f"host {', '.join(hosts[:3])}{', ...' if len(hosts) > 3 else ''})")  # fmt: skip
-        raise DeviceError(
-            f"the ranks do not agree on a backend: {'; '.join(parts)}. A rank without a working "
-            "GPU falls back to gloo: fix CUDA there, or give every rank the same --device"
-        )
+        why = (f"the ranks do not agree on a backend: {'; '.join(parts)}. A rank without a working "
+               "GPU falls back to gloo: fix CUDA there, or give every rank the same device")  # fmt: skip
+        raise DeviceError(why, cli=why.replace("the same device", "the same --device"))
 
 
 def _ranges(ranks: list[int]) -> str:

@@ -131,7 +131,8 @@ def localize(
     A folder holds the maps of one checkpoint: another is refused.
     """
     if limit is not None and limit < 1:
-        raise LocalizeError(f"--limit must be >= 1 (or 0: all), got {limit}")
+        raise LocalizeError(f"limit must be >= 1 (or None: all), got {limit}",
+                            cli=f"--limit must be >= 1 (or 0: all), got {limit}")  # fmt: skip
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise LocalizeError(f"{out} is a file, not a folder")
@@ -176,9 +177,8 @@ def _check_checkpoint(out: Path, sha: str, *, is_main: bool) -> None:
     if path.exists():
         have = path.read_text().strip()
         if have != sha:
-            raise LocalizeError(
-                f"{out} holds attention maps of another checkpoint (sha256 {have[:12]}...): use another --out"
-            )
+            held = f"{out} holds attention maps of another checkpoint (sha256 {have[:12]}...)"
+            raise LocalizeError(f"{held}: use another out_dir", cli=f"{held}: use another --out")
     elif is_main:
         path.write_text(sha + "\n")
 

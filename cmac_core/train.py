@@ -70,7 +70,8 @@ def _lock_run_dir(run_dir: Path, rank: int) -> tuple[int, bool]:
     theirs: ``(lock fd, whether this call made the folder)``. A second run into the
     same folder is refused in one line."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise TrainingError(f"{run_dir} is a file, not a run folder: use another --out")
+        raise TrainingError(f"{run_dir} is a file, not a run folder: use another run_dir",
+                            cli=f"{run_dir} is a file, not a run folder: use another --out")  # fmt: skip
     created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -78,10 +79,8 @@ def _lock_run_dir(run_dir: Path, rank: int) -> tuple[int, bool]:
     except OSError as e:
         raise TrainingError(f"cannot write to {run_dir}: {e.strerror or e}") from e
     if fd is None:
-        raise TrainingError(
-            f"{run_dir} is in use: another pretrain run (rank {rank}) is training into it; "
-            "wait for it, or use another --out"
-        )
+        busy = f"{run_dir} is in use: another pretrain run (rank {rank}) is training into it; wait for it"
+        raise TrainingError(f"{busy}, or use another run_dir", cli=f"{busy}, or use another --out")
     return fd, created
 
 
@@ -94,7 +93,8 @@ def _resume_from(
         return None
     if not resume:
         raise TrainingError(
-            f"{run_dir} already holds a run (last.pt): add --resume, or use another --out"
+            f"{run_dir} already holds a run (last.pt): resume it (resume=True), or use another run_dir",
+            cli=f"{run_dir} already holds a run (last.pt): add --resume, or use another --out",
         )
     ckpt = checkpoint.load(last, map_location=device)
     saved, new = PretrainConfig.from_dict(ckpt["config"]).to_dict(), cfg.to_dict()
@@ -244,19 +244,18 @@ def _pretrain(
                           world_size=info.world_size, seed=o.seed, pin_memory=cuda)  # fmt: skip
     per_epoch = stream.steps_per_epoch
     if per_epoch == 0:
-        raise TrainingError(
-            f"{stream.n_samples} samples cannot fill one batch of {o.batch_size} on each of "
-            f"{info.world_size} ranks: lower --batch-size"
-        )
+        short = (f"{stream.n_samples} samples cannot fill one batch of {o.batch_size} on each of "
+                 f"{info.world_size} ranks")  # fmt: skip
+        raise TrainingError(f"{short}: lower optim.batch_size", cli=f"{short}: lower --batch-size")
     if o.steps == 0 and per_epoch is None:
-        raise TrainingError("remote shards: the epoch length is unknown, give --steps")
+        raise TrainingError("remote shards: the epoch length is unknown, set optim.steps",
+                            cli="remote shards: the epoch length is unknown, give --steps")  # fmt: skip
     total = o.steps or o.epochs * per_epoch
     if step >= total:
         if not complete_ok:
-            raise TrainingError(
-                f"{run_dir} is already at step {step} (this run stops at step {total}): "
-                "give more --steps to continue"
-            )
+            at = f"{run_dir} is already at step {step} (this run stops at step {total})"
+            raise TrainingError(f"{at}: set more optim.steps to continue",
+                                cli=f"{at}: give more --steps to continue")  # fmt: skip
         return TrainResult(run_dir, step, step / per_epoch if per_epoch else 0.0,
                            run_dir / "last.pt", None, 0.0, 0.0)  # fmt: skip
     schedule = WarmupCosine(o.lr, min(o.warmup_steps, max(1, total // 10)), total)

@@ -237,16 +237,19 @@ def precision_agreement(
 def _check_args(
     out_dir, *, batch_size: int, clips_per_segment: int | None, workers: int | None
 ) -> None:
-    checks = [
-        (1 <= batch_size <= 65536, f"--batch-size must be >= 1 and <= 65536, got {batch_size}"),
+    checks = [  # (holds, the library's words, the command line's)
+        (1 <= batch_size <= 65536, f"batch_size must be >= 1 and <= 65536, got {batch_size}",
+         f"--batch-size must be >= 1 and <= 65536, got {batch_size}"),
         (clips_per_segment is None or clips_per_segment >= 1,
+         f"clips_per_segment must be >= 1 (or None: cover the segment), got {clips_per_segment}",
          f"--clips-per-segment must be >= 1 (or 0: cover the segment), got {clips_per_segment}"),
-        (workers is None or 0 <= workers <= 256, f"--workers must be >= 0 and <= 256, got {workers}"),
-        (not Path(out_dir).exists() or Path(out_dir).is_dir(), f"{out_dir} is a file, not a folder"),
+        (workers is None or 0 <= workers <= 256, f"workers must be >= 0 and <= 256, got {workers}",
+         f"--workers must be >= 0 and <= 256, got {workers}"),
+        (not Path(out_dir).exists() or Path(out_dir).is_dir(), f"{out_dir} is a file, not a folder", None),
     ]  # fmt: skip
-    for ok, message in checks:
+    for ok, message, cli in checks:
         if not ok:
-            raise EmbedError(message)
+            raise EmbedError(message, cli=cli)
 
 
 @dataclass

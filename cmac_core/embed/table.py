@@ -77,18 +77,17 @@ def check_same_table(out_dir: Path, metadata: dict[str, str]) -> None:
     have = {k.decode(): v.decode() for k, v in (pq.read_schema(parts[0]).metadata or {}).items()}
     sha = have.get("checkpoint_sha256", "")
     if sha != metadata["checkpoint_sha256"]:
-        raise EmbedError(
-            f"{out_dir} holds embeddings of another checkpoint (sha256 {sha[:12]}...): use another --out"
-        )
+        held = f"{out_dir} holds embeddings of another checkpoint (sha256 {sha[:12]}...)"
+        raise EmbedError(f"{held}: use another out_dir", cli=f"{held}: use another --out")
     if have.get("table_version") != TABLE_VERSION:
-        raise EmbedError(
-            f"{out_dir} holds a table of another version ({have.get('table_version', '1')}, "
-            f"this avprep writes {TABLE_VERSION}: features beside embeddings): use another --out"
-        )
+        held = (f"{out_dir} holds a table of another version ({have.get('table_version', '1')}, "
+                f"this avprep writes {TABLE_VERSION}: features beside embeddings)")  # fmt: skip
+        raise EmbedError(f"{held}: use another out_dir", cli=f"{held}: use another --out")
     if have.get("clips_per_segment") != metadata["clips_per_segment"]:
+        was, now = have.get("clips_per_segment"), metadata["clips_per_segment"]
         raise EmbedError(
-            f"{out_dir} holds embeddings made with --clips-per-segment "
-            f"{have.get('clips_per_segment')}, not {metadata['clips_per_segment']}: use another --out"
+            f"{out_dir} holds embeddings made with clips_per_segment {was}, not {now}: use another out_dir",
+            cli=f"{out_dir} holds embeddings made with --clips-per-segment {was}, not {now}: use another --out",
         )
 
 

@@ -72,16 +72,20 @@ class EvaluateConfig:
             if name not in known:
                 raise ConfigError(f"unknown arm {name!r} (known: {', '.join(known)})")
         if self.preset not in PRESETS:
-            raise ConfigError(f"--config must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+            raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}",
+                              cli=f"--config must be one of {', '.join(PRESETS)}, got {self.preset!r}")  # fmt: skip
         for name, (lo, hi) in _BOUNDS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 flag = "--" + name.replace("_", "-")
-                raise ConfigError(f"{flag} must be an integer in {lo}..{hi}, got {value!r}")
+                raise ConfigError(f"{name} must be an integer in {lo}..{hi}, got {value!r}",
+                                  cli=f"{flag} must be an integer in {lo}..{hi}, got {value!r}")  # fmt: skip
         if self.crop_px % 16:
-            raise ConfigError(f"--crop-px must be a multiple of 16 (the grid), got {self.crop_px}")
+            raise ConfigError(f"crop_px must be a multiple of 16 (the grid), got {self.crop_px}",
+                              cli=f"--crop-px must be a multiple of 16 (the grid), got {self.crop_px}")  # fmt: skip
         if self.batch_size > self.videos:
-            raise ConfigError(f"--batch-size {self.batch_size} is more than --videos {self.videos}")
+            raise ConfigError(f"batch_size {self.batch_size} is more than videos {self.videos}",
+                              cli=f"--batch-size {self.batch_size} is more than --videos {self.videos}")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
