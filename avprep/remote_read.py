@@ -20,14 +20,13 @@ For readers (``cmac_core.data``, ``avprep inspect``) that take a shard spec:
 from __future__ import annotations
 
 import fnmatch
-import tarfile
 from typing import Any
 
 from avprep import manifest, remote, schema
 from avprep.errors import UsageError
 from avprep.urls import remote_scheme
 
-TAR_BLOCK = 512
+TAR_BLOCK = schema.TAR_BLOCK
 # webdataset's own handlers (wds.gopen.gopen_schemes) are kept for these
 WDS_OWN = {"pipe", "http", "https", "ais", "sftp", "ftps", "scp", "gs", "htgs", "hf"}
 
@@ -148,9 +147,6 @@ def cat_each(fs, urls: list[str]) -> dict[str, bytes]:
     return got
 
 
-COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
-
-
 def check_shard(url: str) -> str | None:
     """Why remote shard ``url`` cannot be a readable tar, or None (three blocks read)."""
     try:
@@ -168,16 +164,4 @@ def check_shard(url: str) -> str | None:
             return f"cannot be read ({f.failure.reason})"
     finally:
         f.close()
-    if head.startswith(COMPRESSED):
-        return None
-    if size % TAR_BLOCK or size < 3 * TAR_BLOCK:
-        return f"not a tar ({size} bytes, not whole {TAR_BLOCK}-byte blocks)"
-    if not head.strip(b"\0"):
-        return "holds no samples (an empty tar)"
-    try:
-        tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
-    except tarfile.HeaderError:
-        return "not a tar (no tar header at its start)"
-    if tail.strip(b"\0"):
-        return "cut short (no end-of-archive marker)"
-    return None
+    return schema.tar_ends_problem(size, head, tail)

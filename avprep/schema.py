@@ -42,6 +42,7 @@ import json
 import math
 import operator
 import re
+import tarfile
 from typing import NamedTuple
 
 SCHEMA_VERSION = 2  # what avprep shard writes
@@ -447,3 +448,26 @@ def check_spec_columns(meta: dict, layout: SpecLayout) -> None:
             f"sample {shown(meta['key'])}: {SPEC} has {layout.shape[1]} columns, the json "
             f"says {meta['n_columns']}"
         )
+
+
+TAR_BLOCK = 512
+COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
+
+
+def tar_ends_problem(size: int, head: bytes, tail: bytes) -> str | None:
+    """Why a shard of ``size`` bytes whose first block is ``head`` and last two blocks are
+    ``tail`` cannot be a readable tar, or None (a compressed tar is judged as it is read).
+    The one verdict of the local and the remote shard checks."""
+    if head.startswith(COMPRESSED):
+        return None
+    if size % TAR_BLOCK or size < 3 * TAR_BLOCK:
+        return f"not a tar ({size} bytes, not whole {TAR_BLOCK}-byte blocks)"
+    if not head.strip(b"\0"):
+        return "holds no samples (an empty tar)"
+    try:
+        tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
+    except tarfile.HeaderError:
+        return "not a tar (no tar header at its start)"
+    if tail.strip(b"\0"):
+        return "cut short (no end-of-archive marker)"
+    return None

@@ -157,8 +157,7 @@ def _count_tar(path: Path) -> int:
     return len(keys)
 
 
-TAR_BLOCK = 512
-COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
+TAR_BLOCK, COMPRESSED = schema.TAR_BLOCK, schema.COMPRESSED  # the shard format's (avprep.schema)
 
 
 def check_shard(path: str) -> str | None:
@@ -175,19 +174,7 @@ def check_shard(path: str) -> str | None:
             tail = f.read()
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
-    if head.startswith(COMPRESSED):
-        return None  # a compressed tar (webdataset reads them): checked as it is read
-    if size % TAR_BLOCK or size < 3 * TAR_BLOCK:
-        return f"not a tar ({size} bytes, not whole {TAR_BLOCK}-byte blocks)"
-    if not head.strip(b"\0"):
-        return "holds no samples (an empty tar)"
-    try:
-        tarfile.TarInfo.frombuf(head, tarfile.ENCODING, "surrogateescape")
-    except tarfile.HeaderError:
-        return "not a tar (no tar header at its start)"
-    if tail.strip(b"\0"):
-        return "cut short (no end-of-archive marker)"
-    return None
+    return schema.tar_ends_problem(size, head, tail)
 
 
 def check_shards(urls: list[str]) -> tuple[list[str], dict[str, str]]:
