@@ -97,6 +97,28 @@ def on_read_only(folder: Path) -> list[str]:
     return ["unshare", "-rm", "sh", "-c", script, str(folder)]
 
 
+def samples_of(path: Path) -> dict[str, dict[str, bytes]]:
+    """A shard's members by sample, raw: key -> {suffix: bytes}, in shard order."""
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for m in tar:
+            key, _, suffix = m.name.partition(".")
+            out.setdefault(key, {})[suffix] = tar.extractfile(m).read()
+    return out
+
+
+def write_tar(path: Path, samples: dict[str, dict[str, bytes]]) -> Path:
+    """A shard of ``samples`` (``samples_of``'s shape) as avprep writes tar members."""
+    from avprep.writer import tar_member
+
+    with open(path, "wb") as f:
+        for key, members in samples.items():
+            for suffix, data in members.items():
+                f.write(tar_member(f"{key}.{suffix}", data))
+        f.write(b"\0" * 1024)
+    return path
+
+
 def read_shards(out_dir: Path) -> dict[str, dict]:
     """Every sample of every committed shard: key -> {json, frames, spec, flac, shard}."""
     samples: dict[str, dict] = defaultdict(lambda: {"frames": {}})

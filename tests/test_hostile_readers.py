@@ -15,37 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import on_read_only, on_small_disk, run_cli
+from conftest import on_read_only, on_small_disk, run_cli, samples_of, write_tar
 
 from avprep import schema
-from avprep.writer import tar_member
 from cmac_core.data.stages import SafeDecode
 
 ENV = {"OMP_NUM_THREADS": "1"}
 HANG_S = 240  # a run that hangs or spins is stopped here and fails the test
-
-
-def read_tar(path: Path) -> list[tuple[str, bytes]]:
-    with tarfile.open(path) as tar:
-        return [(m.name, tar.extractfile(m).read()) for m in tar]
-
-
-def samples_of(path: Path) -> dict[str, dict[str, bytes]]:
-    """key -> {suffix: bytes}, in shard order."""
-    out: dict[str, dict[str, bytes]] = {}
-    for name, data in read_tar(path):
-        key, _, suffix = name.partition(".")
-        out.setdefault(key, {})[suffix] = data
-    return out
-
-
-def write_tar(path: Path, samples: dict[str, dict[str, bytes]]) -> Path:
-    with open(path, "wb") as f:
-        for key, members in samples.items():
-            for suffix, data in members.items():
-                f.write(tar_member(f"{key}.{suffix}", data))
-        f.write(b"\0" * 1024)
-    return path
 
 
 def rekey(members: dict[str, bytes], key: str, **meta_changes) -> dict[str, bytes]:

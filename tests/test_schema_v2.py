@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 import time
 from pathlib import Path
 
@@ -15,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from conftest import run_cli
+from conftest import run_cli, samples_of, write_tar
 
 from avprep import schema
 from avprep.read_sample import convert_shard, decode_sample
-from avprep.writer import tar_member
 from cmac_core.config import DataConfig, preset
 from cmac_core.data.loader import LoaderTimeoutError, TimedLoader, train_stream
 from cmac_core.data.seek import ShardClips
@@ -27,28 +25,6 @@ from cmac_core.data.shards import SharedEpoch
 from cmac_core.data.stages import ClipWindow, SafeDecode
 
 ENV = {"OMP_NUM_THREADS": "1"}
-
-
-def members_of(path: Path) -> list[tuple[str, bytes]]:
-    with tarfile.open(path) as tar:
-        return [(m.name, tar.extractfile(m).read()) for m in tar]
-
-
-def samples_of(path: Path) -> dict[str, dict[str, bytes]]:
-    out: dict[str, dict[str, bytes]] = {}
-    for name, data in members_of(path):
-        key, _, suffix = name.partition(".")
-        out.setdefault(key, {})[suffix] = data
-    return out
-
-
-def write_tar(path: Path, samples: dict[str, dict[str, bytes]]) -> Path:
-    with open(path, "wb") as f:
-        for key, members in samples.items():
-            for suffix, data in members.items():
-                f.write(tar_member(f"{key}.{suffix}", data))
-        f.write(b"\0" * 1024)
-    return path
 
 
 def tars(folder: Path) -> list[Path]:
