@@ -14,6 +14,7 @@ prefix; a server that fails some requests is retried; a missing object is a fail
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import io
@@ -28,6 +29,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+from urllib.request import Request, urlopen
 
 import pytest
 from conftest import read_manifest, read_shards, run_cli
@@ -144,8 +146,10 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         key = unquote(urlsplit(self.path).path)
         if any(key.endswith(d) for d in srv.deny):
             return self._error(403, "AccessDenied")
-        if getattr(srv, "tars_ok", None) is not None and self.command == "PUT" and (
-            key.endswith(".tar")
+        if (
+            getattr(srv, "tars_ok", None) is not None
+            and self.command == "PUT"
+            and (key.endswith(".tar"))
         ):
             srv.tars += 1
             if srv.tars > srv.tars_ok:
@@ -193,13 +197,16 @@ def _url(srv: http.server.HTTPServer) -> str:
     return f"http://127.0.0.1:{srv.server_address[1]}"
 
 
-@pytest.fixture(scope="module")
-def s3():
+@contextlib.contextmanager
+def s3_server(bucket: str):
     """moto's S3 server on loopback, s3fs pointed at it through the environment alone;
-    yields the s3fs filesystem (a bucket made)."""
+    yields the s3fs filesystem (``bucket`` made). moto keeps its S3 state per process, not
+    per server, so the state is emptied through moto's reset endpoint before and after."""
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    reset = Request(f"http://{host}:{port}/moto-api/reset", method="POST")
+    urlopen(reset).close()
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -215,10 +222,11 @@ def s3():
 
     s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem()
-    fs.mkdir(BUCKET)
+    fs.mkdir(bucket)
     try:
         yield fs
     finally:
+        urlopen(reset).close()
         server.stop()
         for k, v in saved.items():
             if v is None:
@@ -226,6 +234,13 @@ def s3():
             else:
                 os.environ[k] = v
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """The S3 server of this module (``s3_server``), a bucket made."""
+    with s3_server(BUCKET) as fs:
+        yield fs
 
 
 @pytest.fixture(scope="module")
@@ -570,7 +585,9 @@ def test_a_bucket_that_stops_taking_shards_stops_the_run_and_it_resumes(s3, vide
     assert "(after 2 tries)" in lines[0]
     first = _tars(s3, out_url)
     assert len(first) == 2
-    done = {r["video_id"] for r in read_manifest(_download(s3, out_url, tmp_path / "a")).to_pylist()}
+    done = {
+        r["video_id"] for r in read_manifest(_download(s3, out_url, tmp_path / "a")).to_pylist()
+    }
     assert len(done) == 2
     run_cli(*args)
     rows = _assert_exactly_once(_download(s3, out_url, tmp_path / "b"), 5, segments=1)

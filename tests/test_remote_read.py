@@ -14,7 +14,6 @@ import json
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
-from urllib.request import Request, urlopen
 
 import pytest
 from conftest import read_shards, run_cli
@@ -30,6 +29,7 @@ from test_remote import (  # noqa: E402  (servers and helpers shared with the sh
     _serve,
     _upload,
     _url,
+    s3_server,
     videos,  # noqa: F401  (fixture)
 )
 
@@ -39,36 +39,9 @@ QUIET = {"OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def s3():
-    """test_remote's ``s3`` fixture, on a clean slate and left clean: moto keeps its S3 state
-    per process, not per server, so test_remote's bucket outlives its server (and this
-    module's would outlive this one). Emptied through moto's documented reset endpoint."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    reset = Request(f"http://{host}:{port}/moto-api/reset", method="POST")
-    urlopen(reset).close()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-           "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-           "AVPREP_REMOTE_BACKOFF_S": "0.05"}  # fmt: skip
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem()
-    fs.mkdir(BUCKET)
-    try:
+    """test_remote's S3 server, on a clean slate and left clean (``s3_server``)."""
+    with s3_server(BUCKET) as fs:
         yield fs
-    finally:
-        urlopen(reset).close()
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture(scope="module")
