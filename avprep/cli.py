@@ -92,7 +92,9 @@ def shard(
         show_default=False,
     ),  # noqa: E501
     out_dir: Path = typer.Option(
-        ..., "--out", parser=out_path_or_url,
+        ...,
+        "--out",
+        parser=out_path_or_url,
         help="Output directory for shards and manifest/, or a URL (s3://bucket/prefix).",
     ),
     fps: float = typer.Option(
@@ -345,63 +347,14 @@ def demo(
 ) -> None:
     """Synthetic videos -> shards -> contact sheet -> a tiny CMAC pretraining run (CPU is fine)."""
     with one_line_errors():
-        from avprep.demo import run_demo  # noqa: PLC0415
+        from avprep.demo import embed_stage, pretrain_stage, run_demo  # noqa: PLC0415
 
         import_for("demo", "cmac_core.train")  # before minutes of shard work, not after
         code = run_demo(out_dir, n_videos=videos, workers=workers, console=out)
         if code == 0:
-            ckpt = _demo_pretrain(out_dir, steps=steps)
-            _demo_embed(out_dir, ckpt)
+            ckpt = pretrain_stage(out_dir, steps=steps, console=out)
+            embed_stage(out_dir, ckpt, console=out, localize=_localize)
     raise typer.Exit(code)
-
-
-def _demo_pretrain(out_dir: Path, *, steps: int) -> Path:
-    from cmac_core.config import preset  # noqa: PLC0415
-    from cmac_core.data.shards import count_samples, resolve  # noqa: PLC0415
-    from cmac_core.train import pretrain as run  # noqa: PLC0415
-
-    out.rule("[bold]4. avprep pretrain --config tiny")
-    run_dir = out_dir / "run"
-    n_samples = count_samples(resolve(str(out_dir / "shards"))) or 2
-    batch = max(
-        2, min(preset("tiny").optim.batch_size, n_samples)
-    )  # a few videos still fill a batch
-    cfg = preset("tiny").replace(
-        "optim", steps=steps, save_every_steps=steps, workers=1, batch_size=batch
-    )
-    result = run(
-        str(out_dir / "shards"),
-        run_dir,
-        cfg,
-        resume=(run_dir / "last.pt").exists(),
-        device="cpu",
-        complete_ok=True,
-    )
-    done = (
-        "already complete" if result.final_loss is None else f"final loss {result.final_loss:.3f}"
-    )
-    out.print(
-        f"{result.steps} steps of the tiny CMAC model on CPU ({done}); "
-        f"metrics {run_dir / 'metrics.jsonl'}, checkpoint {result.last_checkpoint}",
-        markup=False, highlight=False, soft_wrap=True,
-    )  # fmt: skip
-    return result.last_checkpoint
-
-
-def _demo_embed(out_dir: Path, ckpt: Path) -> None:
-    from cmac_core.embed import embed as run  # noqa: PLC0415
-
-    out.rule("[bold]5. avprep embed + localize")
-    emb = out_dir / "embeddings"
-    report = run(str(out_dir / "shards"), ckpt, emb, device="cpu", workers=1, per_video=True)
-    out.print(f"{report.rows_written} segment embeddings ({report.rows_skipped} already there): {emb}/*.parquet, "
-              f"per video: {report.per_video}", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
-    _localize(str(out_dir / "shards"), ckpt, out_dir / "localize", device="cpu", limit=None)
-    out.print(
-        "The attention maps come from a tiny model trained for seconds: they show the tool working, "
-        "not a trained localiser.",
-        markup=False, highlight=False, soft_wrap=True,
-    )  # fmt: skip
 
 
 @app.command()
@@ -432,7 +385,9 @@ def pretrain(
     save_every: int = typer.Option(None, help="Checkpoint every N steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/last.pt."),
     record_keys: bool = typer.Option(
-        None, "--record-keys", help="Write every step's sample keys to RUN_DIR/keys/ (optim.record_keys)."
+        None,
+        "--record-keys",
+        help="Write every step's sample keys to RUN_DIR/keys/ (optim.record_keys).",
     ),
     device: str = _device_option(),
     settings: list[str] = typer.Option(
@@ -493,7 +448,8 @@ def embed(
         0, help="Clip windows per segment, averaged (0: enough to cover it)."
     ),  # noqa: E501
     workers: int = typer.Option(
-        None, help="Data-loader processes per rank (default: as pretraining used, within this rank's CPUs)."
+        None,
+        help="Data-loader processes per rank (default: as pretraining used, within this rank's CPUs).",
     ),
     per_video: bool = typer.Option(
         False, "--per-video", help="Also write EMB_DIR.videos.parquet beside it (mean of segments)."

@@ -75,3 +75,55 @@ def run_demo(out_dir: Path, *, n_videos: int = 6, workers: int = 0, console: Con
         f"shards: {out_dir / 'shards'}/*.tar   manifest: {out_dir / 'shards' / 'manifest'}"
     )
     return report.exit_code(strict=True)
+
+
+def pretrain_stage(out_dir: Path, *, steps: int, console: Console) -> Path:
+    """Stage 4: the tiny CMAC model on the demo shards, on the CPU; its last checkpoint."""
+    from cmac_core.config import preset  # noqa: PLC0415
+    from cmac_core.data.shards import count_samples, resolve  # noqa: PLC0415
+    from cmac_core.train import pretrain as run  # noqa: PLC0415
+
+    console.rule("[bold]4. avprep pretrain --config tiny")
+    run_dir = out_dir / "run"
+    n_samples = count_samples(resolve(str(out_dir / "shards"))) or 2
+    batch = max(
+        2, min(preset("tiny").optim.batch_size, n_samples)
+    )  # a few videos still fill a batch
+    cfg = preset("tiny").replace(
+        "optim", steps=steps, save_every_steps=steps, workers=1, batch_size=batch
+    )
+    result = run(
+        str(out_dir / "shards"),
+        run_dir,
+        cfg,
+        resume=(run_dir / "last.pt").exists(),
+        device="cpu",
+        complete_ok=True,
+    )
+    done = (
+        "already complete" if result.final_loss is None else f"final loss {result.final_loss:.3f}"
+    )
+    console.print(
+        f"{result.steps} steps of the tiny CMAC model on CPU ({done}); "
+        f"metrics {run_dir / 'metrics.jsonl'}, checkpoint {result.last_checkpoint}",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    return result.last_checkpoint
+
+
+def embed_stage(out_dir: Path, ckpt: Path, *, console: Console, localize) -> None:
+    """Stage 5: embeddings of every segment, then attention maps (``localize``: the CLI's
+    runner, which reports as ``avprep localize`` does)."""
+    from cmac_core.embed import embed as run  # noqa: PLC0415
+
+    console.rule("[bold]5. avprep embed + localize")
+    emb = out_dir / "embeddings"
+    report = run(str(out_dir / "shards"), ckpt, emb, device="cpu", workers=1, per_video=True)
+    console.print(f"{report.rows_written} segment embeddings ({report.rows_skipped} already there): {emb}/*.parquet, "
+              f"per video: {report.per_video}", markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+    localize(str(out_dir / "shards"), ckpt, out_dir / "localize", device="cpu", limit=None)
+    console.print(
+        "The attention maps come from a tiny model trained for seconds: they show the tool working, "
+        "not a trained localiser.",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
