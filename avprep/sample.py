@@ -22,6 +22,7 @@ from avprep.media.container import Container
 from avprep.media.decoder import Decoder
 from avprep.media.flac import encode_flac
 from avprep.media.frames import PyavFrames
+from avprep.media.unshown import SegmentGrid
 from avprep.probe import MediaInfo, probe
 from avprep.read_sample import encode_npy, sample_members  # noqa: F401  (encode_npy: old home)
 from avprep.spectrogram import LogMel
@@ -126,7 +127,8 @@ def _open_streams(decoder, container, path, info, cfg, threads):
     """(frames, audio) of one decoder: PyAV's from the opened container, else decord or
     the ffmpeg pipe with an ffmpeg process for the audio."""
     if decoder == "pyav":
-        frames = PyavFrames(container, short_side_px=cfg.short_side_px)
+        grid = SegmentGrid(cfg.fps, cfg.segment_seconds)  # the frames no segment shows: skipped
+        frames = PyavFrames(container, short_side_px=cfg.short_side_px, grid=grid)
         audio = PyavAudio(container, video_start_s=info.video.start_s,
                           sample_rate=cfg.sample_rate_hz)  # fmt: skip
         return frames, audio

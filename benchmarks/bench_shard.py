@@ -17,7 +17,8 @@ For each worker count N, in one run on the same files:
 - "<decoder> frames", a third: avprep's own frame reader of the first of
   ``--decoders`` alone, as a worker opens it, reading every 10 s segment's 16 fps
   frames, in N processes that imported it once. For PyAV (``auto``, ``pyav``) that is
-  the container opened and its frames decoded, selected and scaled (``PyavFrames``,
+  the container opened and its frames decoded (the frames no output time shows left
+  undecoded where the codec allows, as in a worker), selected and scaled (``PyavFrames``,
   one thread); for decord ``DecordFrames`` (resized while decoding, the worker's
   thread count), each file probed beforehand outside the timing. Nothing is encoded
   or written: it is the floor of ``avprep shard`` with that decoder. With
@@ -61,7 +62,7 @@ from importlib import metadata
 from pathlib import Path
 
 from common import REPO, commit, cpu_model  # benchmarks/: the script's folder is on sys.path
-from inputs import FPS, SIZE, bit_rate, duration_s, make_inputs, remux_ts
+from inputs import FPS, SIZE, bit_rate, copy_inputs, duration_s, make_inputs, remux_ts
 from proctree import TreeRSS
 
 
@@ -161,9 +162,11 @@ def _decoder_frames(path: str, info, threads: int, decoder: str) -> float:
     if decoder == "pyav":
         from avprep.media.container import Container  # noqa: PLC0415
         from avprep.media.frames import PyavFrames  # noqa: PLC0415
+        from avprep.media.unshown import SegmentGrid  # noqa: PLC0415
 
         container = Container(path)
-        frames = PyavFrames(container, short_side_px=cfg.short_side_px)
+        grid = SegmentGrid(cfg.fps, cfg.segment_seconds)  # as a worker: unshown frames skipped
+        frames = PyavFrames(container, short_side_px=cfg.short_side_px, grid=grid)
     else:
         frames = open_frames(
             path, info, short_side_px=cfg.short_side_px, threads=threads, decoder=decoder
@@ -345,6 +348,15 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=8)
     ap.add_argument("--clip-seconds", type=float, default=60.0)
     ap.add_argument("--long-seconds", type=float, default=600.0)
+    ap.add_argument(
+        "--inputs",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="Time these videos (e.g. the real clips) instead of made ones, each copied "
+        "--copies times; the long video for the memory check is still made.",
+    )
+    ap.add_argument("--copies", type=int, default=10)
     ap.add_argument("--size", default=f"{SIZE[0]}x{SIZE[1]}", help="WxH of the inputs.")
     ap.add_argument(
         "--container",
@@ -367,9 +379,11 @@ def main() -> None:
     clip_dir, long_dir = make_inputs(
         args.data, clips=args.clips, clip_s=args.clip_seconds, long_s=args.long_seconds, size=size
     )
+    if args.inputs:
+        clip_dir = copy_inputs(args.data, args.inputs, args.copies)
     if args.container == "ts":
         clip_dir = remux_ts(clip_dir)
-    files = sorted(clip_dir.glob(f"*.{args.container}"))
+    files = sorted(p for p in clip_dir.iterdir() if not p.name.startswith("."))
     decoders = args.decoders.split(",")
     frames_reader = frames_decoder(files, decoders[0])
     KIND_LABELS["frames"] = f"{frames_reader} frames"

@@ -54,6 +54,19 @@ def make_inputs(
     return clip_dir, long_dir
 
 
+def copy_inputs(data: Path, files: list[Path], copies: int) -> Path:
+    """A folder of ``copies`` copies of each of ``files`` (real clips: too few and too
+    short alone to time a run), made once; copies, not links, so that each is an input."""
+    out = data / f"given-{len(files)}x{copies}"
+    out.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        for i in range(copies):
+            dst = out / f"{f.stem}-{i:02d}{f.suffix}"
+            if not dst.exists():
+                dst.write_bytes(f.read_bytes())
+    return out
+
+
 def remux_ts(clip_dir: Path) -> Path:
     """The clips stream-copied into MPEG-TS, which avprep decodes with its ffmpeg pipe
     (decord has no exact frame index there): the same pictures through the other decoder."""

@@ -22,6 +22,7 @@ import av
 
 from avprep.errors import MediaError
 from avprep.media.probe import media_info
+from avprep.media.unshown import SKIPPABLE, UnshownSkipper
 from avprep.probe import MediaInfo
 from avprep.tools import local_url
 from avprep.urls import remote_scheme
@@ -82,6 +83,7 @@ class Container:
             self._eof = False
             self._video: Iterator | None = None
             self._first = None
+            self.skipper: UnshownSkipper | None = None
             if info.video is not None:
                 self._video = self._decode(self._av.streams[info.video.index])
                 self._first = next(self._video, None)
@@ -103,6 +105,16 @@ class Container:
             first, self._first = self._first, None
             yield first
         yield from self._video or ()
+
+    def skip_unshown(self, shown) -> None:
+        """From now on, leave undecoded the non-reference video frames no output time shows
+        (``shown(t0, t1)``: whether one lies in [t0, t1] on the video's timeline); see
+        ``avprep.media.unshown``. Only for codecs in ``SKIPPABLE``; others decode all."""
+        v = self.info.video
+        stream = self._av.streams[v.index]
+        if stream.codec_context.name in SKIPPABLE:
+            self.skipper = UnshownSkipper(stream.codec_context, time_base=float(stream.time_base),
+                                          start_s=v.start_s, shown=shown)  # fmt: skip
 
     def audio_frames(self) -> Iterator[av.AudioFrame]:
         """The chosen audio stream's frames in decoding order."""
@@ -132,6 +144,8 @@ class Container:
                 pass
             packet = queue.popleft() if queue else None
             flush = packet is None or packet.size == 0
+            if self.skipper is not None and not flush and stream.type == "video":
+                self.skipper.before(packet, queue, self._pull)
             try:
                 yield from codec.decode(None if flush else packet)
             except av.FFmpegError as e:

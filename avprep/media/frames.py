@@ -19,6 +19,7 @@ from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoRef
 from avprep.media.container import Container
 from avprep.media.planes import YuvLayout
 from avprep.media.timeline import SequentialFrames, output_size
+from avprep.media.unshown import SegmentGrid
 
 INTERPOLATION = Interpolation.AREA  # 640x360 -> 228x128: 0.15 ms a frame; BILINEAR 0.24 (measured)
 
@@ -32,13 +33,19 @@ def _plane(plane) -> np.ndarray:
 class PyavFrames(SequentialFrames):
     """Frames of ``container``'s chosen video stream, read segment by segment in time order.
 
+    With ``grid`` (the output times every ``read`` will ask for), the frames none of
+    them shows are left undecoded where the codec allows (``avprep.media.unshown``);
+    ``read`` then takes only that grid's segments.
+
     ``read`` returns a FrameBatch of flat Y|U|V rows (``layout``); ``end_s`` is
     infinite until the stream is exhausted, then the end of its last frame.
     """
 
     name = "pyav"
 
-    def __init__(self, container: Container, *, short_side_px: int) -> None:
+    def __init__(
+        self, container: Container, *, short_side_px: int, grid: SegmentGrid | None = None
+    ) -> None:
         v = container.info.video
         self.container = container
         self.w, self.h = self.size = output_size(v, short_side_px)
@@ -55,7 +62,11 @@ class PyavFrames(SequentialFrames):
         self._prev: tuple[av.VideoFrame, float] | None = None
         self._next: tuple[av.VideoFrame, float] | None = None
         self._eof = False
-        self._converted: tuple[int, np.ndarray] | None = None  # (id of frame, its row)
+        # (frame, its row): the frame itself, as its id() is reused once a freed frame's memory is
+        self._converted: tuple[av.VideoFrame, np.ndarray] | None = None
+        self.grid = grid
+        if grid is not None:  # only the frames it shows need decoding
+            container.skip_unshown(grid.any_between)
         self._advance()
 
     @property
@@ -74,9 +85,21 @@ class PyavFrames(SequentialFrames):
             t = frame.pts * self.time_base - self.v_start
         self._next = (frame, t)
 
+    def read(self, start_s: float, end_s: float, fps: float):
+        g = self.grid
+        if g is not None:
+            n = round(start_s / g.segment_s)
+            if (
+                fps != g.fps
+                or abs(start_s - n * g.segment_s) > 1e-9
+                or end_s > start_s + g.segment_s
+            ):
+                raise ValueError(f"read({start_s}, {end_s}, {fps}) is off the frames' grid")
+        return super().read(start_s, end_s, fps)
+
     def _row(self, frame: av.VideoFrame) -> np.ndarray:
         """``frame`` scaled, converted to full-range BT.601 YUV 4:2:0 and rotated: one row."""
-        if self._converted is not None and self._converted[0] == id(frame):
+        if self._converted is not None and self._converted[0] is frame:
             return self._converted[1]  # shown at several grid times: converted once
         out = self.reformatter.reformat(
             frame,
@@ -90,7 +113,7 @@ class PyavFrames(SequentialFrames):
         )
         planes = [_plane(p) for p in out.planes]
         row = self.layout.join(*(np.rot90(p, self.turns) for p in planes) if self.turns else planes)
-        self._converted = (id(frame), row)
+        self._converted = (frame, row)
         return row
 
     def encode_jpeg(self, row: np.ndarray, quality: int) -> bytes:
