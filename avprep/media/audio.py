@@ -33,14 +33,19 @@ class PyavAudio:
         self._chunks: deque[np.ndarray] = deque()
         self._buffered = 0  # samples in _chunks
         self._end = None  # timeline index one past the last sample placed, None before any
+        self._tb = None  # (the output time base, as a float)
         self.samples_read = 0
         self.exhausted = False
         self._done = False
 
     def _place(self, out: av.AudioFrame) -> None:
-        data = out.to_ndarray().reshape(-1)
+        # mono float32, packed: one plane (to_ndarray and Fraction timestamps cost ~3x more)
+        data = np.frombuffer(out.planes[0], np.float32, count=out.samples).copy()
         if out.pts is not None:
-            at = round((float(out.pts * out.time_base) - self.offset) * self.sample_rate)
+            if self._tb is None:
+                self._tb = (out.time_base, float(out.time_base))
+            tb = self._tb[1] if out.time_base == self._tb[0] else float(out.time_base)
+            at = round((out.pts * tb - self.offset) * self.sample_rate)
         else:
             at = self._end or 0
         end = self._end if self._end is not None else 0

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 SKIPPABLE = frozenset({"h264", "hevc"})
 LOOKAHEAD = 64  # packets read ahead, at most, to find a frame's successor
+SENT = 20  # packets sent that are remembered: more than any codec's reordering (H.264: 16)
 EPS = 1e-6
 
 
@@ -65,7 +66,7 @@ class UnshownSkipper:
                  shown: Callable[[float, float], bool]) -> None:  # fmt: skip
         self.codec = codec
         self.tb, self.start_s, self.shown = time_base, start_s, shown
-        self.sent: deque[int] = deque(maxlen=LOOKAHEAD)  # timestamps of packets sent
+        self.sent: deque[int] = deque(maxlen=SENT)  # timestamps of the last packets sent
         self.last_dts: int | None = None
         self.broken = False  # the stream broke the timestamp rules: decode everything
         self.skipping = False
@@ -107,7 +108,10 @@ class UnshownSkipper:
     def _successor(self, packet, queue: deque, pull: Callable[[], bool]) -> int | None:
         """The smallest timestamp above ``packet``'s, or None where it cannot be settled."""
         p = packet.pts
-        best = min((q for q in self.sent if q > p), default=None)
+        best = None
+        for q in self.sent:
+            if q > p and (best is None or q < best):
+                best = q
         prev_dts, i = packet.dts, 0
         while True:
             while i < len(queue):
