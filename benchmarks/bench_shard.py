@@ -26,7 +26,13 @@ For each worker count N, in one run on the same files:
   its ffmpeg pipe, and the decord reference is that pipe, "ffmpeg frames");
 - ``python -m avprep shard CLIPS --out TMP --workers N --quiet --decoder D`` for
   each D of ``--decoders`` (default ``auto``: PyAV), with its defaults (16 fps,
-  short side 128, 10 s segments, logmel128), process start-up included.
+  short side 128, 10 s segments, logmel128), process start-up included;
+- start-up: the same command on N clips of 1 s with N workers (almost nothing but
+  process start, imports, the manifest and the end), and the shard / decode-only ratio
+  with that taken out of the best shard run: what a long job tends to.
+
+``--inputs FILE...`` times given videos (the real clips in ``../shared/data/real``)
+instead, each copied ``--copies`` times.
 
 Throughput is seconds of video per wall second. Runs are interleaved (the
 three commands for each N, ``--repeats`` times) and each waits until
@@ -62,7 +68,16 @@ from importlib import metadata
 from pathlib import Path
 
 from common import REPO, commit, cpu_model  # benchmarks/: the script's folder is on sys.path
-from inputs import FPS, SIZE, bit_rate, copy_inputs, duration_s, make_inputs, remux_ts
+from inputs import (
+    FPS,
+    SIZE,
+    bit_rate,
+    copy_inputs,
+    duration_s,
+    make_inputs,
+    make_tiny,
+    remux_ts,
+)
 from proctree import TreeRSS
 
 
@@ -282,9 +297,13 @@ KIND_LABELS = {  # main() adds "shard_<decoder>" for each further --decoders ent
 def print_report(res: dict) -> None:
     m, inp = res["machine"], res["inputs"]
     print(f"{m['cpu']}, {m['cores']} cores; {m['ffmpeg']}; avprep {m['commit']}; {m['date']}")
+    if inp.get("given"):
+        what = f"{inp['clips']} copies of {', '.join(Path(g).name for g in inp['given'])}"
+        what += f" ({inp['video_seconds']:.0f} s of video)"
+    else:
+        what = f"{inp['clips']} x {inp['clip_seconds']:g} s {inp['size']} {FPS} fps H.264+AAC"
     print(
-        f"inputs: {inp['clips']} x {inp['clip_seconds']:g} s {inp['size']} {FPS} fps H.264+AAC "
-        f"({inp['mbit_per_s']:.2f} Mbit/s); {res['repeats']} runs each, interleaved"
+        f"inputs: {what} ({inp['mbit_per_s']:.2f} Mbit/s); {res['repeats']} runs each, interleaved"
     )
     print()
     print(f"{'':>7}  {'':<22}  {'video s per s':>15}  {'CPU s per':>10}")
@@ -314,6 +333,12 @@ def print_report(res: dict) -> None:
     loads = [r["other_cores"] for row in res["by_workers"] for k in KIND_LABELS
              for r in row[k]["runs"]]  # fmt: skip
     print(f"other processes' load during the runs: {min(loads):.2f}..{max(loads):.2f} cores")
+    for n, st in res.get("startup", {}).items():
+        print(
+            f"start-up ({n} workers, {n} x 1 s clips): {st['wall_s']:.2f} s of the best shard run's "
+            f"{st['shard_wall_s']:.2f} s; without it, shard / decode-only "
+            f"{st['ratio_without_startup']:.2f}"
+        )
     print()
     print("peak memory of the avprep shard process tree, --workers 1 (VmHWM; private RssAnon)")
     for mem in (res.get("memory_clips"), res["memory_long"]):
@@ -397,7 +422,8 @@ def main() -> None:
         "decoders": decoders,
         "inputs": {
             "clips": len(files),
-            "clip_seconds": args.clip_seconds,
+            "clip_seconds": video_s / len(files) if args.inputs else args.clip_seconds,
+            "given": [str(f) for f in args.inputs or []],
             "video_seconds": round(video_s, 3),
             "size": f"{size[0]}x{size[1]}",
             "mbit_per_s": statistics.mean(bit_rate(f) for f in files) / 1e6,
@@ -446,6 +472,24 @@ def main() -> None:
         }
         for row in res["by_workers"][1:]
     ]
+    # What a run costs whatever its length (process start-up, imports, the manifest, the
+    # end): avprep shard on N clips of 1 s with N workers, best of the repeats.
+    res["startup"] = {}
+    for n in workers:
+        tiny = make_tiny(args.data, n, size)
+        best = min(
+            measure(f"start-up, {n} x 1 s", shard_run, tiny, n, decoders[0])["wall_s"]
+            for _ in range(args.repeats)
+        )
+        row = next(r for r in res["by_workers"] if r["workers"] == n)
+        shard_wall = video_s / row["shard"]["best_video_s_per_s"]
+        bound_wall = video_s / row["decode_only"]["best_video_s_per_s"]
+        res["startup"][n] = {
+            "wall_s": best,
+            "shard_wall_s": shard_wall,
+            "decode_only_wall_s": bound_wall,
+            "ratio_without_startup": bound_wall / (shard_wall - best),
+        }
     if 1 in workers:
         last = runs[("shard", 1)][-1]
         res["memory_clips"] = {

@@ -54,6 +54,15 @@ def make_inputs(
     return clip_dir, long_dir
 
 
+def make_tiny(data: Path, n: int, size: tuple[int, int] = SIZE) -> Path:
+    """``n`` clips of 1 s: an ``avprep shard`` run that is almost all start-up and end."""
+    out = data / f"tiny-{n}x1s-{size[0]}x{size[1]}"
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        make_video(out / f"tiny{i:02d}.mp4", duration_s=1.0, seed=i + 1, size=size)
+    return out
+
+
 def copy_inputs(data: Path, files: list[Path], copies: int) -> Path:
     """A folder of ``copies`` copies of each of ``files`` (real clips: too few and too
     short alone to time a run), made once; copies, not links, so that each is an input."""
