@@ -1,5 +1,5 @@
 """What the command line accepts before any heavy import: fixed choices, devices, sizes
-with units, and local paths.
+with units, and local paths; and the options several commands share (SHARDS, --device, --ckpt).
 
 Each is checked while arguments are parsed, so a wrong value is one line (naming what
 is allowed), exit 2, before torch, PyAV or pyarrow is imported and before anything is
@@ -76,3 +76,29 @@ def local_path(text: str | Path) -> Path:
     if message is not None:
         raise typer.BadParameter(message)
     return Path(text)
+
+
+def shards_argument():
+    """The SHARDS argument of pretrain, embed and localize."""
+    return typer.Argument(
+        ...,
+        help="Shard directory, glob, brace pattern or URL(s) joined by '::'.",
+        show_default=False,
+    )
+
+
+def device_option():
+    """``--device``, checked by ``device``."""
+    return typer.Option(
+        "auto",
+        parser=device,
+        metavar=DEVICE_METAVAR,
+        help="auto (CUDA when present), cpu, cuda or cuda:N.",
+    )
+
+
+def ckpt_option():
+    """``--ckpt``: a local checkpoint file."""
+    return typer.Option(
+        ..., "--ckpt", parser=local_path, help="A checkpoint written by avprep pretrain."
+    )
