@@ -15,15 +15,22 @@ For readers (``cmac_core.data``, ``avprep inspect``) that take a shard spec:
   per part), None where a part is missing (then count otherwise, or give ``--steps``).
 - ``check_shard(url)``: ``cmac_core.data.shards.check_shard``'s three-block test on a
   remote shard (first header, end-of-archive marker), in ranged reads.
+- ``RangedFile(url)``: the shard as ``cmac_core.data.seek`` reads a local one (``pread``
+  of byte ranges) through ranged GETs of at least ``AVPREP_REMOTE_SEEK_BLOCK_BYTES``
+  (default 8 MiB: a shard of that size in one GET; the reader still decodes only what a
+  clip uses).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import os
+from collections import OrderedDict
 from typing import Any
 
 from avprep import manifest, remote, schema
 from avprep.errors import UsageError
+from avprep.schema import SampleError
 from avprep.urls import remote_scheme
 
 TAR_BLOCK = schema.TAR_BLOCK
@@ -165,3 +172,98 @@ def check_shard(url: str) -> str | None:
     finally:
         f.close()
     return schema.tar_ends_problem(size, head, tail)
+
+
+# the least one GET of the seek reader fetches: a GET through s3fs costs as much client CPU
+# as ~1.4 MB of its bytes, so fewer, larger GETs win (BENCHMARKS.md: 64 KiB, 1 MiB, 8 MiB)
+SEEK_BLOCK_BYTES = 8 * 1024**2
+KEEP_BLOCKS = 4  # blocks kept: a sample's headers are all read before its members
+
+
+def seek_block_bytes() -> int:
+    """``AVPREP_REMOTE_SEEK_BLOCK_BYTES``, else ``SEEK_BLOCK_BYTES``."""
+    return max(1, int(os.environ.get("AVPREP_REMOTE_SEEK_BLOCK_BYTES") or SEEK_BLOCK_BYTES))
+
+
+class ShardReadError(OSError):
+    """A remote shard that could not be read on after the retries (the shard, not a sample)."""
+
+
+class RangedFile:
+    """A remote shard read by byte ranges, as ``cmac_core.data.ranges.CountingFile`` reads a
+    local one: ``pread(n, offset)`` returns those bytes, fetched by one ranged GET (retried
+    with ``remote.retry``'s backoff) unless a block fetched before holds them. A GET fetches
+    at least ``block_bytes`` (``seek_block_bytes()``) from the offset asked for, kept for the
+    reads that follow (a tar header, then the json after it, then the next header); a
+    larger read is fetched exactly. ``read``, ``seek``, ``tell`` are tarfile's part.
+    ``bytes_read``: bytes fetched; ``requests``: GETs made.
+
+    Each GET costs a fixed amount of client CPU (through s3fs ~3.5 ms, as much as ~1.4 MB
+    of its bytes: BENCHMARKS.md), so the block trades bytes fetched against requests made.
+
+    ``pread`` raises SampleError where the shard ends first (as on disk) and ShardReadError
+    once the store fails for good (missing, denied, tries spent)."""
+
+    def __init__(self, url: str, size: int | None = None, *, block_bytes: int | None = None):
+        self.url, self.shown = url, remote.scrub(url)
+        self.fs, self.path = remote.filesystem(url)
+        try:
+            self.size = int(remote.stat(url)["size"] if size is None else size)
+        except remote.RemoteFailure as e:
+            raise ShardReadError(f"{self.shown}: {e.reason}") from None
+        self.block_bytes = block_bytes or seek_block_bytes()
+        self.pos = 0
+        self.bytes_read = 0
+        self.requests = 0
+        self._blocks: OrderedDict[int, bytes] = OrderedDict()
+
+    def _get(self, start: int, end: int) -> bytes:
+        try:
+            data = remote.retry(lambda: self.fs.cat_file(self.path, start=start, end=end))
+        except remote.RemoteFailure as e:
+            raise ShardReadError(f"{self.shown}: {e.reason}") from None
+        self.requests += 1
+        self.bytes_read += len(data)
+        return data
+
+    def _cached(self, offset: int, end: int) -> bytes | None:
+        for start, block in self._blocks.items():
+            if start <= offset and end <= start + len(block):
+                return block[offset - start : end - start]
+        return None
+
+    def pread(self, n: int, offset: int) -> bytes:
+        """Exactly ``n`` bytes at ``offset``; SampleError when the shard ends first."""
+        end = min(offset + max(n, 0), self.size)
+        data = b"" if end <= offset else self._cached(offset, end)
+        if data is None:
+            if end - offset < self.block_bytes:
+                block = self._get(offset, min(self.size, offset + self.block_bytes))
+                self._blocks[offset] = block
+                if len(self._blocks) > KEEP_BLOCKS:
+                    self._blocks.popitem(last=False)
+                data = block[: end - offset]
+            else:
+                data = self._get(offset, end)
+        if len(data) != n:
+            raise SampleError(f"a member runs past the end of the shard ({offset + n} bytes)")
+        return data
+
+    # the part of a file object tarfile uses (pax and GNU long-name headers)
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            n = max(0, self.size - self.pos)
+        n = min(n, max(0, self.size - self.pos))
+        data = self.pread(n, self.pos) if n else b""
+        self.pos += len(data)
+        return data
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = pos if whence == 0 else self.pos + pos if whence == 1 else self.size + pos
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        self._blocks.clear()

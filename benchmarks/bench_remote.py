@@ -38,8 +38,13 @@ bench_loader times it, sides interleaved in each repeat:
   the json, the clip's frames and columns);
 - disk (stream): the same folder with ``seek=False`` (each sample read whole by
   webdataset's tar stream): what reading from the server does, on disk;
-- s3 (stream): ``s3://bucket/loader-shards/``: listed, counted from its manifest parts,
-  checked in ranged reads, and streamed through ``remote_read.gopen`` (8 MiB ranged GETs).
+- s3 (seek, B): ``s3://bucket/loader-shards/``: listed, counted from its manifest parts,
+  checked in ranged reads, and read by the seek reader in ranged GETs
+  (``remote_read.RangedFile``) of at least B (``AVPREP_REMOTE_SEEK_BLOCK_BYTES``): 64 KiB
+  fetches little more than a clip needs (headers and json, its frames, its columns) in
+  more requests, 8 MiB a whole shard in one;
+- s3 (stream): the same URL with ``seek=False``: each sample streamed whole through
+  ``remote_read.gopen`` (8 MiB ranged GETs), what the loader did before.
 
 Clips per wall second after ``--warmup-clips`` per worker, over ``--loader-clips`` per
 worker; the ratio is against disk (seek) and against disk (stream) in the same repeat.
@@ -201,7 +206,8 @@ def main() -> None:
         }, indent=1))  # fmt: skip
 
 
-LOADER_SIDES = ("disk (seek)", "disk (stream)", "s3 (stream)")
+LOADER_SIDES = ("disk (seek)", "disk (stream)", "s3 (seek, 64 KiB)", "s3 (seek, 1 MiB)",
+                "s3 (seek, 8 MiB)", "s3 (stream)")  # fmt: skip
 
 
 def loader_part(args, fs, server: int) -> dict:
@@ -219,12 +225,16 @@ def loader_part(args, fs, server: int) -> dict:
     url = f"s3://{BUCKET}/loader-shards/"
     cfg = preset("base").data
     w = args.loader_workers
-    specs = {"disk (seek)": (str(shard_dir), True), "disk (stream)": (str(shard_dir), False),
-             "s3 (stream)": (url, False)}  # fmt: skip
+    specs = {"disk (seek)": (str(shard_dir), True, None),
+             "disk (stream)": (str(shard_dir), False, None),
+             "s3 (seek, 64 KiB)": (url, True, 64 << 10), "s3 (seek, 1 MiB)": (url, True, 1 << 20),
+             "s3 (seek, 8 MiB)": (url, True, 8 << 20), "s3 (stream)": (url, False, None)}  # fmt: skip
     runs: dict[str, list[dict]] = {name: [] for name in LOADER_SIDES}
     for k in range(args.repeats):
         for name in LOADER_SIDES:
-            spec, seek = specs[name]
+            spec, seek, block = specs[name]
+            if block:  # the seek reader's least GET (the loader's workers inherit it)
+                os.environ["AVPREP_REMOTE_SEEK_BLOCK_BYTES"] = str(block)
             s0 = _cpu_s(server)
             t0 = time.perf_counter()
             stream = train_stream(spec, cfg, batch_size=args.batch_size, workers=w, seed=k,

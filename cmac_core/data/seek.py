@@ -1,12 +1,16 @@
-"""Shards -> clips: local v2 shards read by seeking, everything else as a webdataset stream.
+"""Shards -> clips: v2 shards read by seeking, everything else as a webdataset stream.
 
-Training uses a few frames and columns of each sample. A local, uncompressed shard whose
-first sample is schema v2 is read with ``pread``: each member's tar header, the sample's
+Training uses a few frames and columns of each sample. An uncompressed shard whose first
+sample is schema v2 is read with ``pread``: each member's tar header, the sample's
 json, the spectrogram's .npy header, and then only the byte ranges of the chosen clip's
 frames (one range: a clip's frames are consecutive in the frames member) and of its
 spectrogram columns (one range: the member is stored column-major). The rest of the
-sample is skipped over, never read. Shards written as v1, remote URLs and compressed
-tars are read whole, as before (webdataset's tar stream, then ``SafeDecode``).
+sample is skipped over, never read. A local shard is read with ``os.pread``
+(``ranges.CountingFile``); a shard in an object store (``s3://``, any fsspec protocol
+webdataset has no opener of its own for) with ranged GETs (``avprep.remote_read.RangedFile``:
+a small read fetches 64 KiB, so a header and the json after it come in one request).
+Shards written as v1, compressed tars and other URLs (``http://``, ``pipe:``) are read
+whole, as before (webdataset's tar stream, then ``SafeDecode``).
 
 Both ways give the same clips for the same seed: samples reach ``ClipWindow`` in shard
 order and it draws the same windows from the same generator (``clip_frames``, the audio
@@ -28,6 +32,7 @@ import tarfile
 from webdataset.tariterators import base_plus_ext
 
 from avprep import schema
+from avprep.remote_read import RangedFile, ShardReadError
 from avprep.schema import SampleError
 from cmac_core.data.damage import (
     SAMPLE,
@@ -40,7 +45,7 @@ from cmac_core.data.damage import (
     marker,
 )
 from cmac_core.data.ranges import CountingFile, FileFrames, FileSpec
-from cmac_core.data.shards import COMPRESSED, _is_url
+from cmac_core.data.shards import COMPRESSED, _checked_remotely, _is_url
 from cmac_core.data.stages import SafeDecode, check_members, parse_json
 
 JSON_MAX = 1 << 22  # a sample json's bound (4 MiB; avprep writes a few KB)
@@ -52,19 +57,21 @@ class ShardClips:
     """Pipeline stage: ``{"url"}`` dicts -> clips (``window``'s dicts) and damage markers
     (``cmac_core.data.damage``), ``clips_per_sample`` clips per sample read.
 
-    ``seek``: read local v2 shards by seeking (False: every shard as a stream, as v1).
-    ``bytes_read`` and ``samples_seeked``: what this process's seeking read so far."""
+    ``seek``: read v2 shards on disk and in object stores by seeking (False: every shard
+    as a stream, as v1). ``bytes_read`` and ``samples_seeked``: what this process's seeking
+    read so far (``requests``: the ranged GETs of remote shards among it)."""
 
     def __init__(self, window, *, clips_per_sample: int = 1, seek: bool = True) -> None:
         self.window, self.k, self.seek = window, clips_per_sample, seek
         self.decode = SafeDecode()
         self.bytes_read = 0
         self.samples_seeked = 0
+        self.requests = 0
 
     def __call__(self, src):
         for shard in src:
             url = shard["url"]
-            if self.seek and not _is_url(url):
+            if self.seek and (not _is_url(url) or _checked_remotely(url)):
                 yield from self._seek(shard)
             else:
                 yield from self._stream(shard)
@@ -82,18 +89,18 @@ class ShardClips:
         for _ in range(self.k):
             try:
                 clip = self.window(s)
-            except (UnsafeShardError, SchemaVersionError):
+            except (UnsafeShardError, SchemaVersionError, ShardReadError):
                 raise
             except Exception as e:  # values out of range, a member cut short: one marker
                 yield marker(url, e, kind=SAMPLE, key=key)
                 return
             yield clip
 
-    # -- seeking: local v2 shards ---------------------------------------------------------
+    # -- seeking: v2 shards on disk and in object stores ----------------------------------
     def _seek(self, shard: dict):
         url = shard["url"]
         try:
-            f = CountingFile(url)
+            f = RangedFile(url) if _is_url(url) else CountingFile(url)
         except OSError as e:
             yield marker(url, e, kind=SHARD)
             return
@@ -103,11 +110,14 @@ class ShardClips:
                 yield from self._stream(shard)
             else:
                 yield from self._walk(shard, f)
+        except ShardReadError as e:  # the store failed for good: the rest of the shard
+            yield marker(url, e, kind=SHARD)
         finally:
             self.bytes_read += f.bytes_read
+            self.requests += getattr(f, "requests", 0)
             f.close()
 
-    def _walk(self, shard: dict, f: CountingFile):
+    def _walk(self, shard: dict, f: CountingFile | RangedFile):
         url, n, first = shard["url"], 0, True
         key, group = None, {}
         members = tar_members(f)
@@ -157,7 +167,7 @@ class ShardClips:
             else:
                 s = self._lazy(f, key, meta, group)
                 self.samples_seeked += 1
-        except (UnsafeShardError, SchemaVersionError):
+        except (UnsafeShardError, SchemaVersionError, ShardReadError):
             raise
         except Exception as e:
             yield marker(url, e, kind=SAMPLE, key=key)
