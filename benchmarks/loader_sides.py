@@ -14,6 +14,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 
 from avprep.read_sample import frame_jpegs, sample_meta, spec_array
+from avprep.schema import make_key
 from cmac_core.config import DataConfig
 from cmac_core.data.clip import Window, choose_window, cut_columns, frame_indices
 from cmac_core.data.loader import train_pipeline
@@ -23,6 +24,9 @@ from cmac_core.data.stages import Augment
 FPS = 16.0  # avprep shard's default, and the clip rate of the from-source side
 SHORT_SIDE = 128
 SAMPLE_RATE = 16000
+# What Augment reads of a from-source clip: a sample key (it hashes the video id) and the
+# spectrogram preset (it normalises by it); this side makes logmel128's
+SOURCE_META = {"spec": {"preset": "logmel128"}}
 
 
 class ReaderOnly(IterableDataset):
@@ -125,8 +129,8 @@ class FromSource(IterableDataset):
             with torch.no_grad():
                 spec = torch.log(mel(torch.from_numpy(self.audio(v, start_s))) + 1e-6).numpy()
             window = Window(0, len(frames), 0, spec.shape[1], start_s, self.clip_s)
-            batch.append({"key": Path(v["path"]).stem, "frames": frames, "spec": spec,
-                          "window": window})  # fmt: skip
+            batch.append({"key": make_key(Path(v["path"]).stem, 0), "meta": SOURCE_META, "frames": frames,
+                          "spec": spec, "window": window})  # fmt: skip
             if len(batch) == self.batch_size:
                 yield augment(batch)
                 batch = []
