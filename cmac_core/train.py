@@ -1,11 +1,13 @@
 """The pretraining loop: DDP, bf16 autocast on GPU, checkpoints, resume. Nothing else.
 
 ``pretrain(shards, run_dir, cfg)`` runs alone or under torchrun (one process
-per GPU; gloo on CPU). Every rank takes exactly ``steps_per_epoch`` batches
-per epoch from an endless stream, so no rank waits for another at an epoch's
-end. Rank 0 writes ``config.json``, ``metrics.jsonl`` (and TensorBoard event files
-where tensorboard is installed) and checkpoints (``step-N.pt``, ``last.pt``); every
-rank writes ``ranks/rank-R.json`` at the end.
+per GPU; gloo on CPU). Every rank takes one batch a step from an endless stream of
+epochs (``data.shards.StreamPlan``: each reader's span of each epoch, each clip once an
+epoch), so no rank waits for another at an epoch's end; ``steps_per_epoch`` is the
+epoch's clips over the global batch. Rank 0 lists, checks and counts the shards for all,
+and writes ``config.json``, ``metrics.jsonl`` (and TensorBoard event files where
+tensorboard is installed) and checkpoints (``step-N.pt``, ``last.pt``); every rank writes
+``ranks/rank-R.json`` at the end.
 Nothing is written before every check has passed (a resume must keep the run's
 model, data and loss settings), and a run dir this run made is removed again
 when the run fails before its first step.
@@ -37,7 +39,7 @@ from cmac_core.config import ConfigError, PretrainConfig
 from cmac_core.data import position
 from cmac_core.data.augment import finish_video
 from cmac_core.data.damage import Damage
-from cmac_core.data.loader import train_stream, with_spec_norm
+from cmac_core.data.loader import Counted, count_shards, train_stream, with_spec_norm
 from cmac_core.errors import CmacError
 from cmac_core.metrics import Display, MetricsLog
 from cmac_core.models import ARCH_OF_METHOD, build
@@ -214,6 +216,25 @@ def _rank0_data_config(shards, cfg: PretrainConfig, info) -> PretrainConfig:
     return dataclasses.replace(cfg, data=result)
 
 
+def _rank0_counted(shards, info) -> Counted:
+    """The shards listed, checked and counted (manifests read) by rank 0 alone and shared
+    (``loader.count_shards``): with N ranks the storage sees one reader, not N. A refusal
+    there (no shards, a bad spec) is every rank's."""
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = count_shards(shards)
+        except CmacError as e:
+            if not info.distributed:
+                raise
+            error = (type(e), str(e), getattr(e, "cli", None))
+    result, error = distributed.broadcast_object((result, error))
+    if error is not None:
+        kind, text, cli = error
+        raise kind(text, cli=cli)
+    return result
+
+
 def to_host(t: torch.Tensor) -> list:
     """The one place the training loop copies device values to the host (a sync): log
     steps, checks and saves only."""
@@ -241,7 +262,8 @@ def _pretrain(
     cuda = info.device.type == "cuda"
     configure_backends(info.device, o)
     stream = train_stream(shards, cfg.data, batch_size=o.batch_size, workers=o.workers, rank=info.rank,
-                          world_size=info.world_size, seed=o.seed, pin_memory=cuda)  # fmt: skip
+                          world_size=info.world_size, seed=o.seed, pin_memory=cuda,
+                          counted=_rank0_counted(shards, info))  # fmt: skip
     per_epoch = stream.steps_per_epoch
     if per_epoch == 0:
         short = (f"{stream.n_samples} samples cannot fill one batch of {o.batch_size} on each of "
@@ -260,11 +282,15 @@ def _pretrain(
                            run_dir / "last.pt", None, 0.0, 0.0)  # fmt: skip
     schedule = WarmupCosine(o.lr, min(o.warmup_steps, max(1, total // 10)), total)
     layout = position.DataState(info.world_size, o.workers, o.seed, 0,
-                                position.shards_digest(stream.urls))  # fmt: skip
-    layout.epoch, start, note = position.resume_point(saved_data, layout, rank=info.rank, step=step,
-                                                      per_epoch=per_epoch)  # fmt: skip
-    stream.start[:] = start  # each reader replays its stream to there, decoding nothing
-    at = position.Position(max(1, o.workers), start)
+                                position.shards_digest(stream.urls, stream.plan.counts))  # fmt: skip
+    resumed = position.resume_point(saved_data, layout, stream.plan, rank=info.rank, step=step,
+                                    per_epoch=per_epoch)  # fmt: skip
+    layout.epoch, layout.rest, note = resumed.epoch, resumed.rest, resumed.note
+    stream.start[:] = resumed.start  # each reader goes straight to its block, decoding nothing
+    stream.plan.pending.update(resumed.rest)  # the epochs a changed layout shares out anew
+    at = position.Position(max(1, o.workers), resumed.start or None)
+    if not resumed.start:
+        at.readers = [[layout.epoch, 0, 0] for _ in at.readers]
 
     model, arch = build_model(cfg, info)
     task = make_task(model, cfg.loss)
@@ -309,9 +335,10 @@ def _pretrain(
             if dog is not None:
                 dog.progress(step, "in the step")
             _note_damage(damage, batch.pop("damage"), display)
-            at.note(batch.pop(position.READER))
+            reader = batch.pop(position.READER)
+            at.note(reader)
             if keylog is not None:
-                keylog.write(step + 1, batch["key"])
+                keylog.write(step + 1, batch["key"], reader["epochs"])
             with observer(step) if observer is not None else contextlib.nullcontext():
                 video_u8 = batch["video"].to(info.device, non_blocking=True)
                 jitter = batch["jitter"].to(info.device, non_blocking=True)
@@ -350,6 +377,7 @@ def _pretrain(
                     if dog is not None:
                         dog.progress(step, "saving a checkpoint")
                     layout.readers = distributed.gather_objects(at.readers)
+                    layout.prune()
                     last_ckpt = _save(run_dir, model, optimizer, cfg, schedule, step, per_epoch,
                                       info.is_main, arch, guard=guard, last_ckpt=last_ckpt,
                                       data_state=layout.to_dict())  # fmt: skip

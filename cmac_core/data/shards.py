@@ -1,4 +1,4 @@
-"""Which shards to read, how many samples they hold, and who reads which.
+"""Which shards to read, how many samples they hold, and who reads which (``StreamPlan``).
 
 Shard specs: a directory written by ``avprep shard`` (its ``*.tar``), a glob, a
 brace pattern (``shards/shard-{000..009}.tar``), or any URL webdataset's gopen
@@ -18,6 +18,7 @@ import random
 import tarfile
 from pathlib import Path
 
+import numpy as np
 from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -100,8 +101,15 @@ def resolve(spec: str | list[str]) -> list[str]:
 
 
 def count_samples(urls: list[str]) -> int | None:
-    """Samples in shards: local ones from the manifest beside them, else by reading tar
-    headers; fsspec URLs from the manifest parts beside them (``remote_read``).
+    """Samples in shards (``shard_counts``, summed); None where a shard's count is unknown."""
+    counts = shard_counts(urls)
+    return None if counts is None else sum(counts)
+
+
+def shard_counts(urls: list[str]) -> list[int] | None:
+    """Samples in each shard of ``urls``, in order: local ones from the manifest beside them,
+    else by reading tar headers; fsspec URLs from the manifest parts beside them
+    (``remote_read``, several shards at once).
 
     None for other URLs (``pipe:``), or remote shards without their manifest parts (then
     give ``--steps``).
@@ -109,38 +117,41 @@ def count_samples(urls: list[str]) -> int | None:
     remote = [u for u in urls if _is_url(u)]
     if remote and not all(_is_fsspec(u) for u in remote):
         return None
-    total = 0
+    counts: dict[str, int | None] = {}
     if remote:
-        counted = remote_read.count_samples(remote)
-        if counted is None:
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        with ThreadPoolExecutor(min(16, len(remote))) as pool:
+            counts.update(zip(remote, pool.map(_count_remote, remote), strict=True))
+        if any(n is None for n in counts.values()):
             return None
-        total += counted
-    by_dir: dict[Path, set[str]] = {}
+    by_dir: dict[Path, list[str]] = {}
     for u in urls:
-        if _is_url(u):
-            continue
-        by_dir.setdefault(Path(u).parent, set()).add(Path(u).name)
-    for folder, names in by_dir.items():
-        counted = _from_manifest(folder, names)
-        if counted is None:
-            counted = sum(_count_tar(folder / n) for n in names)
-        total += counted
-    return total
+        if not _is_url(u):
+            by_dir.setdefault(Path(u).parent, []).append(u)
+    for folder, local in by_dir.items():
+        per = _from_manifest(folder, {Path(u).name for u in local})
+        for u in local:
+            counts[u] = per[Path(u).name] if per is not None else _count_tar(Path(u))
+    return [int(counts[u]) for u in urls]
 
 
-def _from_manifest(folder: Path, names: set[str]) -> int | None:
-    """Samples of the shards ``names`` from their manifest parts; None where a part is
-    missing or unreadable (the tars are counted instead)."""
+def _count_remote(url: str) -> int | None:
+    return remote_read.count_samples([url])
+
+
+def _from_manifest(folder: Path, names: set[str]) -> dict[str, int] | None:
+    """Samples of each of the shards ``names`` from their manifest parts; None where a part
+    is missing or unreadable (the tars are counted instead)."""
     mdir = folder / schema.MANIFEST_DIR
-    parts = [mdir / f"{Path(n).stem}.parquet" for n in names]
-    if not all(p.exists() for p in parts):
+    parts = {n: mdir / f"{Path(n).stem}.parquet" for n in names}
+    if not all(p.exists() for p in parts.values()):
         return None
     import pyarrow.parquet as pq  # noqa: PLC0415
 
     try:
-        return sum(
-            int(pq.read_table(p, columns=["n_segments"]).column(0).to_numpy().sum()) for p in parts
-        )
+        return {n: int(pq.read_table(p, columns=["n_segments"]).column(0).to_numpy().sum())
+                for n, p in parts.items()}  # fmt: skip
     except Exception:  # a damaged or foreign part: count the tars themselves
         return None
 
@@ -225,38 +236,161 @@ def worker_coords() -> tuple[int, int]:
     return ((info.id + _READER_OFFSET[0]) % info.num_workers, info.num_workers)
 
 
-class EpochShards(IterableDataset):
-    """An endless stream of ``{"url": ...}`` for this rank and loader worker.
+class StreamPlan:
+    """Who reads what, epoch by epoch: a pure function of the seed, the shard list and each
+    shard's sample count, ``clips_per_sample``, the readers (rank x loader worker), the
+    epoch, and for an epoch a resume shared out anew, the items it had left (``pending``).
 
-    The stream goes in cycles. In cycle c every reader (rank x loader worker)
-    shuffles the full shard list with the same seed (seed, start epoch, c) and
-    takes its own disjoint share, so each cycle partitions the shards afresh
-    and no reader ever runs dry: every rank yields as many batches as the
-    trainer asks for (``steps_per_epoch`` each epoch), and no rank waits for
-    another at an epoch's end. With fewer shards than readers, each reader
-    samples shards with replacement instead.
+    An item is a clip: sample g of the shard list (shards in list order, samples in tar
+    order) gives items ``g * k + j``, ``j < clips_per_sample``. Epoch e reads the shards in
+    an order shuffled with (seed, e), and reader r (``rank * workers + worker``) takes the
+    r-th contiguous span of that sequence: the spans differ by at most one item (which
+    readers have the longer ones rotates with the epoch), so every item is read once an
+    epoch, each reader from a few shards at a time. A reader's stream is its spans of
+    epoch after epoch (a batch may hold the end of one and the start of the next), and it
+    shuffles each span in blocks of ``block`` items (``block_order``; ``stages.BlockShuffle``),
+    so where it stands is two numbers: the epoch and the items of that span's shuffled
+    order passed. A resume goes straight to that block; no earlier block is read again.
+
+    Without every shard's count (``pipe:`` URLs, remote shards without manifest parts) an
+    item is a whole shard, positions are counted as clips arrive, and a resume reads its
+    span again up to its block (its tar headers, json and windows; no JPEG is decoded).
     """
 
-    def __init__(
-        self, urls: list[str], *, rank: int, world_size: int, epoch: SharedEpoch, seed: int = 0
-    ) -> None:
+    def __init__(self, counts: list[int] | None, *, n_shards: int, clips_per_sample: int = 1,
+                 seed: int = 0, block: int = 1, pending: dict | None = None) -> None:  # fmt: skip
+        self.counts, self.n_shards, self.seed = counts, n_shards, seed
+        self.k = clips_per_sample if counts is not None else 1
+        self.block = max(1, int(block))
+        self.pending: dict[int, list[list[int]]] = dict(pending or {})
+        if counts is not None:
+            self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]) * self.k
+        self.n_items = int(self.offsets[-1]) if counts is not None else n_shards
+        self._items: tuple[int, np.ndarray] | None = None
+
+    @property
+    def known(self) -> bool:
+        """Whether every shard's count is known (items are clips, not whole shards)."""
+        return self.counts is not None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_items": None}
+
+    def with_pending(self, pending: dict) -> StreamPlan:
+        """This plan, with ``pending`` as the items left of the epochs it names."""
+        return StreamPlan(self.counts, n_shards=self.n_shards, clips_per_sample=self.k,
+                          seed=self.seed, block=self.block, pending=pending)  # fmt: skip
+
+    def items(self, epoch: int) -> np.ndarray:
+        """Epoch ``epoch``'s items in reading order (int64)."""
+        if self._items is not None and self._items[0] == epoch:
+            return self._items[1]
+        order = list(range(self.n_shards))
+        random.Random(f"{self.seed}/{epoch}").shuffle(order)
+        if not self.known:
+            ids = np.asarray(order, dtype=np.int64)
+        else:
+            o, none = self.offsets, [np.empty(0, np.int64)]
+            ids = np.concatenate([np.arange(o[i], o[i + 1]) for i in order] or none)
+        left = self.pending.get(epoch)
+        if left is not None:
+            keep = np.zeros(self.n_items, dtype=bool)
+            for a, b in left:
+                keep[a:b] = True
+            ids = ids[keep[ids]]
+        self._items = (epoch, ids)
+        return ids
+
+    def share(self, epoch: int, reader: int, readers: int) -> np.ndarray:
+        """Reader ``reader``'s span of epoch ``epoch`` (of ``readers``), in reading order."""
+        ids = self.items(epoch)
+        if not self.known and 0 < len(ids) < readers:  # fewer shards than readers: read again
+            ids = ids[np.arange(readers) % len(ids)]
+        base, extra = divmod(len(ids), readers)
+        sizes = base + ((np.arange(readers) - epoch) % readers < extra)
+        start = int(sizes[:reader].sum())
+        return ids[start : start + int(sizes[reader])]
+
+    def pieces(self, share: np.ndarray, first: int):
+        """``(shard, {item of the shard: position in the span})`` for the span's items from
+        position ``first`` on, one shard at a time; ``(shard, None)`` (read it all) when
+        counts are unknown, every shard of the span (positions come as clips arrive)."""
+        if not self.known:
+            yield from ((int(i), None) for i in share)
+            return
+        shard = np.searchsorted(self.offsets, share, side="right") - 1
+        cuts = [first, *(np.flatnonzero(np.diff(shard[first:])) + 1 + first).tolist(), len(share)]
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            if a < b:
+                s = int(shard[a])
+                local = (share[a:b] - self.offsets[s]).tolist()
+                yield s, dict(zip(local, range(a, b), strict=True))
+
+    def block_order(self, epoch: int, reader: int, b: int, size: int) -> np.ndarray:
+        """The order block ``b`` (``size`` items) of a reader's span is passed on in."""
+        return np.random.default_rng([self.seed, epoch, reader, b, 7]).permutation(size)
+
+    def passed(self, epoch: int, reader: int, readers: int, clips: int) -> np.ndarray:
+        """The items of the first ``clips`` of the reader's shuffled span (counts known)."""
+        share = self.share(epoch, reader, readers)
+        b, r = divmod(min(clips, len(share)), self.block)
+        lo = b * self.block
+        head = share[:lo]
+        if r:
+            order = self.block_order(epoch, reader, b, min(self.block, len(share) - lo))
+            head = np.concatenate([head, share[lo + order[:r]]])
+        return head
+
+    def rest(self, at: list[tuple[int, int]]) -> dict[int, list[list[int]]]:
+        """What the epochs in progress have left when reader r stands at ``at[r]`` (epoch,
+        clips passed): per epoch, the items no reader passed, as ``[start, end)`` ranges."""
+        out = {}
+        for e in range(min(e for e, _ in at), max(e for e, _ in at) + 1):
+            left = np.zeros(self.n_items, dtype=bool)
+            left[self.items(e)] = True
+            for r, (er, clips) in enumerate(at):
+                if er > e:
+                    left[self.share(e, r, len(at))] = False
+                elif er == e:
+                    left[self.passed(e, r, len(at), clips)] = False
+            out[e] = to_ranges(np.flatnonzero(left))
+        return out
+
+
+def to_ranges(idx: np.ndarray) -> list[list[int]]:
+    """Sorted distinct integers -> ``[[start, end), ...]`` (plain data)."""
+    if len(idx) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+    starts, ends = idx[np.r_[0, breaks]], idx[np.r_[breaks - 1, len(idx) - 1]] + 1
+    return [[int(a), int(b)] for a, b in zip(starts, ends, strict=True)]
+
+
+class EpochShards(IterableDataset):
+    """This reader's shards (``{"url"}`` dicts), span after span of ``plan``, from where
+    ``start[worker]`` (``[epoch, clips, batches]``) says it stands, else from the shared
+    epoch's first item. Before each shard it tells ``tag.begin`` which of its clips are this
+    reader's, at which positions of the span (``stages.PlannedWindow``)."""
+
+    def __init__(self, urls: list[str], plan: StreamPlan, *, rank: int, world_size: int,
+                 epoch: SharedEpoch, start: list[list[int]] | None = None, tag=None) -> None:  # fmt: skip
         super().__init__()
-        self.urls, self.rank, self.world_size = list(urls), rank, world_size
-        self.epoch, self.seed = epoch, seed
+        self.urls, self.plan, self.rank, self.world_size = list(urls), plan, rank, world_size
+        self.epoch, self.start, self.tag = epoch, start, tag
 
     def __iter__(self):
         worker, n_workers = worker_coords()
-        epoch = self.epoch.get()
-        readers = self.world_size * n_workers
-        reader = self.rank * n_workers + worker
-        if len(self.urls) < readers:
-            rng = random.Random(hash((self.seed, epoch, reader)))
-            while True:
-                yield {"url": rng.choice(self.urls)}
-        cycle = 0
+        readers, reader = self.world_size * n_workers, self.rank * n_workers + worker
+        epoch, clips = self.start[worker][:2] if self.start else (self.epoch.get(), 0)
         while True:
-            order = list(self.urls)
-            random.Random(hash((self.seed, epoch, cycle))).shuffle(order)
-            for url in order[reader::readers]:
-                yield {"url": url}
-            cycle += 1
+            share = self.plan.share(epoch, reader, readers)
+            first = clips // self.plan.block * self.plan.block
+            length = len(share) if self.plan.known else -1
+            new = True
+            for shard, wanted in self.plan.pieces(share, first):
+                if self.tag is not None:
+                    self.tag.begin(epoch=epoch, reader=reader, shard=shard, wanted=wanted,
+                                   first=first, skip=clips, length=length, new_span=new)  # fmt: skip
+                new = False
+                yield {"url": self.urls[shard]}
+            epoch, clips = epoch + 1, 0

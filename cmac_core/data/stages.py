@@ -1,10 +1,12 @@
 """Named, picklable pipeline stages (no lambdas: they break loader workers).
 
 samples -> ``SafeDecode`` (json, npy; jpg kept as bytes; pickle refused) ->
-``ClipWindow`` (choose the window, keep its frames and columns; from a local v2 shard
-``data.seek`` reads just those, and hands ``ClipWindow`` the same sample read lazily) ->
-``DecodeFrames`` (JPEG-decode only the window's frames) -> lists of clips ->
-``Augment`` (augment each clip into its slot of the batch).
+``ClipWindow`` (choose the window, keep its frames and columns; from a v2 shard
+``data.seek`` reads just those, and hands ``ClipWindow`` the same sample read lazily; in
+training through ``PlannedWindow``, which cuts only this reader's clips) ->
+``BlockShuffle`` (a reader's span shuffled a block at a time) -> ``DecodeFrames``
+(JPEG-decode only the window's frames) -> lists of clips -> ``Augment`` (augment each
+clip into its slot of the batch).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 
 import numpy as np
 import torch
@@ -111,38 +112,94 @@ class _Seeded:
             self._rng = np.random.default_rng(entropy)
         return self._rng
 
+    def seed_for(self, *entropy: int) -> None:
+        """Draw the next values from a generator seeded with (seed, *entropy) instead."""
+        self._rng = np.random.default_rng([self.seed, *entropy, self.STREAM])
 
-class Shuffle(_Seeded):
-    """webdataset's sample shuffle (a buffer of ``bufsize``, yielding once ``initial`` are in
-    it, a random one out for each one in), seeded like the other stages, so the same seeds
-    give the same order (webdataset seeds its own from the clock)."""
 
-    STREAM = 1
+class BlockShuffle:
+    """The shuffle of a reader's span (``shards.StreamPlan``): clips tagged ``"_at"`` by
+    ``PlannedWindow`` come in span order; each block of ``plan.block`` positions is held
+    (a clip's few JPEGs, not a whole segment) and passed on in ``plan.block_order``, each
+    clip with ``"_out"``: ``(epoch, clips of its span's shuffled order passed with it)``.
+    A resumed span drops the block's clips before its position (``skip``). Markers pass
+    at once; the clips of other readers (``"_skip"``) are dropped."""
 
-    def __init__(self, bufsize: int, initial: int, **seeding) -> None:
-        super().__init__(**seeding)
-        self.bufsize, self.initial = bufsize, min(initial, bufsize)
+    def __init__(self, plan) -> None:
+        self.plan = plan
 
     def __call__(self, src):
-        # Python's generator, seeded from this stage's stream: a pick is 0.3 us, not numpy's 3
-        rng, buf, src = random.Random(int(self.rng().integers(2**63))), [], iter(src)
-        for sample in src:
-            buf.append(sample)
-            if len(buf) < self.bufsize:
-                more = next(src, None)  # samples are dicts, never None
-                if more is not None:
-                    buf.append(more)
-            if len(buf) >= self.initial:
-                yield _pick(buf, rng)
-        while buf:
-            yield _pick(buf, rng)
+        at, held, span = None, {}, None
+        for s in src:
+            if "__error__" in s:
+                yield s
+                continue
+            if s.get("_skip"):
+                continue
+            epoch, pos, *more = s.pop("_at")
+            block = (epoch, pos // self.plan.block)
+            if block != at:
+                if held:
+                    yield from self._flush(at, held, span)
+                at, held = block, {}
+            span, held[pos] = more, s
+        if held:
+            yield from self._flush(at, held, span)
+
+    def _flush(self, at: tuple[int, int], held: dict, span: list):
+        (epoch, b), (length, skip, reader) = at, span
+        lo = b * self.plan.block
+        size = min(self.plan.block, length - lo) if length >= 0 else len(held)
+        for i, q in enumerate(self.plan.block_order(epoch, reader, b, size).tolist()):
+            clip = held.get(lo + q)
+            if clip is not None and lo + i >= skip:  # None: a damaged sample's
+                clip["_out"] = (epoch, lo + i + 1)
+                yield clip
 
 
-def _pick(buf: list, rng: random.Random):
-    k = rng.randrange(len(buf))
-    out, buf[k] = buf[k], buf[-1]
-    buf.pop()
-    return out
+class PlannedWindow:
+    """``ClipWindow`` in the planned stream. ``EpochShards`` says before each shard which of
+    its clips are this reader's (``begin``); ``ShardClips`` asks for the shard's clips in
+    tar order, ``clips_per_sample`` per sample. Each of this reader's is cut with a
+    generator seeded per item (seed, epoch, item: the same clip whichever reader cuts it)
+    and tagged ``"_at"``: ``(epoch, position in the span, span length, clips to skip,
+    reader)``; the others come back as ``{"key", "_skip": True}``, none of their frames
+    read (a resume's way to its block, and a shard shared by two readers)."""
+
+    def __init__(self, window: ClipWindow, plan) -> None:
+        self.window, self.plan = window, plan
+        self.key, self.sample, self.j, self.arrived = None, -1, 0, 0
+        self.at: dict = {}
+        self.cut = 0  # clips cut so far (what a resume re-reads, in tests and benchmarks)
+
+    def begin(self, *, epoch: int, reader: int, shard: int, wanted: dict | None, first: int,
+              skip: int, length: int, new_span: bool) -> None:  # fmt: skip
+        self.at = {"epoch": epoch, "reader": reader, "shard": shard, "wanted": wanted,
+                   "first": first, "skip": skip, "length": length}  # fmt: skip
+        self.key, self.sample, self.j = None, -1, 0
+        if new_span:
+            self.arrived = 0
+
+    def __call__(self, s: dict) -> dict:
+        at = self.at
+        if s["key"] != self.key:
+            self.key, self.sample, self.j = s["key"], self.sample + 1, 0
+        else:
+            self.j += 1
+        if at["wanted"] is None:  # counts unknown: positions as clips arrive
+            pos, self.arrived = self.arrived, self.arrived + 1
+            item = [at["reader"], pos]
+        else:
+            local = self.sample * self.plan.k + self.j
+            pos = at["wanted"].get(local)
+            item = [int(self.plan.offsets[at["shard"]]) + local]
+        if pos is None or pos < at["first"]:
+            return {"key": s["key"], "_skip": True}
+        self.window.seed_for(at["epoch"], *item)
+        clip = self.window(s)
+        self.cut += 1
+        clip["_at"] = (at["epoch"], pos, at["length"], at["skip"], at["reader"])
+        return clip
 
 
 class ClipWindow(_Seeded):
@@ -239,9 +296,9 @@ class Augment(_Seeded):
 
     Each batch draws from its own generator, seeded per (seed, epoch, rank, loader worker,
     batch index): a resumed reader (``start``, ``data.position``) needs no replay of the
-    batches before. Training batches add ``"reader"``: ``{"worker", "clips", "batches"}``,
-    where that worker's stream stands after this batch (clips numbered by
-    ``position.Numbered``).
+    batches before. Training batches add ``"reader"``: ``{"worker", "epoch", "clips",
+    "batches", "epochs"}``, where that worker's stream stands after this batch (its last
+    clip's ``"_out"``, ``BlockShuffle``; the batches it made), and each clip's epoch.
     """
 
     STREAM = 2
@@ -256,7 +313,7 @@ class Augment(_Seeded):
         """The next batch's generator (and its index, counted in ``self._batch``)."""
         worker, _ = worker_coords()
         if self._batch is None:
-            self._batch = self.start[worker][1] if self.start else 0
+            self._batch = self.start[worker][2] if self.start else 0
         epoch = self.epoch.get() if self.epoch is not None else 0
         self._batch += 1
         return np.random.default_rng([self.seed, epoch, self.rank, worker, self.STREAM,
@@ -294,8 +351,10 @@ class Augment(_Seeded):
             "spec": default_collate(specs),  # in a loader worker: stacked into shared memory
             "start_s": torch.tensor([s["window"].start_s for s in clips], dtype=torch.float64),
             **sync,
-            **({"reader": {"worker": worker_coords()[0], "clips": clips[-1]["_n"],
-                           "batches": self._batch}} if self.train and "_n" in clips[-1] else {}),
+            **({"reader": {"worker": worker_coords()[0], "epoch": clips[-1]["_out"][0],
+                           "clips": clips[-1]["_out"][1], "batches": self._batch,
+                           "epochs": [s["_out"][0] for s in clips]}}
+               if self.train and "_out" in clips[-1] else {}),
         }  # fmt: skip
 
 
