@@ -493,7 +493,7 @@ def main() -> None:
     if 1 in workers:
         last = runs[("shard", 1)][-1]
         res["memory_clips"] = {
-            "input": f"{len(files)} x {args.clip_seconds:g} s",
+            "input": f"{len(files)} x {res['inputs']['clip_seconds']:g} s",
             "workers": 1,
             "peak_rss_bytes": last["peak_rss_bytes"],
             "peak_anon_bytes": last["peak_anon_bytes"],
