@@ -1,5 +1,7 @@
 """An ``avprep shard --out`` that is a URL (``s3://bucket/prefix``): the same names and
-rules as a local output folder (``outdir.LocalStore``), through fsspec.
+rules as a local output folder (``outdir.LocalStore``), through fsspec. ``avprep embed
+--out URL`` writes its Parquet parts through the same store (``cmac_core.embed.remote_table``:
+``publish``, the lease, ``clean_temporaries`` of its own names).
 
 Commit: a shard is written to a local staging folder under a temporary name, then
 uploaded under its final name in one request (a PUT, or a multipart upload for large
@@ -40,6 +42,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from avprep import manifest, remote, schema
+from avprep.errors import UsageError
 from avprep.remote import StoreError, scrub
 
 STATE_DIR = ".avprep"  # outdir.STATE_DIR (not imported: outdir imports this module lazily)
@@ -195,10 +198,13 @@ class RemoteStore:
     def delete(self, name: str) -> None:
         self._do("delete from", lambda: self._rm(self._path(name)))
 
-    def clean_temporaries(self) -> None:
+    def clean_temporaries(self, start: str | None = None) -> None:
         """What a killed run of this rank left: its staging folder, its hidden temporaries
-        (renaming protocols), its unfinished multipart uploads (S3). Made here, once the
-        rank's lease is held (a run refused leaves nothing behind)."""
+        (renaming protocols), its unfinished multipart uploads (S3), of the objects whose
+        names begin with ``start`` (default: this rank's shards, ``shard-rNNNN-``). Made
+        here, once the rank's lease is held (a run refused leaves nothing behind)."""
+        if start is None:
+            start = f"{schema.SHARD_PREFIX}-r{self.rank:04d}-"
         try:
             self.staging.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -211,9 +217,9 @@ class RemoteStore:
             else:
                 p.unlink(missing_ok=True)
         if not self.atomic_put:
-            for name in self._hidden(f"{schema.SHARD_PREFIX}-r{self.rank:04d}-"):
+            for name in self._hidden(start):
                 self.delete(name)
-        self._abort_uploads(f"{schema.SHARD_PREFIX}-r{self.rank:04d}-")
+        self._abort_uploads(start)
 
     def _hidden(self, start: str) -> list[str]:
         names = []
@@ -252,13 +258,23 @@ class RemoteStore:
         self._abort_uploads(f"{stem}-")
 
     # -- the rank's lease -------------------------------------------------------------------
-    def lock(self) -> Callable[[], None]:
-        self._lease = _Lease(self, f"{STATE_DIR}/lock-r{self.rank:04d}")
+    def lock(self, name: str | None = None) -> Callable[[], None]:
+        """Hold this rank's lease, the object ``name`` (default ``.avprep/lock-rNNNN``);
+        returns what releases it. LeaseHeld while another run holds it."""
+        self._lease = _Lease(self, name or f"{STATE_DIR}/lock-r{self.rank:04d}")
         self._lease.acquire()
         return self._lease.release
 
     def close(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+class LeaseHeld(UsageError):
+    """Another run holds the lease: ``holder`` (host, pid), ``age_s`` since its renewal."""
+
+    def __init__(self, message: str, *, holder: str, age_s: float, lease_s: float) -> None:
+        super().__init__(message)
+        self.holder, self.age_s, self.lease_s = holder, age_s, lease_s
 
 
 class _Lease:
@@ -306,14 +322,14 @@ class _Lease:
         self._thread.start()
 
     def _refuse(self, held: dict, age: float, lease: float) -> None:
-        from avprep.errors import UsageError  # noqa: PLC0415
-
-        raise UsageError(
+        holder = f"{held.get('host')} pid {held.get('pid')}"
+        raise LeaseHeld(
             f"rank {self.store.rank} is already running on {self.store.shown} (lock "
-            f"{self.store.where(self.name)}: {held.get('host')} pid {held.get('pid')}, renewed "
+            f"{self.store.where(self.name)}: {holder}, renewed "
             f"{age:.0f} s ago); wait for it, or for its lease to lapse ({lease:.0f} s), or "
-            "give another --rank"
-        )
+            "give another --rank",
+            holder=holder, age_s=age, lease_s=lease,
+        )  # fmt: skip
 
     def _renew(self) -> None:
         while not self._stop.wait(_lease_s() / 4):

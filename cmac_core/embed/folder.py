@@ -10,7 +10,10 @@ for itself lives beside the folder::
     .EMB_DIR.avprep/lock-{rank:05d}           a rank's lock; parts are written here first
 
 A folder written by an older version (``EMB_DIR/.lock-*``, ``EMB_DIR/_per_video/``) is moved
-to this layout when a run opens it.
+to this layout when a run opens it. ``EMB_DIR`` may also be a URL (``s3://bucket/emb``): the
+same layout in the store (``remote_table.RemoteTable``); ``place_of`` gives the one or the
+other. Both are read and written by name through the same few methods (``parts``, ``read``,
+``read_schema``, ``write``, ``delete``, ``write_per_video``), which ``table`` uses.
 """
 
 from __future__ import annotations
@@ -19,25 +22,39 @@ import errno
 import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
 from avprep.outdir import try_lock
-from cmac_core.embed.table import EmbedError, os_why
+from avprep.urls import remote_scheme
+from cmac_core.embed.table import EmbedError, os_why, write_atomically
 
 _OLD_LOCK = re.compile(r"\.lock-(\d{5})$")  # up to 0.x: EMB_DIR/.lock-{rank:05d}
 _OLD_TEMPORARY = re.compile(r"\.part-(\d{5})-\d{5}\.parquet\.tmp$")
 OLD_PER_VIDEO = "_per_video"  # up to 0.x: EMB_DIR/_per_video/videos.parquet
 
 
-@dataclass(frozen=True)
+def place_of(out_dir: str | Path):
+    """The table at ``out_dir``: a ``TableFolder``, or a ``RemoteTable`` for a URL."""
+    if not isinstance(out_dir, Path) and remote_scheme(str(out_dir)):
+        from cmac_core.embed.remote_table import RemoteTable  # noqa: PLC0415  (fsspec)
+
+        return RemoteTable(str(out_dir))
+    return TableFolder.of(out_dir)
+
+
 class TableFolder:
     """The paths of one embedding table: ``table`` is ``EMB_DIR`` as given; ``per_video``
     and ``state`` sit beside it (in its parent, named after it)."""
 
-    table: Path
-    per_video: Path
-    state: Path
+    def __init__(self, table: Path, per_video: Path, state: Path) -> None:
+        self.table, self.per_video, self.state = table, per_video, state
+        self.shown = str(table)
+        self._lock: int | None = None
+        self._tmp: Path | None = None  # where parts are written before their rename
 
     @classmethod
     def of(cls, out_dir: str | Path) -> TableFolder:
@@ -52,11 +69,11 @@ class TableFolder:
     def lock_path(self, rank: int) -> Path:
         return self.state / f"lock-{rank:05d}"
 
-    def open(self, rank: int, world_size: int) -> tuple[int, Path]:
-        """Create both folders, lock ``rank``, delete its unfinished parts, move an older
-        version's files out of the table. Returns the lock's fd (held while open) and the
-        folder parts are written in before their rename into ``table`` (``state``, or
-        ``table`` itself, under hidden names, when ``table`` is another mount)."""
+    def open(self, rank: int, world_size: int) -> None:
+        """Create both folders, lock ``rank`` (until ``close``), delete its unfinished parts,
+        move an older version's files out of the table. Parts are written in ``state``
+        before their rename into ``table`` (or in ``table`` itself, under hidden names,
+        when ``table`` is another mount)."""
         try:
             self.table.mkdir(parents=True, exist_ok=True)
             self.state.mkdir(exist_ok=True)
@@ -72,13 +89,47 @@ class TableFolder:
             if rank == 0:
                 (self.state / f".{self.per_video.name}.tmp").unlink(missing_ok=True)
             self._move_older_layout(rank, world_size)
-            return lock, self._temporaries()
+            self._tmp = self._temporaries()
+            self._lock = lock
         except OSError as e:
             os.close(lock)
             raise EmbedError(f"cannot write to {self.table}: {os_why(e)}") from e
         except EmbedError:
             os.close(lock)
             raise
+
+    def close(self) -> None:
+        """Release the rank's lock."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    # -- the table's files, by name --------------------------------------------------------
+    def parts(self, rank: int | None = None) -> list[str]:
+        """The committed parts' names (of ``rank``, or all), sorted."""
+        pattern = "part-*.parquet" if rank is None else f"part-{rank:05d}-*.parquet"
+        return sorted(p.name for p in self.table.glob(pattern))
+
+    def read_schema(self, name: str) -> pa.Schema:
+        return pq.read_schema(self.table / name)
+
+    def read(self, names: list[str], columns: list[str] | None = None) -> pa.Table:
+        """The rows of the parts ``names``, in that order."""
+        paths = [str(self.table / n) for n in names]
+        if len(paths) == 1:  # its schema's metadata kept (a rewrite keeps it)
+            return pq.read_table(paths[0], columns=columns)
+        return ds.dataset(paths, format="parquet").to_table(columns=columns)
+
+    def write(self, table: pa.Table, name: str) -> None:
+        """``table`` as the part ``name``, whole or not at all (open first)."""
+        write_atomically(table, self.table / name, self._tmp or self.state)
+
+    def delete(self, name: str) -> None:
+        (self.table / name).unlink(missing_ok=True)
+
+    def write_per_video(self, table: pa.Table) -> Path:
+        write_atomically(table, self.per_video, self.state)
+        return self.per_video
 
     def _temporaries(self) -> Path:
         """``state`` if a file renamed from it lands in ``table`` (one mount), else ``table``.

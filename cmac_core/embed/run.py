@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from avprep import schema
+from avprep.urls import remote_scheme
 from cmac_core import distributed
 from cmac_core.data.damage import SAMPLE, Damage, is_marker, marker
 from cmac_core.data.evaluation import eval_loader
 from cmac_core.data.shards import resolve
-from cmac_core.embed.folder import TableFolder
+from cmac_core.embed.folder import TableFolder, place_of
 from cmac_core.embed.frozen import Frozen
 from cmac_core.embed.ledger import KeyLedger
 from cmac_core.embed.packing import ClipPacker
@@ -44,12 +45,12 @@ from cmac_core.watchdog import Watchdog, wait_for_all
 
 @dataclass
 class EmbedReport:
-    out_dir: Path
+    out_dir: Path | str  # a URL stays a string
     rows_written: int  # all ranks
     rows_skipped: int  # samples of these shards already in the table (all ranks)
     clips: int
     seconds: float
-    per_video: Path | None = None  # the per-video table (EMB_DIR.videos.parquet), when written
+    per_video: Path | str | None = None  # the per-video table (EMB_DIR.videos.parquet), if written
     damage: Damage = field(default_factory=Damage)  # damaged samples and shards (all ranks)
     # keys met more than once (all ranks): key -> the shards it came from, the kept one first
     collisions: dict[str, list[str]] = field(default_factory=dict)
@@ -72,7 +73,8 @@ def embed(
 ) -> EmbedReport:
     """Embed every sample of ``shards`` with the frozen ``ckpt`` model into ``out_dir``, which
     holds the table's parts only; the per-video table and the run's locks go beside it
-    (``TableFolder``).
+    (``TableFolder``). ``out_dir`` may be a URL (``s3://bucket/emb``): the same layout and
+    commit rules in the store (``RemoteTable``; parts staged locally, uploaded whole).
 
     A damaged sample (or one whose embedding is not finite) and a shard that cannot
     be read on do not stop the run: the rest is embedded and ``damage`` says which and
@@ -94,8 +96,7 @@ def embed(
         raise EmbedError(f"precision must be auto, bfloat16 or float32, got {precision!r}")
     t0 = time.perf_counter()
     info = distributed.init(device)
-    out_dir = Path(out_dir)
-    lock = None
+    place = None
     dog = Watchdog.start_for(info, what="sample", name_laggards=False)
     try:
         urls = resolve(shards)
@@ -103,17 +104,18 @@ def embed(
         if workers is None:
             workers = loader_workers(frozen.cfg.optim.workers)
         amp = AutocastChoice.of(precision, info.device)
-        folder = TableFolder.of(out_dir)
-        lock, tmp_dir = folder.open(info.rank, info.world_size)
+        place = place_of(out_dir)
+        out_dir = place.table if isinstance(place, TableFolder) else place.url
+        place.open(info.rank, info.world_size)
         # 0: as many windows as cover the segment (the CLI's word for it)
         metadata = {**frozen.metadata, "clips_per_segment": str(clips_per_segment or 0)}
-        check_same_table(out_dir, metadata)
-        committed = committed_keys(out_dir)
+        check_same_table(place, metadata)
+        committed = committed_keys(place)
         done = set(committed)
         mine = urls[info.rank :: info.world_size]
         dim = frozen.cfg.model.embed_dim
         schema_ = table_schema(dim, frozen.cfg.model.video_widths[-1], metadata)
-        writer = PartWriter(out_dir, info.rank, schema_, rows_per_part, tmp_dir=tmp_dir)
+        writer = PartWriter(place, info.rank, schema_, rows_per_part)
         notes = StreamNotes()
         clips = 0
         try:
@@ -145,13 +147,12 @@ def embed(
         collisions = notes.keys.collisions(across_ranks=info.distributed)
         if info.is_main and (len(done) < len(committed) or notes.keys.across):
             # the same key from two ranks, or from an older version
-            keep_first_rows(out_dir, tmp_dir=tmp_dir)
+            keep_first_rows(place)
         if info.distributed:
             torch.distributed.barrier()
         videos = None
         if per_video and info.is_main:
-            videos = write_per_video(out_dir, folder.per_video, metadata, tmp_dir=folder.state,
-                                     leave_out_keys=set(collisions))  # fmt: skip
+            videos = write_per_video(place, metadata, leave_out_keys=set(collisions))
         if dog is not None:
             dog.finish()
         return EmbedReport(out_dir, written, skipped, clips, time.perf_counter() - t0, videos,
@@ -159,8 +160,8 @@ def embed(
     finally:
         if dog is not None:
             dog.stop()
-        if lock is not None:
-            os.close(lock)
+        if place is not None:
+            place.close()
         distributed.shutdown()
 
 
@@ -245,7 +246,8 @@ def _check_args(
          f"--clips-per-segment must be >= 1 (or 0: cover the segment), got {clips_per_segment}"),
         (workers is None or 0 <= workers <= 256, f"workers must be >= 0 and <= 256, got {workers}",
          f"--workers must be >= 0 and <= 256, got {workers}"),
-        (not Path(out_dir).exists() or Path(out_dir).is_dir(), f"{out_dir} is a file, not a folder", None),
+        (remote_scheme(str(out_dir)) or not Path(out_dir).exists() or Path(out_dir).is_dir(),
+         f"{out_dir} is a file, not a folder", None),
     ]  # fmt: skip
     for ok, message, cli in checks:
         if not ok:

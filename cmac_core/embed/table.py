@@ -2,8 +2,10 @@
 
 Parts are zstd Parquet with an explicit schema and the model recorded in the file
 metadata, written under a temporary name (beside ``EMB_DIR``, see ``folder``) and renamed
-into it, so pyarrow, pandas, polars, DuckDB and ``datasets`` read ``EMB_DIR`` as one table
-of committed rows, keyed by sample key.
+into it, or at a URL uploaded whole under their final names (``remote_table``), so pyarrow,
+pandas, polars, DuckDB and ``datasets`` read ``EMB_DIR`` as one table of committed rows,
+keyed by sample key. The functions here take the table's place (``folder.place_of``) and
+read and write it by part name.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from cmac_core import checkpoint
@@ -56,25 +57,32 @@ def table_schema(dim: int, feature_dim: int, metadata: dict[str, str]) -> pa.Sch
     )
 
 
-def committed_keys(out_dir: Path) -> list[str]:
-    """The keys of every committed part (a key twice only in a table of an older version)."""
-    parts = sorted(out_dir.glob("part-*.parquet"))
+def committed_keys(place) -> list[str]:
+    """The keys of every committed part of the table ``place`` (``folder.place_of``; a path
+    or URL is taken as its place), a key twice only in a table of an older version."""
+    place = _place(place)
+    parts = place.parts()
     if not parts:
         return []
-    return (
-        ds.dataset([str(p) for p in parts], format="parquet")
-        .to_table(columns=["key"])
-        .column(0)
-        .to_pylist()
-    )
+    return place.read(parts, columns=["key"]).column(0).to_pylist()
 
 
-def check_same_table(out_dir: Path, metadata: dict[str, str]) -> None:
+def _place(place):
+    if isinstance(place, str | Path):
+        from cmac_core.embed.folder import place_of  # noqa: PLC0415  (folder imports this)
+
+        return place_of(place)
+    return place
+
+
+def check_same_table(place, metadata: dict[str, str]) -> None:
     """One table, one checkpoint and one clip placement: a rerun must match the parts there."""
-    parts = sorted(out_dir.glob("part-*.parquet"))
+    parts = place.parts()
     if not parts:
         return
-    have = {k.decode(): v.decode() for k, v in (pq.read_schema(parts[0]).metadata or {}).items()}
+    out_dir = place.shown
+    raw = place.read_schema(parts[0]).metadata or {}
+    have = {k.decode(): v.decode() for k, v in raw.items()}
     sha = have.get("checkpoint_sha256", "")
     if sha != metadata["checkpoint_sha256"]:
         held = f"{out_dir} holds embeddings of another checkpoint (sha256 {sha[:12]}...)"
@@ -92,14 +100,14 @@ def check_same_table(out_dir: Path, metadata: dict[str, str]) -> None:
 
 
 class PartWriter:
-    """Buffers rows; writes ``part-{rank}-{n}.parquet`` atomically every ``rows_per_part`` rows
-    (through a temporary file in ``tmp_dir``)."""
+    """Buffers rows; writes ``part-{rank}-{n}.parquet`` into the table ``place`` (opened),
+    whole or not at all, every ``rows_per_part`` rows."""
 
-    def __init__(self, out_dir: Path, rank: int, schema_: pa.Schema,
-                 rows_per_part: int = ROWS_PER_PART, *, tmp_dir: Path) -> None:  # fmt: skip
-        self.out_dir, self.rank, self.schema = out_dir, rank, schema_
-        self.rows_per_part, self.tmp_dir = rows_per_part, tmp_dir
-        taken = [int(p.stem.split("-")[2]) for p in out_dir.glob(f"part-{rank:05d}-*.parquet")]
+    def __init__(self, place, rank: int, schema_: pa.Schema,
+                 rows_per_part: int = ROWS_PER_PART) -> None:  # fmt: skip
+        self.place, self.rank, self.schema = place, rank, schema_
+        self.rows_per_part = rows_per_part
+        taken = [int(name.split(".")[0].split("-")[2]) for name in place.parts(rank)]
         self.next = max(taken, default=-1) + 1
         self.rows: list[dict] = []
         self.written = 0
@@ -113,8 +121,8 @@ class PartWriter:
     def flush(self) -> None:
         if not self.rows:
             return
-        final = self.out_dir / f"part-{self.rank:05d}-{self.next:05d}.parquet"
-        write_atomically(pa.Table.from_pylist(self.rows, schema=self.schema), final, self.tmp_dir)
+        name = f"part-{self.rank:05d}-{self.next:05d}.parquet"
+        self.place.write(pa.Table.from_pylist(self.rows, schema=self.schema), name)
         self.next += 1
         self.written += len(self.rows)
         self.rows = []
@@ -142,16 +150,15 @@ def os_why(e: OSError) -> str:
     return e.strerror or checkpoint.first_line(str(e)) or type(e).__name__
 
 
-def write_per_video(out_dir: Path, final: Path, metadata: dict[str, str], *, tmp_dir: Path,
-                    leave_out_keys: set[str] = frozenset()) -> Path:  # fmt: skip
-    """The per-video table of ``out_dir``'s parts to ``final`` (not inside ``out_dir``: it is
-    another table): one row per video, the mean of its segments (embeddings renormalised,
-    features as they are).
+def write_per_video(place, metadata: dict[str, str], *,
+                    leave_out_keys: set[str] = frozenset()) -> Path | str:  # fmt: skip
+    """The per-video table of the table ``place``'s parts, written beside it (not inside
+    it: it is another table; ``place.write_per_video``): one row per video, the mean of its
+    segments (embeddings renormalised, features as they are). Returns where it went.
 
     The videos of ``leave_out_keys`` (keys met more than once: their video ids may name two
     videos) get no row: a row must never mix two videos."""
-    parts = sorted(str(p) for p in out_dir.glob("part-*.parquet"))
-    table = ds.dataset(parts, format="parquet").to_table()
+    table = place.read(place.parts())
     ids = table.column("video_id").to_pylist()
     unsure = {vid for key, vid in zip(table.column("key").to_pylist(), ids, strict=True)
               if key in leave_out_keys}  # fmt: skip
@@ -177,28 +184,28 @@ def write_per_video(out_dir: Path, final: Path, metadata: dict[str, str], *, tmp
          *((name, table.schema.field(name).type) for name in VECTORS)],
         metadata={**metadata, "table_version": TABLE_VERSION},
     )  # fmt: skip
-    write_atomically(pa.Table.from_pylist(rows, schema=schema_), final, tmp_dir)
-    return final
+    return place.write_per_video(pa.Table.from_pylist(rows, schema=schema_))
 
 
-def keep_first_rows(out_dir: Path, *, tmp_dir: Path) -> int:
-    """Make every key appear once in the table: a key in more than one part keeps its row in
-    the first part (by name: the lowest rank's), and later parts are rewritten without it
-    (atomically; a part left empty is removed). The number of rows removed."""
+def keep_first_rows(place) -> int:
+    """Make every key appear once in the table ``place``: a key in more than one part keeps
+    its row in the first part (by name: the lowest rank's), and later parts are rewritten
+    without it (whole or not at all; a part left empty is removed). The number of rows
+    removed."""
     seen: set[str] = set()
     removed = 0
-    for part in sorted(out_dir.glob("part-*.parquet")):
+    for part in place.parts():
         dup = []
-        for key in pq.read_table(part, columns=["key"]).column(0).to_pylist():
+        for key in place.read([part], columns=["key"]).column(0).to_pylist():
             dup.append(key in seen)
             seen.add(key)
         if not any(dup):
             continue
-        table = pq.read_table(part)
+        table = place.read([part])
         kept = table.filter(pa.array([not d for d in dup]))
         removed += table.num_rows - kept.num_rows
         if kept.num_rows:
-            write_atomically(kept.replace_schema_metadata(table.schema.metadata), part, tmp_dir)
+            place.write(kept.replace_schema_metadata(table.schema.metadata), part)
         else:
-            part.unlink()
+            place.delete(part)
     return removed
