@@ -310,3 +310,17 @@ def test_preregistered_checks_read_the_figures():
         "centre prior: pointing near chance (at most 0.1 above)"
     ]  # below chance is no learning
     assert not held["goal, CMAC adds value: beta size-aware IoU >= avid's + 0.05"]
+
+
+def test_the_target_arms_change_only_their_targets(tmp_path):
+    """cmac_momentum and cmac_sharp are cmac with its targets from a momentum copy, or at
+    half the temperature; nothing else differs."""
+    cfg = EvaluateConfig(out_dir=str(tmp_path), preset="tiny", steps=30, batch_size=16, crop_px=112)
+    cmac = train_config(cfg, arm("cmac"), 0, torch.device("cpu"))
+    sharp = train_config(cfg, arm("cmac_sharp"), 0, torch.device("cpu"))
+    momentum = train_config(cfg, arm("cmac_momentum"), 0, torch.device("cpu"))
+    assert cmac.loss.target_temperature == preset("tiny").loss.target_temperature == 0.1
+    assert sharp.loss.target_temperature == 0.05
+    assert sharp.replace("loss", target_temperature=0.1) == cmac
+    assert momentum.loss.target_momentum == 0.99 and momentum.loss.target_temperature == 0.1
+    assert momentum.replace("loss", target_momentum=0.0) == cmac

@@ -30,13 +30,15 @@ class ArmError(CmacError):
 @dataclass(frozen=True)
 class Arm:
     """One arm: ``method`` (``LossConfig.method``), within-modal negatives on or off,
-    targets from a momentum copy (``target_momentum`` > 0), trained on shuffled audio, or
+    targets from a momentum copy (``target_momentum`` > 0) or at another temperature
+    (``target_temperature``), trained on shuffled audio, or
     not trained at all (random init; cmac's architecture)."""
 
     name: str
     method: str = "cmac"
     within_modal_negatives: bool = True
     target_momentum: float = 0.0
+    target_temperature: float | None = None  # None: the preset's (0.1)
     shuffled_audio: bool = False
     trained: bool = True
 
@@ -53,11 +55,14 @@ ARMS = (
     Arm("cmac"),
     Arm("cmac_no_within", within_modal_negatives=False),
     Arm("cmac_momentum", target_momentum=0.99),
+    Arm("cmac_sharp", target_temperature=0.05),
     Arm("shuffled_audio", shuffled_audio=True),
     Arm("lla", method="lla"),
 )
 # cmac_momentum (opt-in) asks why CMAC adds little: its targets come from a slowly moving
-# copy of the model instead of the model itself (cmac_core/targets.py).
+# copy of the model instead of the model itself (cmac_core/targets.py). cmac_sharp (opt-in)
+# asks whether sharper targets (tau_b 0.05 instead of 0.1) give a sharper alpha: alpha cannot
+# be sharper than its targets (docs/method.md).
 # By default every arm but lla and cmac_momentum (``--arms ...,lla`` adds it): lla's clips are twice as long
 # (8 frames in tiny) and its step costs about 1.5x cmac's CPU time, so with it the full
 # protocol does not fit its 45 minutes on 2 CPU cores at 240 steps (measured, see config.py).
@@ -143,7 +148,9 @@ def shuffled_audio_copy(src_dir: str | Path, dst_dir: str | Path, *, seed: int) 
                 if member == SPEC_MEMBER:
                     data = specs[donor[key]]
                 elif member == schema.JSON and donor[key] in spec_mins:
-                    data = json.dumps({**json.loads(data), "spec_min": spec_mins[donor[key]]}).encode()
+                    data = json.dumps(
+                        {**json.loads(data), "spec_min": spec_mins[donor[key]]}
+                    ).encode()
                 new = tarfile.TarInfo(info.name)
                 new.size, new.mtime, new.mode = len(data), info.mtime, info.mode
                 tar.addfile(new, io.BytesIO(data))

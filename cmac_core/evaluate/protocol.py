@@ -63,7 +63,11 @@ def train_config(cfg: EvaluateConfig, a: Arm, seed: int, device: torch.device) -
     name = cfg.preset if cfg.preset != "auto" else ("base" if device.type == "cuda" else "tiny")
     c = preset(name, method=a.method)
     c = c.replace("data", crop_px=cfg.crop_px, **BENCHMARK_AUGMENT)
-    c = c.replace("loss", within_modal_negatives=a.within_modal_negatives, target_momentum=a.target_momentum)
+    c = c.replace(
+        "loss", within_modal_negatives=a.within_modal_negatives, target_momentum=a.target_momentum
+    )
+    if a.target_temperature is not None:
+        c = c.replace("loss", target_temperature=a.target_temperature)
     return c.replace("optim", steps=cfg.steps, batch_size=cfg.batch_size, seed=seed,
                      save_every_steps=max(1, cfg.steps // 4), log_every_steps=max(1, cfg.steps // 60),
                      workers=1 if device.type == "cpu" else 4)  # fmt: skip
