@@ -27,6 +27,7 @@ from test_remote import (  # noqa: E402  (servers and helpers shared with the sh
     ProxyHandler,
     _download,
     _serve,
+    _tars,
     _upload,
     _url,
     s3_server,
@@ -165,3 +166,32 @@ def test_a_server_that_fails_some_requests_still_trains(shards, tmp_path):
         proxy.shutdown()
     assert proxy.failed >= 3, proxy.failed
     assert len(_steps(tmp_path / "run")) >= 2
+
+
+def test_shards_in_the_bucket_are_listed_counted_checked_and_read_by_webdataset(
+    s3, videos, tmp_path  # noqa: F811  (the fixture)
+):  # fmt: skip
+    """avprep.remote_read, for readers: the committed shards of an output URL, their sample
+    count from the manifest, the cheap tar check, and webdataset reading them."""
+    import webdataset as wds
+
+    from avprep import remote_read
+
+    src = _upload(s3, videos, "read-in")
+    out_url = f"s3://{BUCKET}/read-out"
+    run_cli("shard", src, "--out", out_url, "--workers", "1", "--shard-max-samples", "2", *SHARD)
+    s3.pipe_file(f"{BUCKET}/read-out/.shard-r0000-009-w00-00000.tar.x.tmp", b"hidden")
+    urls = remote_read.shard_urls(out_url + "/")
+    assert urls == sorted(f"{out_url}/{n}" for n in _tars(s3, out_url)) and len(urls) == 3
+    assert remote_read.shard_urls(f"{out_url}/shard-*-00001.tar") == [urls[1]]
+    assert remote_read.count_samples(urls) == 5
+    assert [remote_read.check_shard(u) for u in urls] == [None] * 3
+    whole = s3.cat_file(urls[0].removeprefix("s3://"))
+    s3.pipe_file(f"{BUCKET}/cut/shard.tar", whole[: len(whole) // 2 // 512 * 512])
+    assert remote_read.check_shard(f"s3://{BUCKET}/cut/shard.tar") == (
+        "cut short (no end-of-archive marker)"
+    )
+    remote_read.register_webdataset()
+    keys = [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+    local = _download(s3, out_url, tmp_path / "got")
+    assert sorted(keys) == sorted(read_shards(local)) and len(keys) == 5
