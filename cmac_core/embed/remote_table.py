@@ -83,11 +83,12 @@ class RemoteTable:
             self.store.clean_temporaries(start=f"part-{rank:05d}-")
 
     def close(self) -> None:
-        """Release the lease and remove the staging folder."""
+        """Remove the staging folder and release the lease (a run refused the lease leaves
+        the staging folder of the run that holds it alone)."""
         if self._release is not None:
+            self.store.close()
             self._release()
             self._release = None
-        self.store.close()
 
     # -- the table's objects, by name -----------------------------------------------------
     def parts(self, rank: int | None = None) -> list[str]:
