@@ -12,6 +12,7 @@ import typer
 from avprep import cli_options as opt
 from avprep.cli_messages import err, import_for, is_rank0, one_line_errors, out, report_damage
 from avprep.errors import UsageError
+from avprep.urls import out_path_or_url
 
 
 def embed(
@@ -20,8 +21,8 @@ def embed(
     out_dir: Path = typer.Option(
         ...,
         "--out",
-        parser=opt.local_path,
-        help="EMB_DIR: the table's part-{rank}-{n}.parquet files, nothing else.",
+        parser=out_path_or_url,
+        help="EMB_DIR: the table's part-{rank}-{n}.parquet files, nothing else; or a URL (s3://bucket/emb).",
     ),
     batch_size: int = typer.Option(64, help="Clips per forward pass."),
     device: str = opt.device_option(),
@@ -45,7 +46,7 @@ def embed(
     """Frozen embeddings of every segment to Parquet; resumable; also under torchrun."""
     with one_line_errors():
         run = import_for("embed", "cmac_core.embed").embed
-        if attention_maps is not None and attention_maps.resolve().is_relative_to(
+        if attention_maps is not None and isinstance(out_dir, Path) and attention_maps.resolve().is_relative_to(
             out_dir.resolve()
         ):
             raise UsageError(

@@ -166,7 +166,6 @@ URL_ARGS = {  # avprep shard takes URLs (tests/test_remote.py)
     "demo": ["demo", "--out", "s3://bucket/demo"],
     "pretrain --out": ["pretrain", "pipe:cat {tmp}/a.tar", "--out", "s3://bucket/run"],
     "embed --ckpt": ["embed", "http://host/shard-{0..3}.tar", "--ckpt", "s3://b/last.pt", "--out", "e"],
-    "embed --out": ["embed", "{tmp}", "--ckpt", "c.pt", "--out", "s3://bucket/emb"],
     "embed --attention-maps": ["embed", "{tmp}", "--ckpt", "c.pt", "--out", "e",
                                "--attention-maps", "s3://bucket/maps"],
     "localize --out": ["localize", "{tmp}", "--ckpt", "c.pt", "--out", "gs://bucket/maps"],
