@@ -76,3 +76,9 @@ def grad_norm(params, clip: float) -> torch.Tensor:
         return torch.nn.utils.clip_grad_norm_(params, clip)
     grads = [p.grad for p in params if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def to_host(t: torch.Tensor) -> list:
+    """The one place the training loop copies device values to the host (a sync): log
+    steps, checks and saves only."""
+    return t.tolist()

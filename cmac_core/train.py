@@ -33,8 +33,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from avprep.outdir import try_lock
-from cmac_core import checkpoint, distributed
+from cmac_core import checkpoint, distributed, run_folder
 from cmac_core.config import ConfigError, PretrainConfig
 from cmac_core.data import position
 from cmac_core.data.augment import finish_video
@@ -44,14 +43,11 @@ from cmac_core.errors import CmacError
 from cmac_core.metrics import Display, MetricsLog
 from cmac_core.models import ARCH_OF_METHOD, build
 from cmac_core.models.placement import sync_batchnorm, use_channels_last
+from cmac_core.run_folder import TrainingError
 from cmac_core.schedule import WarmupCosine
-from cmac_core.step_guard import StepGuard, grad_norm, weights_finite
+from cmac_core.step_guard import StepGuard, grad_norm, to_host
 from cmac_core.sync_task import make_task
 from cmac_core.watchdog import Watchdog
-
-
-class TrainingError(CmacError):
-    """The run cannot go on (non-finite loss, bad run dir); one-line message."""
 
 
 @dataclass
@@ -65,62 +61,6 @@ class TrainResult:
     data_wait_frac: float
     damage: Damage = field(default_factory=Damage)  # damaged shards and samples skipped (all ranks)
     skipped_steps: int = 0  # updates skipped: loss or gradient norm not finite
-
-
-def _lock_run_dir(run_dir: Path, rank: int) -> tuple[int, bool]:
-    """Make ``run_dir`` if missing and lock it for this rank, as shard and embed lock
-    theirs: ``(lock fd, whether this call made the folder)``. A second run into the
-    same folder is refused in one line."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise TrainingError(f"{run_dir} is a file, not a run folder: use another run_dir",
-                            cli=f"{run_dir} is a file, not a run folder: use another --out")  # fmt: skip
-    created = not run_dir.exists()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = try_lock(run_dir / f".lock-{rank:05d}")
-    except OSError as e:
-        raise TrainingError(f"cannot write to {run_dir}: {e.strerror or e}") from e
-    if fd is None:
-        busy = f"{run_dir} is in use: another pretrain run (rank {rank}) is training into it; wait for it"
-        raise TrainingError(f"{busy}, or use another run_dir", cli=f"{busy}, or use another --out")
-    return fd, created
-
-
-def _resume_from(
-    run_dir: Path, cfg: PretrainConfig, *, resume: bool, device: torch.device
-) -> dict | None:
-    """The checkpoint to go on from (None: a fresh run); reads, never writes."""
-    last = run_dir / "last.pt"
-    if not last.exists():
-        return None
-    if not resume:
-        raise TrainingError(
-            f"{run_dir} already holds a run (last.pt): resume it (resume=True), or use another run_dir",
-            cli=f"{run_dir} already holds a run (last.pt): add --resume, or use another --out",
-        )
-    ckpt = checkpoint.load(last, map_location=device)
-    saved, new = PretrainConfig.from_dict(ckpt["config"]).to_dict(), cfg.to_dict()
-    differ = [
-        f"{section} ({', '.join(k for k in new[section] if new[section][k] != saved[section][k])})"
-        for section in ("model", "data", "loss")
-        if new[section] != saved[section]
-    ]
-    if differ:
-        raise TrainingError(
-            f"{run_dir} was trained with other settings: {'; '.join(differ)}. Resume with the "
-            f"run's config ({run_dir / 'config.json'}); only optim settings (such as "
-            "optim.steps or optim.lr) may change"
-        )
-    return ckpt
-
-
-def _prepare_run_dir(run_dir: Path, cfg: PretrainConfig, *, is_main: bool) -> None:
-    """Write config.json and ranks/."""
-    if is_main:
-        (run_dir / "ranks").mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def pretrain(
@@ -146,7 +86,7 @@ def pretrain(
     lock = None
     dog = Watchdog.start_for(info, what="step")
     try:
-        lock, created = _lock_run_dir(run_dir, info.rank)
+        lock, created = run_folder.lock_run_dir(run_dir, info.rank)
         try:
             result = _pretrain(shards, run_dir, cfg, info, resume=resume, complete_ok=complete_ok,
                                show_progress=show_progress, observer=observer, dog=dog)  # fmt: skip
@@ -235,12 +175,6 @@ def _rank0_counted(shards, info) -> Counted:
     return result
 
 
-def to_host(t: torch.Tensor) -> list:
-    """The one place the training loop copies device values to the host (a sync): log
-    steps, checks and saves only."""
-    return t.tolist()
-
-
 def _pretrain(
     shards,
     run_dir: Path,
@@ -255,7 +189,7 @@ def _pretrain(
 ) -> TrainResult:
     o = cfg.optim
     cfg = _rank0_data_config(shards, cfg, info)  # numbers recorded
-    ckpt = _resume_from(run_dir, cfg, resume=resume, device=info.device)
+    ckpt = run_folder.resume_from(run_dir, cfg, resume=resume, device=info.device)
     step = ckpt["step"] if ckpt else 0
     saved_data = ckpt.get("data_state") if ckpt else None
     torch.manual_seed(o.seed + info.rank)
@@ -296,7 +230,7 @@ def _pretrain(
     task = make_task(model, cfg.loss)
     optimizer = make_optimizer(model, o)
     if ckpt:
-        _restore(model, optimizer, ckpt, run_dir / "last.pt")
+        run_folder.restore(model, optimizer, ckpt, run_dir / "last.pt")
         del ckpt
     runner: torch.nn.Module = task
     if info.distributed:
@@ -307,7 +241,7 @@ def _pretrain(
     params = [p for p in model.parameters() if p.requires_grad]
     guard = StepGuard(info.device, limit=o.max_nonfinite_steps, distributed_=info.distributed)
 
-    _prepare_run_dir(run_dir, cfg, is_main=info.is_main)
+    run_folder.prepare_run_dir(run_dir, cfg, is_main=info.is_main)
     metrics = MetricsLog(run_dir, start_step=step) if info.is_main else None
     last_ckpt = run_dir / "last.pt" if step > 0 else None
     display = Display(total, enabled=show_progress and info.is_main)
@@ -378,7 +312,7 @@ def _pretrain(
                         dog.progress(step, "saving a checkpoint")
                     layout.readers = distributed.gather_objects(at.readers)
                     layout.prune()
-                    last_ckpt = _save(run_dir, model, optimizer, cfg, schedule, step, per_epoch,
+                    last_ckpt = run_folder.save(run_dir, model, optimizer, cfg, schedule, step, per_epoch,
                                       info.is_main, arch, guard=guard, last_ckpt=last_ckpt,
                                       data_state=layout.to_dict())  # fmt: skip
     finally:
@@ -418,7 +352,7 @@ def _log(out, guard: StepGuard, task, step, per_epoch, lr, info, metrics, displa
     problem = guard.problem(counters)
     if problem is not None:
         raise TrainingError(f"{problem}; {guard.limit} steps in a row skipped, stopped. "
-                            f"{_kept(last_ckpt)}")  # fmt: skip
+                            f"{run_folder.kept_line(last_ckpt)}")  # fmt: skip
     record = {"step": step, "epoch": step / per_epoch if per_epoch else None, "lr": lr}
     record.update(dict(zip(names, values, strict=True)))
     record["skipped_steps"] = int(counters[0])
@@ -431,10 +365,6 @@ def _log(out, guard: StepGuard, task, step, per_epoch, lr, info, metrics, displa
     return int(counters[0])
 
 
-def _kept(last_ckpt: Path | None) -> str:
-    return f"last good checkpoint: {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-
-
 def _note_damage(damage: Damage, markers: list[dict], display: Display) -> None:
     """Tally the damage a batch's samples passed over; say so the first time for a shard."""
     for m in markers:
@@ -443,64 +373,3 @@ def _note_damage(damage: Damage, markers: list[dict], display: Display) -> None:
         if new:
             what = "damaged samples skipped" if m["__kind__"] == "sample" else "read stopped"
             display.print(f"pretrain: shard {m['__url__']}: {what} ({m['__error__']})")
-
-
-def _restore(model: torch.nn.Module, optimizer, ckpt: dict, path: Path) -> None:
-    """The checkpoint's weights and optimizer state into the run's; one line if they do not fit."""
-    checkpoint.check_state_dict(model, ckpt.get("model"), path)  # names, shapes: before copying
-    try:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise TrainingError(f"{path}: its weights do not fit the run's model ({first})") from e
-
-
-def _save(run_dir, model, optimizer, cfg, schedule, step, per_epoch, is_main, arch="cmac", *,
-          guard: StepGuard | None = None, last_ckpt: Path | None = None,
-          data_state: dict | None = None) -> Path:  # fmt: skip
-    """Write step-N.pt and last.pt (rank 0). Every rank first checks, in one transfer, that
-    the weights are finite and the guard saw no run of non-finite steps: non-finite weights
-    are never saved (the same answer on every rank, whose weights are equal)."""
-    checks = [weights_finite(model).long().reshape(1)]
-    if guard is not None:
-        checks.append(guard.values())
-    host = to_host(torch.cat(checks))
-    problem = guard.problem(host[1:], current=not host[0]) if guard is not None else None
-    if problem is not None and (not host[0] or guard.problem(host[1:]) is not None):
-        raise TrainingError(f"{problem}; stopped. {_kept(last_ckpt)}"
-                            + ("; the weights are not finite, not saved" if not host[0] else ""))  # fmt: skip
-    if not host[0]:
-        raise TrainingError(f"the weights are not finite at step {step}: not saved; stopped. "
-                            f"{_kept(last_ckpt)}")  # fmt: skip
-    path = run_dir / "last.pt"
-    if is_main:
-        epoch = step // per_epoch if per_epoch else 0
-        tmp = run_dir / f".last.{os.getpid()}.tmp"
-        try:
-            checkpoint.save(run_dir / f"step-{step}.pt", model=model, optimizer=optimizer, config=cfg.to_dict(),
-                            step=step, epoch=epoch, scheduler=schedule.state_dict(), arch=arch,
-                            data_state=data_state)  # fmt: skip
-            try:
-                os.link(run_dir / f"step-{step}.pt", tmp)
-            except OSError:  # file systems without hard links
-                shutil.copyfile(run_dir / f"step-{step}.pt", tmp)
-            os.replace(tmp, path)
-        except (OSError, RuntimeError) as e:  # torch.save's "unexpected pos" on a full disk
-            for partial in (tmp, *run_dir.glob(f".step-{step}.pt.*.tmp")):
-                partial.unlink(missing_ok=True)
-            kept = f"last good checkpoint: {path}" if path.exists() else "no checkpoint was written"
-            raise TrainingError(
-                f"cannot write the step {step} checkpoint in {run_dir} ({_why(e)}); {kept}"
-            ) from e
-    if dist.is_initialized():
-        dist.barrier()
-    return path
-
-
-def _why(e: BaseException) -> str:
-    """The system's words for a failed write: the OSError's, where torch wrapped one."""
-    cause = next((x for x in (e, e.__cause__, e.__context__) if isinstance(x, OSError)), None)
-    if cause is not None and cause.strerror:
-        return cause.strerror
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
