@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import read_manifest, read_shards, run_cli
+from conftest import read_manifest, read_shards, run_cli, shard_workers
 
 from avprep.config import ShardConfig
 from avprep.discover import discover, partition, rank_world_from_env
@@ -290,18 +290,6 @@ def test_resume_after_kill_9(tmp_path):
     assert again.returncode == proc.returncode == 0
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
-
-
 def test_a_worker_killed_mid_run_is_replaced(tmp_path):
     """SIGKILL one worker: its video is failed 'worker died', the rest finish, each once."""
     clips = _make_clips(tmp_path / "in", 8, duration_s=4.0)
@@ -310,8 +298,7 @@ def test_a_worker_killed_mid_run_is_replaced(tmp_path):
                   "--shard-max-samples", "2", *SHARD)  # fmt: skip
     try:
         _wait_for(lambda: list(out.glob("*.tar")) or proc.poll() is not None, what="a shard")
-        workers = [k for k in _children(proc.pid) if b"spawn_main" in
-                   Path(f"/proc/{k}/cmdline").read_bytes()]  # fmt: skip
+        workers = shard_workers(proc.pid)
         assert workers and proc.poll() is None
         os.kill(workers[0], signal.SIGKILL)
     finally:
@@ -347,8 +334,12 @@ def test_resume_rebuilds_a_lost_manifest_part(clips, tmp_path):
     # The rebuilt rows carry what the lost ones did: media facts, duration, label, extra
     # (v2 keeps media and extra as JSON text in the sample json).
     rebuilt = {r["video_id"]: r for r in rows}
-    differ = {(vid, k, r[k], first[vid][k]) for vid, r in rebuilt.items() for k in r
-              if r[k] != first[vid][k] and k != "seconds"}  # fmt: skip  (time spent: not in a shard)
+    differ = {
+        (vid, k, r[k], first[vid][k])
+        for vid, r in rebuilt.items()
+        for k in r
+        if r[k] != first[vid][k] and k != "seconds"
+    }  # fmt: skip  (time spent: not in a shard)
     assert not differ
 
 

@@ -15,11 +15,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import read_manifest, read_shards, run_cli
+from conftest import read_manifest, read_shards, run_cli, shard_workers
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
@@ -248,8 +247,7 @@ def test_a_worker_killed_mid_run_writing_to_the_bucket_is_replaced(s3, tmp_path)
         while not _tars(s3, out_url) and proc.poll() is None:
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        workers = [int(p.name) for p in Path("/proc").glob("[0-9]*")
-                   if _parent(int(p.name)) == proc.pid and b"spawn_main" in _cmdline(p)]  # fmt: skip
+        workers = shard_workers(proc.pid)
         assert workers and proc.poll() is None
         os.kill(workers[0], signal.SIGKILL)
     finally:
@@ -260,20 +258,6 @@ def test_a_worker_killed_mid_run_writing_to_the_bucket_is_replaced(s3, tmp_path)
     failed = [r for r in rows if r["status"] != "ok"]
     assert len(failed) <= 1 and all(r["reason"] == "worker died (exit code -9)" for r in failed)
     assert len(read_shards(tmp_path / "got")) == 2 * (8 - len(failed))
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _cmdline(p: Path) -> bytes:
-    try:
-        return (p / "cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def test_an_out_url_in_a_missing_bucket_is_one_line(s3, videos, tmp_path):  # noqa: F811
