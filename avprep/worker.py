@@ -34,14 +34,7 @@ def worker_main(
     run: int,
     tasks: mp.Queue,
     results: Connection,
-    cwd: str | None = None,
-    env: dict[str, str] | None = None,
 ) -> None:
-    if cwd is not None:  # a forkserver's child has the server's: take the parent's
-        os.chdir(cwd)
-    if env is not None:
-        os.environ.clear()
-        os.environ.update(env)
     die_with_parent()  # and its ffmpeg/ffprobe children die with it (tools.popen)
     os.setpgid(0, 0)  # its own process group, so the parent can kill it with its ffmpegs
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides on Ctrl-C
