@@ -100,8 +100,8 @@ def restore(model: torch.nn.Module, optimizer, ckpt: dict, path: Path) -> None:
 
 
 def save(run_dir, model, optimizer, cfg, schedule, step, per_epoch, is_main, arch="cmac", *,
-          guard: StepGuard | None = None, last_ckpt: Path | None = None,
-          data_state: dict | None = None) -> Path:  # fmt: skip
+         guard: StepGuard | None = None, last_ckpt: Path | None = None,
+         data_state: dict | None = None) -> Path:  # fmt: skip
     """Write step-N.pt and last.pt (rank 0). Every rank first checks, in one transfer, that
     the weights are finite and the guard saw no run of non-finite steps: non-finite weights
     are never saved (the same answer on every rank, whose weights are equal)."""

@@ -312,9 +312,9 @@ def _pretrain(
                         dog.progress(step, "saving a checkpoint")
                     layout.readers = distributed.gather_objects(at.readers)
                     layout.prune()
-                    last_ckpt = run_folder.save(run_dir, model, optimizer, cfg, schedule, step, per_epoch,
-                                      info.is_main, arch, guard=guard, last_ckpt=last_ckpt,
-                                      data_state=layout.to_dict())  # fmt: skip
+                    last_ckpt = run_folder.save(run_dir, model, optimizer, cfg, schedule, step,
+                                                per_epoch, info.is_main, arch, guard=guard,
+                                                last_ckpt=last_ckpt, data_state=layout.to_dict())  # fmt: skip
     finally:
         display.stop()
         if metrics is not None:

@@ -69,28 +69,17 @@ def kill_when(args: list[str], ready, *, env: dict | None = None, timeout: float
     proc.wait()
 
 
-def _proc_parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _proc_cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
 def shard_workers(pid: int) -> list[int]:
-    """The shard worker processes of the avprep process ``pid``: children of its
-    forkserver (a child of ``pid``), or its spawned children where there is no forkserver."""
-    pids = [int(p.name) for p in Path("/proc").glob("[0-9]*")]
-    parent = {k: _proc_parent(k) for k in pids}
-    servers = {k for k in pids if parent[k] == pid and b"forkserver" in _proc_cmdline(k)}
-    return [k for k in pids if parent[k] in servers
-            or (parent[k] == pid and b"spawn_main" in _proc_cmdline(k))]  # fmt: skip
+    """The shard worker processes of the avprep process ``pid``: its spawned children."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"spawn_main" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 def _private_mounts() -> bool:

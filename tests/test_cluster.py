@@ -334,12 +334,8 @@ def test_resume_rebuilds_a_lost_manifest_part(clips, tmp_path):
     # The rebuilt rows carry what the lost ones did: media facts, duration, label, extra
     # (v2 keeps media and extra as JSON text in the sample json).
     rebuilt = {r["video_id"]: r for r in rows}
-    differ = {
-        (vid, k, r[k], first[vid][k])
-        for vid, r in rebuilt.items()
-        for k in r
-        if r[k] != first[vid][k] and k != "seconds"
-    }  # fmt: skip  (time spent: not in a shard)
+    differ = {(vid, k, r[k], first[vid][k]) for vid, r in rebuilt.items() for k in r
+              if r[k] != first[vid][k] and k != "seconds"}  # fmt: skip  (time spent: not in a shard)
     assert not differ
 
 
