@@ -6,11 +6,13 @@ import ctypes
 import functools
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 
 from avprep.errors import UsageError
@@ -64,6 +66,50 @@ def die_with_parent() -> None:
     (its parent's death by kill -9 included). Nothing elsewhere."""
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, _SIGKILL)
+
+
+def die_with(pid: int) -> None:
+    """SIGKILL the calling process's group as soon as process ``pid`` exits.
+
+    For a worker forked by a forkserver: its parent is the server, which outlives a
+    killed command, so ``die_with_parent`` does not reach it. A daemon thread waits on a
+    pidfd (Linux; else it polls ``pid`` every 0.2 s) and kills the group, the worker
+    and its ffmpeg/ffprobe, even while the main thread is blocked in a system call no
+    signal handler interrupts (opening a FIFO nobody writes). Call after ``setpgid``."""
+
+    def kill_group() -> None:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        kill_group()  # gone already
+    except (AttributeError, OSError):  # no pidfd here (macOS, an old kernel): poll
+        threading.Thread(target=_poll_then, args=(pid, kill_group), daemon=True,
+                         name="avprep-lifeline").start()  # fmt: skip
+    else:
+        threading.Thread(target=_wait_then, args=(fd, kill_group), daemon=True,
+                         name="avprep-lifeline").start()  # fmt: skip
+
+
+def _wait_then(fd: int, then) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while not poller.poll():
+        pass
+    then()
+
+
+def _poll_then(pid: int, then) -> None:
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            then()
+            return
+        except PermissionError:
+            pass  # alive, another user's: not ours to judge
+        time.sleep(0.2)
 
 
 class _ChildSetup:

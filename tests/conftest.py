@@ -70,16 +70,20 @@ def kill_when(args: list[str], ready, *, env: dict | None = None, timeout: float
 
 
 def shard_workers(pid: int) -> list[int]:
-    """The shard worker processes of the avprep process ``pid``: its spawned children."""
-    found = []
+    """The shard worker processes of the avprep process ``pid``: its multiprocessing
+    children or grandchildren (forked by its forkserver) that lead their own process
+    group, as every worker does once started."""
+    stats = {}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if parent == pid and b"spawn_main" in (proc / "cmdline").read_bytes():
-                found.append(int(proc.name))
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if b"multiprocessing" in (proc / "cmdline").read_bytes():
+                stats[int(proc.name)] = (int(fields[1]), int(fields[2]))  # parent, group
         except (OSError, IndexError, ValueError):
             continue
-    return found
+    ours = {k for k, (parent, _) in stats.items() if parent == pid}
+    ours |= {k for k, (parent, _) in stats.items() if parent in ours}
+    return sorted(k for k in ours if stats[k][1] == k)
 
 
 def _private_mounts() -> bool:
