@@ -46,8 +46,10 @@ def embed(
     """Frozen embeddings of every segment to Parquet; resumable; also under torchrun."""
     with one_line_errors():
         run = import_for("embed", "cmac_core.embed").embed
-        if attention_maps is not None and isinstance(out_dir, Path) and attention_maps.resolve().is_relative_to(
-            out_dir.resolve()
+        if (
+            attention_maps is not None
+            and isinstance(out_dir, Path)
+            and attention_maps.resolve().is_relative_to(out_dir.resolve())
         ):
             raise UsageError(
                 f"--attention-maps {attention_maps} is inside --out {out_dir}: readers of the "

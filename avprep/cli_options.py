@@ -21,7 +21,16 @@ from avprep.urls import refusal
 SPEC_PRESETS = ("logmel128", "vggish64")  # avprep.spectrogram.PRESETS
 METHODS = ("cmac", "avid", "lla")  # cmac_core.config.METHODS
 EVALUATE_SIZES = ("auto", "tiny", "base")  # cmac_core.evaluate.config.PRESETS
-ARMS = ("random_init", "avid", "cmac", "cmac_no_within", "cmac_momentum", "cmac_sharp", "shuffled_audio", "lla")  # evaluate.arms
+ARMS = (
+    "random_init",
+    "avid",
+    "cmac",
+    "cmac_no_within",
+    "cmac_momentum",
+    "cmac_sharp",
+    "shuffled_audio",
+    "lla",
+)  # evaluate.arms
 DEVICE_METAVAR = "[auto|cpu|cuda|cuda:N]"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
