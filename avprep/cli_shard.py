@@ -121,6 +121,9 @@ def shard(
 
 
 def run_shard(inputs: list[str], cfg) -> int:
+    from avprep.worker_start import start_early  # noqa: PLC0415
+
+    start_early()  # the workers' server imports while this process does
     from avprep.pipeline import shard_videos  # noqa: PLC0415
     from avprep.progress import make_progress, summary_table  # noqa: PLC0415
 

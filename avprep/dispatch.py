@@ -26,6 +26,7 @@ from avprep.errors import AvprepError
 from avprep.outdir import OutputDir
 from avprep.remote import StoreError
 from avprep.worker import worker_main
+from avprep.worker_start import worker_context
 
 if TYPE_CHECKING:
     from avprep.pipeline import Progress, ShardReport
@@ -45,19 +46,6 @@ class _Worker:
     ready: bool = False
     uncommitted: list[int] = field(default_factory=list)  # ok inputs not yet in a committed shard
     eof: bool = False  # its end of the pipe is closed: it exited or died
-
-
-def worker_context() -> mp.context.BaseContext:
-    """Where the platform has it, a forkserver that imported ``avprep.worker`` once (numpy,
-    pyarrow, pandas: ~0.5 s of CPU): each worker forks from it instead of starting an
-    interpreter that imports them again. Else (Windows) spawn. Either way a worker starts
-    from a clean process, not a fork of this one; it takes this process's working folder
-    and environment from its arguments (the server keeps those of when it started)."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["avprep.worker"])
-    return ctx
 
 
 def _next_message(
