@@ -10,6 +10,9 @@ so ``avprep --help`` is instant.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sys
 
 import typer
@@ -67,7 +70,23 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(e.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        _leave_rank(code)
+    sys.exit(code)
+
+
+def _leave_rank(code: int) -> None:
+    """End a torchrun rank whose command has returned (its outputs written and committed,
+    its process group destroyed) without the interpreter's teardown, where native thread
+    pools (gloo's, Arrow's) are destroyed in an order that, now and then, aborts the
+    process (``terminate called without an active exception``: seen once in CI, a rank of
+    ``localize`` after its work was done), and torchrun then fails the whole job."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
