@@ -91,6 +91,25 @@ def own_cpu_s() -> float:
     return total
 
 
+def adopt_orphans() -> None:
+    """Make this process the reaper of its orphaned descendants (Linux): the shard
+    workers' forkserver outlives the command by a moment, and its CPU (with its
+    workers', which it waits for) counts in ours only once we wait for it."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes  # noqa: PLC0415
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+
+
+def reap_orphans() -> None:
+    """Wait for every descendant left to us (``adopt_orphans``)."""
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
 def machine_busy_s() -> float:
     """CPU seconds the whole machine has been busy (all processes, all cores)."""
     with open("/proc/stat") as f:
@@ -235,6 +254,7 @@ def shard_run(folder: Path, workers: int, decoder: str = "auto") -> dict:
             proc = subprocess.Popen(cmd, cwd=REPO)
             rss = TreeRSS(proc.pid)
             rc = proc.wait()
+            reap_orphans()  # the forkserver, with its workers' CPU
             rss.stop()
         if rc != 0:
             raise RuntimeError(f"avprep shard exited {rc}: {' '.join(cmd)}")
@@ -283,6 +303,7 @@ def machine() -> dict:
 
 
 def main() -> None:
+    adopt_orphans()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "avprep-bench-data")
     ap.add_argument("--json", type=Path, default=None, help="Also write the figures here.")

@@ -39,6 +39,8 @@ def role(pid: int, depth: int) -> str:
         return "parent"
     if "resource_tracker" in cmd:
         return "resource_tracker"
+    if "forkserver" in cmd and depth == 1:
+        return "forkserver"  # its children, the workers, show its command line too
     if "multiprocessing" in cmd:
         return "worker"
     return os.path.basename(cmd.split(" ", 1)[0]) or "other"  # ffmpeg, ffprobe

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from inputs import FPS
 
-ROLES = ("worker", "parent", "ffmpeg", "ffprobe", "resource_tracker")
+ROLES = ("worker", "parent", "forkserver", "ffmpeg", "ffprobe", "resource_tracker")
 
 
 def mb(n: int) -> str:
