@@ -206,7 +206,7 @@ class Dispatcher:
                 raise AvprepError(
                     f"a worker process failed to start (exit code {w.proc.exitcode}); from a "
                     'script, call shard_videos under `if __name__ == "__main__":` (workers '
-                    "are spawned and import the script again)"
+                    "start afresh and import the script again)"
                 )
             else:
                 self.replace(w, f"worker died (exit code {w.proc.exitcode})")

@@ -77,7 +77,7 @@ from inputs import (
     make_tiny,
     remux_ts,
 )
-from proctree import TreeRSS
+from proctree import TreeRSS, children
 from shard_report import KIND_LABELS, REFS, print_report, ratio
 
 
@@ -101,13 +101,13 @@ def adopt_orphans() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
 
 
-def reap_orphans() -> None:
-    """Wait for every descendant left to us (``adopt_orphans``)."""
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
+def reap_orphans(ours: set[int]) -> None:
+    """Wait for the children we did not start ourselves (not in ``ours``): the processes a
+    finished command left to us (``adopt_orphans``), its workers' forkserver and its
+    resource tracker, which exit once they see it gone."""
+    for pid in set(children(os.getpid())) - ours:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def machine_busy_s() -> float:
@@ -250,11 +250,12 @@ def shard_run(folder: Path, workers: int, decoder: str = "auto") -> dict:
     cmd = [sys.executable, "-m", "avprep", "shard", str(folder), "--out", str(out),
            "--workers", str(workers), "--quiet", "--decoder", decoder]  # fmt: skip
     try:
+        ours = set(children(os.getpid()))
         with Meter() as m:
             proc = subprocess.Popen(cmd, cwd=REPO)
             rss = TreeRSS(proc.pid)
             rc = proc.wait()
-            reap_orphans()  # the forkserver, with its workers' CPU
+            reap_orphans(ours)  # the forkserver, with its workers' CPU
             rss.stop()
         if rc != 0:
             raise RuntimeError(f"avprep shard exited {rc}: {' '.join(cmd)}")
