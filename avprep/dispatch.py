@@ -26,13 +26,10 @@ from avprep.errors import AvprepError
 from avprep.outdir import OutputDir
 from avprep.remote import StoreError
 from avprep.worker import worker_main
-from avprep.worker_start import worker_context
+from avprep.worker_start import single_threaded, worker_context
 
 if TYPE_CHECKING:
     from avprep.pipeline import Progress, ShardReport
-
-# Workers are the parallelism: a threaded BLAS inside each only thrashes.
-_SINGLE_THREADED = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass
@@ -97,8 +94,7 @@ class Dispatcher:
         """Process ``todo``; returns the skipped/failed rows."""
         if not todo:
             return []
-        for var in _SINGLE_THREADED:
-            os.environ.setdefault(var, "1")
+        single_threaded()
         self.pending.extend(todo)
         for _ in range(min(self.cfg.workers, len(todo))):
             self.spawn()

@@ -8,6 +8,17 @@ server before the command's own imports, so the two import side by side.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+
+# Workers are the parallelism: a threaded BLAS inside each only thrashes.
+_SINGLE_THREADED = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def single_threaded() -> None:
+    """One BLAS/OpenMP thread in the workers (unless the user set a number): set before the
+    forkserver starts, whose numpy (imported once) sizes its thread pool from them."""
+    for var in _SINGLE_THREADED:
+        os.environ.setdefault(var, "1")
 
 
 def worker_context() -> mp.context.BaseContext:
@@ -24,6 +35,7 @@ def worker_context() -> mp.context.BaseContext:
 
 def start_early() -> None:
     """Start the forkserver now (it returns at once; the server imports in the background)."""
+    single_threaded()
     ctx = worker_context()
     if ctx.get_start_method() == "forkserver":
         from multiprocessing import forkserver  # noqa: PLC0415
