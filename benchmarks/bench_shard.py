@@ -140,10 +140,18 @@ class Meter:
 
     def __enter__(self) -> Meter:
         self.t0, self.cpu0, self.busy0 = time.perf_counter(), own_cpu_s(), machine_busy_s()
+        self.t_done: float | None = None
         return self
 
+    def done(self) -> None:
+        """The command returned (what its user waits for): ``wall_s`` ends here, while CPU
+        and load count to the end of the block (its leftovers exiting)."""
+        self.t_done = time.perf_counter()
+
     def __exit__(self, *exc) -> None:
-        self.wall_s = time.perf_counter() - self.t0
+        end = time.perf_counter()
+        self.span_s = end - self.t0
+        self.wall_s = (self.t_done or end) - self.t0
         self.cpu_s = own_cpu_s() - self.cpu0
         self.busy_s = machine_busy_s() - self.busy0
 
@@ -151,7 +159,7 @@ class Meter:
         self.cpu_s += seconds
 
     def as_dict(self) -> dict:
-        other_cores = max(0.0, (self.busy_s - self.cpu_s) / self.wall_s)
+        other_cores = max(0.0, (self.busy_s - self.cpu_s) / self.span_s)
         return {"wall_s": self.wall_s, "cpu_s": self.cpu_s, "other_cores": other_cores}
 
 
@@ -255,6 +263,7 @@ def shard_run(folder: Path, workers: int, decoder: str = "auto") -> dict:
             proc = subprocess.Popen(cmd, cwd=REPO)
             rss = TreeRSS(proc.pid)
             rc = proc.wait()
+            m.done()
             reap_orphans(ours)  # the forkserver, with its workers' CPU
             rss.stop()
         if rc != 0:
