@@ -234,9 +234,11 @@ def test_same_rank_twice_at_once_is_refused(clips, tmp_path):
     lock = out / ".avprep" / "lock-r0000"
     try:
         _wait_for(lambda: lock.exists() and f" {first.pid}" in lock.read_text(), what="the lock")
-        second = run_cli(*args, check=False)
+        os.kill(first.pid, signal.SIGSTOP)  # held there, however fast its work would be done
         assert first.poll() is None, "the first run ended before the second started"
+        second = run_cli(*args, check=False)
     finally:
+        os.kill(first.pid, signal.SIGCONT)
         _, stderr = first.communicate(timeout=300)
     assert second.returncode == 2
     lines = second.stderr.strip().splitlines()
