@@ -141,9 +141,14 @@ def _proxy(handler=ProxyHandler, **attrs):
 
 
 def _parts(s3, prefix: str) -> dict[str, bytes]:
+    """The committed parts under ``prefix``; none while it holds nothing (its only object,
+    a lease or a marker, may go between a check and the listing: no exists-then-ls)."""
     s3.invalidate_cache()
-    return {p.rsplit("/", 1)[-1]: s3.cat_file(p) for p in s3.ls(f"{BUCKET}/{prefix}")
-            if p.endswith(".parquet")} if s3.exists(f"{BUCKET}/{prefix}") else {}  # fmt: skip
+    try:
+        listed = s3.ls(f"{BUCKET}/{prefix}")
+    except FileNotFoundError:
+        return {}
+    return {p.rsplit("/", 1)[-1]: s3.cat_file(p) for p in listed if p.endswith(".parquet")}
 
 
 @pytest.mark.slow
