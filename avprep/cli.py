@@ -71,7 +71,8 @@ def main() -> None:
         )
         sys.exit(e.exit_code)
     code = code if isinstance(code, int) else 0
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    world = os.environ.get("WORLD_SIZE", "")
+    if world.isdigit() and int(world) > 1:
         _leave_rank(code)
     sys.exit(code)
 

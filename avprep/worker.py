@@ -34,19 +34,16 @@ def worker_main(
     run: int,
     tasks: mp.Queue,
     results: Connection,
-    cwd: str | None = None,
-    env: dict[str, str] | None = None,
-    command: int | None = None,
+    cwd: str,
+    env: dict[str, str],
+    command: int,
 ) -> None:
-    if cwd is not None:  # a forkserver's child has the server's: take the parent's
-        os.chdir(cwd)
-    if env is not None:
-        os.environ.clear()
-        os.environ.update(env)
+    os.chdir(cwd)  # a forkserver's child has the server's folder and environment:
+    os.environ.clear()  # take the command's
+    os.environ.update(env)
     die_with_parent()  # and its ffmpeg/ffprobe children die with it (tools.popen)
     os.setpgid(0, 0)  # its own process group, so the parent can kill it with its ffmpegs
-    if command is not None:  # the command: a forkserver's child has the server for parent
-        die_with(command)
+    die_with(command)  # the command: a forkserver's child has the server for parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides on Ctrl-C
     cfg = ShardConfig.from_dict(cfg_dict)
     store = open_store(cfg.out_dir, cfg.rank)

@@ -6,7 +6,8 @@ segment is cut into 8-frame clips; every visual time token (the encoder's map at
 sounding object's grid cell, or averaged over space with --mean) is labelled "the object
 bounces (strikes) within this token's time", every audio time token (averaged over
 frequency) "a strike falls in this token's window". A linear probe per modality, trained
-on 3/4 of the videos, scored by ROC AUC on the rest (0.5: no timing in the tokens).
+on 3/4 of the videos (the evaluation's probe), scored by ROC AUC on the rest (0.5: no
+timing in the tokens).
 
 python benchmarks/probe_lla_timing.py SHARD_DIR CKPT [CKPT ...] [--random] [--mean]
 """
@@ -25,6 +26,7 @@ from avprep import truth
 from avprep.read_sample import decode_sample
 from cmac_core.data.augment import finish_video, spec_norm, spec_to_tensor
 from cmac_core.embed.frozen import Frozen
+from cmac_core.evaluate.probes import probe_scores, roc_auc
 from cmac_core.models.coattention import LLAModel
 
 
@@ -69,31 +71,14 @@ def tokens(model, cfg, frames, spec, meta, *, on_object: bool):
 
 
 def probe_auc(rows) -> tuple[float, float]:
-    """Held-out ROC AUC of a class-balanced logistic regression, and the positive rate."""
-    keys = sorted({r[2] for r in rows})
-    held = set(keys[::4])
-    x = torch.tensor(np.stack([r[0] for r in rows]))
-    y = torch.tensor([r[1] for r in rows])
-    te = torch.tensor([r[2] in held for r in rows])
-    x = (x - x[~te].mean(0)) / (x[~te].std(0) + 1e-6)
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    pos = y[~te].mean()
-    opt = torch.optim.Adam([w, b], lr=0.05)
-    for _ in range(300):
-        opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(
-            x[~te] @ w + b, y[~te], pos_weight=(1 - pos) / pos
-        )
-        (loss + 1e-3 * (w**2).sum()).backward()
-        opt.step()
-    with torch.no_grad():
-        s, yt = x[te] @ w + b, y[te]
-    ranks = torch.empty(len(s))
-    ranks[s.argsort()] = torch.arange(1, len(s) + 1, dtype=torch.float)
-    n_pos = yt.sum()
-    auc = (ranks[yt == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(yt) - n_pos))
-    return float(auc), float(pos)
+    """Held-out ROC AUC of the evaluation's linear probe (``cmac_core.evaluate.probes``)
+    fit on 3/4 of the videos, and the positive rate."""
+    held = set(sorted({r[2] for r in rows})[::4])
+    te = np.array([r[2] in held for r in rows])
+    x = np.stack([r[0] for r in rows])
+    y = np.array([r[1] for r in rows], dtype=np.int64)
+    scores = probe_scores(x[~te], y[~te], x[te], n_classes=2)
+    return roc_auc(scores[:, 1] - scores[:, 0], y[te] == 1), float(y[~te].mean())
 
 
 def main() -> None:

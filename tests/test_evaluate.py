@@ -17,7 +17,7 @@ from cmac_core.evaluate import localization as loc
 from cmac_core.evaluate.arms import ArmError, arm, derangement, shuffled_audio_copy
 from cmac_core.evaluate.config import EvaluateConfig
 from cmac_core.evaluate.features import clip_box, visible_classes
-from cmac_core.evaluate.probes import probe_accuracy, video_probe_ceiling
+from cmac_core.evaluate.probes import probe_accuracy, roc_auc, video_probe_ceiling
 from cmac_core.evaluate.protocol import BENCHMARK_AUGMENT, train_config
 from cmac_core.evaluate.report import _other_boxes, table
 from cmac_core.evaluate.retrieval import recall_at_1
@@ -116,6 +116,18 @@ def test_probe_separable_features_vs_random():
     assert probe_accuracy(x_train, y_train, x_test, y_test, n_classes=k) == probe_accuracy(
         x_train, y_train, x_test, y_test, n_classes=k
     )  # deterministic
+
+
+def test_roc_auc_counts_every_positive_negative_pair():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 5, 300).astype(float)  # many ties
+    labels = rng.random(300) < 0.2
+    pos, neg = scores[labels], scores[~labels]
+    pairs = (pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()
+    assert roc_auc(scores, labels) == pytest.approx(pairs)
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    with pytest.raises(ValueError):
+        roc_auc([1.0, 2.0], [1, 1])
 
 
 def _truth(sounding: int, *others: int) -> dict:

@@ -16,13 +16,10 @@ import numpy as np
 import torch
 
 
-def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                   test_y: np.ndarray, *, n_classes: int, l2: float = 1e-3,
-                   iterations: int = 200) -> float:  # fmt: skip
-    """Test accuracy of a logistic regression fit on ``train_x [N, C]``, ``train_y [N]``
-    (ints in 0..n_classes-1) and applied to ``test_x [M, C]``, ``test_y [M]``."""
-    if len(train_x) != len(train_y) or len(test_x) != len(test_y) or not len(test_x):
-        raise ValueError("features and labels must pair up, with at least one test clip")
+def probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, *,
+                 n_classes: int, l2: float = 1e-3, iterations: int = 200) -> np.ndarray:  # fmt: skip
+    """``[M, n_classes]`` logits for ``test_x [M, C]`` of a logistic regression fit on
+    ``train_x [N, C]``, ``train_y [N]`` (ints in 0..n_classes-1)."""
     x = torch.as_tensor(np.asarray(train_x), dtype=torch.float64)
     mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-8)
     x = (x - mean) / std
@@ -40,8 +37,32 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     opt.step(closure)
     t = (torch.as_tensor(np.asarray(test_x), dtype=torch.float64) - mean) / std
     with torch.no_grad():
-        predicted = (t @ w + b).argmax(1).numpy()
-    return float(np.mean(predicted == np.asarray(test_y)))
+        return (t @ w + b).numpy()
+
+
+def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                   test_y: np.ndarray, *, n_classes: int, l2: float = 1e-3,
+                   iterations: int = 200) -> float:  # fmt: skip
+    """Test accuracy of a logistic regression fit on ``train_x [N, C]``, ``train_y [N]``
+    (ints in 0..n_classes-1) and applied to ``test_x [M, C]``, ``test_y [M]``."""
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y) or not len(test_x):
+        raise ValueError("features and labels must pair up, with at least one test clip")
+    scores = probe_scores(train_x, train_y, test_x, n_classes=n_classes, l2=l2,
+                          iterations=iterations)  # fmt: skip
+    return float(np.mean(scores.argmax(1) == np.asarray(test_y)))
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The probability that a positive (``labels`` true) scores above a negative (ties
+    count half): 0.5 for scores that say nothing, whatever the classes' balance."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    pos, neg = scores[labels], scores[~labels]
+    if not len(pos) or not len(neg):
+        raise ValueError("roc_auc needs positives and negatives")
+    order = np.sort(neg)
+    below = np.searchsorted(order, pos, side="left")
+    ties = np.searchsorted(order, pos, side="right") - below
+    return float((below + 0.5 * ties).sum() / (len(pos) * len(neg)))
 
 
 def video_probe_ceiling(visible_classes: np.ndarray) -> float:
