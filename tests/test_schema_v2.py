@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 import time
 from pathlib import Path
 
@@ -318,9 +319,13 @@ def test_hostile_v2_samples_are_damage_to_the_seek_reader_and_the_stream(demo_sh
 
 
 def test_a_v2_shard_cut_inside_a_member_ends_with_a_shard_marker(demo_shards, tmp_path):
-    data = tars(demo_shards)[0].read_bytes()
-    cut = tmp_path / "cut.tar"
-    cut.write_bytes(data[: len(data) * 2 // 3 // 512 * 512] + b"\0" * 1024)  # looks whole
+    shard = tars(demo_shards)[0]
+    with tarfile.open(shard) as tar:  # a frames member after the first sample's
+        inside = [m for m in tar.getmembers() if m.name.endswith("." + schema.FRAMES) and m.size > 2048][1]
+    at = inside.offset_data + inside.size // 2 // 512 * 512  # past its header, before its end
+    assert inside.offset_data < at < inside.offset_data + inside.size
+    cut = tmp_path / "cut.tar"  # ends in zero blocks: looks whole
+    cut.write_bytes(shard.read_bytes()[:at] + b"\0" * 1024)
     stage, out = _clips(tmp_path, preset("tiny").data, seek=True)
     assert out and out[-1]["__kind__"] == "shard" and "__error__" in out[-1]
     assert stage.samples_seeked >= 1
