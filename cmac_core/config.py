@@ -107,6 +107,10 @@ class ModelConfig:
     # frame, audio tokens per 4 spectrogram columns, instead of T/8 and n_columns/32. lla's
     # presets turn it on: with T/8, an 8-frame clip leaves one visual time step.
     keep_time: bool = False
+    # The video stream also sees motion: each frame minus the one before it (zero for the
+    # first), as 3 more input channels ("residual frames", Tao et al. 2020). The stem's
+    # weights take 6 channels instead of 3.
+    video_motion: bool = False
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "video_widths": Bound(4, MAX_WIDTH, integer=True),

@@ -201,6 +201,29 @@ def test_tokens_keep_time():
     assert abs(coded[0] - coded[1]) > 1e-4
 
 
+def test_motion_channels_are_each_frame_minus_the_one_before():
+    """model.video_motion: the stem also sees residual frames; a still clip's are zero, so
+    only motion changes what the extra weights see."""
+    from cmac_core.models.video_encoder import residual_frames
+
+    video = torch.arange(2 * 3 * 4 * 2 * 2, dtype=torch.float32).reshape(2, 3, 4, 2, 2) ** 2
+    res = residual_frames(video)
+    assert res.shape == video.shape and not res[:, :, 0].any()
+    torch.testing.assert_close(res[:, :, 1:], video[:, :, 1:] - video[:, :, :-1])
+    torch.manual_seed(0)
+    model = LLAModel(lla_cfg(video_motion=True).model).eval()
+    assert model.video.stem[0].in_channels == 6
+    still = torch.randn(1, 3, 1, 64, 64).expand(1, 3, 8, 64, 64).contiguous()
+    moving = still.clone()
+    moving[:, :, 4:] = moving[:, :, 4:].roll(8, dims=-1)
+    with torch.no_grad():
+        before = [model.encode_video(x)[0] for x in (still, moving)]
+        model.video.stem[0].weight[:, 3:] = 0  # the motion weights silenced
+        after = [model.encode_video(x)[0] for x in (still, moving)]
+    torch.testing.assert_close(before[0], after[0])  # a still clip: no motion input at all
+    assert (before[1] - after[1]).abs().max() > 1e-3  # a moving one: the motion weights count
+
+
 def test_lla_needs_a_shift_and_says_so_in_one_line(demo_shards, tmp_path):
     with pytest.raises(ConfigError, match="sync_shift_min_s"):
         preset("tiny").replace("loss", method="lla")

@@ -24,7 +24,8 @@ from cmac_core.models.video_encoder import VideoEncoder
 
 def encoders(cfg: ModelConfig) -> tuple[VideoEncoder, AudioEncoder]:
     """The two backbones of ``cfg``, shared by every method's model (same weight names)."""
-    video = VideoEncoder(cfg.video_widths, cfg.video_blocks, keep_time=cfg.keep_time)
+    video = VideoEncoder(cfg.video_widths, cfg.video_blocks, keep_time=cfg.keep_time,
+                         motion=cfg.video_motion)  # fmt: skip
     audio = AudioEncoder(cfg.audio_widths, cfg.audio_blocks, freq_stride=cfg.audio_freq_stride,
                          keep_time=cfg.keep_time)  # fmt: skip
     return video, audio

@@ -60,15 +60,24 @@ class BasicBlock(nn.Module):
 class VideoEncoder(nn.Module):
     """``[B, 3, T, H, W]`` -> conv5 map ``[B, C, T/8, H/16, W/16]`` (C = widths[-1]), or
     ``[B, C, T, H/16, W/16]`` with ``keep_time`` (stages 2-4 stride in space only: a
-    synchronization pretext needs the frames' times; same weights' shapes)."""
+    synchronization pretext needs the frames' times; same weights' shapes). With ``motion``
+    the stem also takes each frame minus the one before it (zero for the first frame):
+    residual frames (Tao et al. 2020), 6 input channels."""
 
     def __init__(
-        self, widths: tuple[int, ...], blocks: tuple[int, ...], *, keep_time: bool = False
+        self,
+        widths: tuple[int, ...],
+        blocks: tuple[int, ...],
+        *,
+        keep_time: bool = False,
+        motion: bool = False,
     ) -> None:
         super().__init__()
-        stem_mid = max(4, (3 * widths[0] * 49) // (3 * 49 + 3 * widths[0]))
+        self.motion = motion
+        c_in = 6 if motion else 3
+        stem_mid = max(4, (c_in * widths[0] * 49) // (c_in * 49 + 3 * widths[0]))
         self.stem = nn.Sequential(
-            nn.Conv3d(3, stem_mid, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
+            nn.Conv3d(c_in, stem_mid, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
             nn.BatchNorm3d(stem_mid),
             nn.ReLU(inplace=True),
             nn.Conv3d(stem_mid, widths[0], (3, 1, 1), padding=(1, 0, 0), bias=False),
@@ -100,5 +109,12 @@ class VideoEncoder(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
+        if self.motion:
+            video = torch.cat([video, residual_frames(video)], dim=1)
         # channels-last input where the weights are (models.placement.use_channels_last)
         return self.layers(self.stem(video.contiguous(memory_format=self.input_format)))
+
+
+def residual_frames(video: torch.Tensor) -> torch.Tensor:
+    """``[B, C, T, H, W]`` -> each frame minus the one before it; the first frame's is zero."""
+    return torch.cat([torch.zeros_like(video[:, :, :1]), video.diff(dim=2)], dim=2)
