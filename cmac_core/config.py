@@ -83,6 +83,9 @@ def _as_tuple(value: Any, name: str, n: int) -> tuple:
 MAX_WIDTH, MAX_BLOCKS = 8192, 64
 
 
+SYNC_HEADS = ("pooled", "per_time")
+
+
 @dataclass
 class ModelConfig:
     video_widths: tuple[int, ...] = (64, 128, 256, 512)
@@ -111,6 +114,10 @@ class ModelConfig:
     # first), as 3 more input channels ("residual frames", Tao et al. 2020). The stem's
     # weights take 6 channels instead of 3.
     video_motion: bool = False
+    # lla's sync head reads: "pooled" (the paper's: both streams averaged over all their
+    # tokens, then compared) or "per_time" (each visual time step against the audio of the
+    # same seconds, scored per step and averaged: a comparison that keeps time).
+    sync_head: str = "pooled"
 
     BOUNDS: ClassVar[dict[str, Bound]] = {
         "video_widths": Bound(4, MAX_WIDTH, integer=True),
@@ -138,6 +145,10 @@ class ModelConfig:
         _check(
             self.video_widths[-1] == self.audio_widths[-1],
             "model.video_widths and model.audio_widths need the same final width",
+        )
+        _check(
+            self.sync_head in SYNC_HEADS,
+            f"model.sync_head must be one of {', '.join(SYNC_HEADS)}, got {shown(self.sync_head)}",
         )
         _check(
             self.video_widths[-1] % self.coattention_heads == 0,

@@ -193,12 +193,34 @@ def test_tokens_keep_time():
 
         def logit(a_tokens):
             v, a, _ = model.attend(v_tokens, a_tokens)
-            return model.pair_logits(v, a).item()
+            return model.pair_logits(v, a).item()  # pooled: t and f do not matter
 
         bare = [logit(m.flatten(2).transpose(1, 2)) for m in (a_map, rolled)]
         coded = [logit(model.positions.audio(m)) for m in (a_map, rolled)]
     assert bare[0] == pytest.approx(bare[1], abs=1e-5)  # without codes: the order is lost
     assert abs(coded[0] - coded[1]) > 1e-4
+
+
+def test_a_per_time_sync_head_compares_the_same_seconds():
+    """model.sync_head per_time: without place codes the pooled head cannot tell an audio
+    map from itself rolled in time (test_tokens_keep_time); the per-time head can, and
+    scores the same as the mean of its steps."""
+    torch.manual_seed(0)
+    model = LLAModel(lla_cfg(sync_head="per_time").model).eval()
+    video, spec = torch.randn(1, 3, 8, 64, 64), torch.randn(1, 1, 128, 100)
+    with torch.no_grad():
+        v_tokens, (t, _, _) = model.encode_video(video)
+        a_map = model.audio(spec)
+        f = a_map.shape[2]
+        logits = []
+        for m in (a_map, a_map.roll(a_map.shape[-1] // 2, dims=-1)):
+            v, a, _ = model.attend(v_tokens, m.flatten(2).transpose(1, 2))
+            logits.append(model.pair_logits(v, a, t=t, f=f).item())
+        out = model(video, spec)
+        assert out["sync_logit"].shape == (1,)
+    assert t == 8 and abs(logits[0] - logits[1]) > 1e-4
+    with pytest.raises(ConfigError, match="sync_head"):
+        lla_cfg(sync_head="late")
 
 
 def test_motion_channels_are_each_frame_minus_the_one_before():

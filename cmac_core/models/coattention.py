@@ -136,9 +136,10 @@ class LLAModel(nn.Module):
         v_map = self.video(video)
         return self.positions.video(v_map), tuple(v_map.shape[2:])
 
-    def encode_audio(self, spec: torch.Tensor) -> torch.Tensor:
-        """``[B, 1, n_mels, n_columns]`` -> encoder tokens with places ``[B, f*n, C]``."""
-        return self.positions.audio(self.audio(spec))
+    def encode_audio(self, spec: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``[B, 1, n_mels, n_columns]`` -> encoder tokens with places ``[B, f*n, C]``, ``(f, n)``."""
+        a_map = self.audio(spec)
+        return self.positions.audio(a_map), tuple(a_map.shape[2:])
 
     def attend(self, v_tokens: torch.Tensor, a_tokens: torch.Tensor):
         """Encoder tokens -> ``(v_stream, a_stream, audio_guided [B, Nv])`` through the modules."""
@@ -149,21 +150,34 @@ class LLAModel(nn.Module):
             maps.append(w_av.float().mean(1))  # over audio queries: [B, Nv]
         return v, a, torch.stack(maps).mean(0)
 
-    def pair_logits(self, v_stream: torch.Tensor, a_stream: torch.Tensor) -> torch.Tensor:
-        """Pooled streams through the heads, then the sync head: ``[B]`` logits (> 0: in sync)."""
-        z_v = self.video_head(v_stream.mean(1))
-        z_a = self.audio_head(a_stream.mean(1))
-        return self.sync_head(torch.cat([z_v, z_a, z_v * z_a], dim=-1)).squeeze(-1)
+    def pair_logits(
+        self, v_stream: torch.Tensor, a_stream: torch.Tensor, *, t: int = 1, f: int = 1
+    ) -> torch.Tensor:
+        """The streams (``t`` visual time steps, ``f`` audio frequency rows) through the heads,
+        then the sync head: ``[B]`` logits (> 0: in sync). ``model.sync_head`` "pooled": each
+        stream averaged over all its tokens; "per_time": the visual stream averaged over
+        space per time step, the audio stream over frequency and then over the same seconds
+        (its time cells pooled to ``t``), each step scored, the scores averaged."""
+        if self.cfg.sync_head == "pooled":
+            v, a = v_stream.mean(1), a_stream.mean(1)
+        else:
+            b, _, c = v_stream.shape
+            v = v_stream.reshape(b, t, -1, c).mean(2)  # [B, t, C]: time is slowest
+            a = a_stream.reshape(b, f, -1, c).mean(1)  # [B, n, C]: frequency is slowest
+            a = F.adaptive_avg_pool1d(a.transpose(1, 2), t).transpose(1, 2)  # [B, t, C]
+        z_v, z_a = self.video_head(v), self.audio_head(a)
+        logits = self.sync_head(torch.cat([z_v, z_a, z_v * z_a], dim=-1)).squeeze(-1)
+        return logits if logits.dim() == 1 else logits.mean(1)
 
     def sync_logits(
         self, video: torch.Tensor, spec: torch.Tensor, spec_other: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each clip with two audio windows: ``(logits [B] with spec, logits [B] with
         spec_other, audio_guided [2B, Nv])``; the video is encoded once."""
-        v_tokens, _ = self.encode_video(video)
-        a_tokens = self.encode_audio(torch.cat([spec, spec_other]))
+        v_tokens, (t, _, _) = self.encode_video(video)
+        a_tokens, (f, _) = self.encode_audio(torch.cat([spec, spec_other]))
         v, a, audio_guided = self.attend(v_tokens.repeat(2, 1, 1), a_tokens)
-        logits = self.pair_logits(v, a)
+        logits = self.pair_logits(v, a, t=t, f=f)
         b = video.shape[0]
         return logits[:b], logits[b:], audio_guided
 
@@ -171,7 +185,7 @@ class LLAModel(nn.Module):
         """One audio window per clip -> features (module docstring), as ``CMACModel``'s:
         ``v_tokens`` / ``a_tokens`` the encoder tokens, plus the streams and maps."""
         v_tokens, (t, h, w) = self.encode_video(video)
-        a_tokens = self.encode_audio(spec)
+        a_tokens, (f, _) = self.encode_audio(spec)
         v, a, audio_guided = self.attend(v_tokens, a_tokens)
         b, s = video.shape[0], h * w
         return {
@@ -182,7 +196,7 @@ class LLAModel(nn.Module):
             "audio_guided": audio_guided,
             "beta_v": audio_guided.reshape(b, t, s).sum(1),
             "alpha_v": audio_guided.new_full((b, s), 1.0 / s),
-            "sync_logit": self.pair_logits(v, a),
+            "sync_logit": self.pair_logits(v, a, t=t, f=f),
             "grid_hw": torch.tensor([h, w]),
         }
 
