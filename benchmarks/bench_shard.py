@@ -24,7 +24,7 @@ For each worker count N, in one run on the same files:
   or written: it is the floor of ``avprep shard`` with that decoder. With
   ``--container ts`` the clips are remuxed to MPEG-TS (decord then hands them to
   its ffmpeg pipe, and the decord reference is that pipe, "ffmpeg frames");
-- ``python -m avprep shard CLIPS --out TMP --workers N --quiet --decoder D`` for
+- ``avprep shard CLIPS --out TMP --workers N --quiet --decoder D`` (the console script) for
   each D of ``--decoders`` (default ``auto``: PyAV), with its defaults (16 fps,
   short side 128, 10 s segments, logmel128), process start-up included;
 - start-up: the same command on N clips of 1 s with N workers (almost nothing but
@@ -252,10 +252,17 @@ def frames_decoder(files: list[Path], decoder: str) -> str:
     return "ffmpeg" if decoder == "ffmpeg" or files[0].suffix == ".ts" else "decord"
 
 
+def avprep_command() -> list[str]:
+    """The ``avprep`` command users run: the environment's console script (whose workers
+    run it again as their main script, unlike ``python -m avprep``'s), else ``-m``."""
+    script = Path(sys.executable).parent / "avprep"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "avprep"]
+
+
 def shard_run(folder: Path, workers: int, decoder: str = "auto") -> dict:
     """Wall and CPU seconds and peak RSS of one ``avprep shard`` run into a fresh folder."""
     out = Path(tempfile.mkdtemp(prefix="avprep-bench-out-"))
-    cmd = [sys.executable, "-m", "avprep", "shard", str(folder), "--out", str(out),
+    cmd = [*avprep_command(), "shard", str(folder), "--out", str(out),
            "--workers", str(workers), "--quiet", "--decoder", decoder]  # fmt: skip
     try:
         ours = set(children(os.getpid()))
