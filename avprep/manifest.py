@@ -21,7 +21,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from avprep import schema
@@ -180,6 +179,8 @@ def read(out_dir: Path | str) -> pa.Table:
     parts = sorted(manifest_dir(out_dir).glob("*.parquet"))
     if not parts:
         return SCHEMA.empty_table()
+    import pyarrow.dataset as ds  # noqa: PLC0415  (it imports pandas: 0.3 s a shard command starts without)
+
     try:
         table = ds.dataset([str(p) for p in parts], schema=SCHEMA, format="parquet").to_table()
     except (OSError, pa.ArrowException):

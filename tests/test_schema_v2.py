@@ -321,7 +321,9 @@ def test_hostile_v2_samples_are_damage_to_the_seek_reader_and_the_stream(demo_sh
 def test_a_v2_shard_cut_inside_a_member_ends_with_a_shard_marker(demo_shards, tmp_path):
     shard = tars(demo_shards)[0]
     with tarfile.open(shard) as tar:  # a frames member after the first sample's
-        inside = [m for m in tar.getmembers() if m.name.endswith("." + schema.FRAMES) and m.size > 2048][1]
+        inside = [
+            m for m in tar.getmembers() if m.name.endswith("." + schema.FRAMES) and m.size > 2048
+        ][1]
     at = inside.offset_data + inside.size // 2 // 512 * 512  # past its header, before its end
     assert inside.offset_data < at < inside.offset_data + inside.size
     cut = tmp_path / "cut.tar"  # ends in zero blocks: looks whole
