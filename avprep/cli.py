@@ -1,11 +1,10 @@
-"""The ``avprep`` command line: the app, its commands in the order ``--help`` lists them,
-and the entry point.
+"""The ``avprep`` entry point: process-level concerns around the app (``cli_app``).
 
-Each command lives with its group (parse -> config -> one library call):
-``cli_shard`` (shard, inspect), ``cli_synth`` (synth, demo), ``cli_train`` (pretrain,
-evaluate), ``cli_embed`` (embed, localize); the options they share are in ``cli_options``,
-what they say to people in ``cli_messages``. Nothing heavy is imported at module level,
-so ``avprep --help`` is instant.
+``main`` imports the app (typer, rich and every command's module: ~0.2 s) only after,
+for ``avprep shard``, the workers' forkserver has been started (``worker_start``), so the
+server's imports run beside the command line's own. This module imports nothing else at
+module level: multiprocessing has every worker run the console script again as its main
+script (``from avprep.cli import main``), which then costs a worker nothing.
 """
 
 from __future__ import annotations
@@ -15,47 +14,17 @@ import logging
 import os
 import sys
 
-import typer
-
-from avprep.cli_embed import embed, localize
-from avprep.cli_messages import err, out
-from avprep.cli_shard import inspect, shard
-from avprep.cli_synth import demo, synth
-from avprep.cli_train import evaluate, pretrain
-
-app = typer.Typer(
-    name="avprep",
-    help="Any video -> time-synchronized WebDataset shards of frames and log-mel spectrograms.",
-    pretty_exceptions_enable=False,
-)
-for _command in (shard, inspect, synth, evaluate, demo, pretrain, embed, localize):
-    app.command()(_command)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        from avprep import __version__  # noqa: PLC0415
-
-        out.print(f"avprep {__version__}", markup=False, highlight=False)
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _options(
-    version: bool = typer.Option(
-        False,
-        "--version",
-        callback=_print_version,
-        is_eager=True,
-        help="Print the version and exit.",
-    ),
-) -> None:
-    """Any video -> time-synchronized WebDataset shards of frames and log-mel spectrograms."""
-
 
 def main() -> None:
     """Entry point: usage errors (unknown options, bad values) also get one line, exit 2."""
     args = sys.argv[1:] or ["--help"]  # bare avprep: its help, exit 0
+    if args[0] == "shard" and not {"--help", "-h"} & set(args):
+        from avprep.worker_start import start_early  # noqa: PLC0415
+
+        start_early()  # (the shard command starts it too, where the app is called directly)
+    from avprep.cli_app import app  # noqa: PLC0415
+    from avprep.cli_messages import err  # noqa: PLC0415
+
     try:
         code = app(args=args, prog_name="avprep", standalone_mode=False)
     except Exception as e:

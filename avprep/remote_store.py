@@ -133,7 +133,7 @@ class RemoteStore:
         """Every committed row under ``URL/manifest`` (manifest.read's checks)."""
         names = self.list(f"{schema.MANIFEST_DIR}/*.parquet")
         if not names:
-            return manifest.SCHEMA.empty_table()
+            return manifest.empty()
         paths = [self._path(n) for n in names]
         data = self._do("read", lambda: self.fs.cat(paths, on_error="raise"))
         blobs = [data[p] if p in data else data[self.fs.unstrip_protocol(p)] for p in paths]

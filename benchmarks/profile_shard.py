@@ -316,7 +316,7 @@ def main() -> None:
         ("worker imports", "import torch, torchaudio, decord, simplejpeg, avprep.sample, "
                            "avprep.spectrogram, avprep.writer"),
         ("worker imports without torch", "import decord, simplejpeg, numpy, pyarrow"),
-        ("parent imports", "import avprep.cli, avprep.pipeline, avprep.progress, pyarrow"),
+        ("parent imports", "import avprep.cli_app, avprep.pipeline, avprep.progress, pyarrow"),
     ):  # fmt: skip
         wall, rss = fresh_import_s(code)
         print(f"  {label:<32} {wall:6.2f} s {rss:6.0f} MB")
