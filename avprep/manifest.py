@@ -180,7 +180,7 @@ def conformed(table: pa.Table) -> pa.Table:
         [
             table.column(f.name).cast(f.type) if f.name in names else pa.nulls(len(table), f.type)
             for f in SCHEMA
-        ],  # fmt: skip
+        ],
         schema=SCHEMA,
     )
 

@@ -472,3 +472,24 @@ def test_a_manifest_part_cut_by_a_kill_is_invisible_to_readers(clips, tmp_path, 
     assert len(read_manifest(out)) == 1  # the reader skips it
     run_cli("shard", str(clips[0]), "--out", str(out), "--workers", "1", *SHARD)
     assert not left.exists()
+
+
+def test_the_manifest_reads_as_pyarrow_dataset_reads_it(clips, tmp_path):
+    """The manifest reader (parts read one by one and conformed to the schema, so the shard
+    command never imports pyarrow.dataset and pandas) gives the table pyarrow.dataset gives
+    with the schema; a part of another schema is still damage."""
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    from avprep import manifest
+
+    out = tmp_path / "out"
+    run_cli("shard", *map(str, clips[:3]), "--out", str(out), "--workers", "2", *SHARD)
+    parts = sorted((out / "manifest").glob("*.parquet"))
+    got = manifest.read(out)
+    want = ds.dataset([str(p) for p in parts], schema=manifest.SCHEMA, format="parquet")
+    assert len(parts) >= 2 and len(got) == 3
+    assert got.equals(want.to_table()) and got.schema.equals(manifest.SCHEMA)
+    pq.write_table(pq.read_table(parts[0]).drop_columns(["run"]), parts[0])  # a null run
+    with pytest.raises(manifest.DamagedPart, match="another schema"):
+        manifest.read(out)
