@@ -18,7 +18,7 @@ from cmac_core.errors import CmacError
 
 def test_help_imports_nothing_heavy():
     code = (
-        "import sys, avprep.cli\n"
+        "import sys, avprep.cli, avprep.cli_app\n"
         "heavy = [m for m in ('torch', 'torchaudio', 'decord', 'numpy', 'pyarrow', 'webdataset')"
         " if m in sys.modules]\n"
         "print(heavy)"
