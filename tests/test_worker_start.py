@@ -36,7 +36,8 @@ import sys
 from avprep.cli import main  # what the avprep console script runs
 
 if __name__ == "__main__":
-    sys.argv = ["avprep", "shard", sys.argv[1], "--out", sys.argv[2], "--workers", "2", "--quiet"]
+    sys.argv = ["avprep", "shard", sys.argv[1], "--out", sys.argv[2], "--workers", "2", "--quiet",
+                "--shard-max-samples", "1"]
     main()
 """
 
@@ -62,7 +63,7 @@ def test_each_import_happens_once_where_it_is_needed(tmp_path):
     proc = subprocess.run([sys.executable, "-X", "importtime", str(script), str(tmp_path / "in"),
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert len(list((tmp_path / "out").glob("*.tar"))) == 2  # both workers worked
+    assert len(list((tmp_path / "out").glob("*.tar"))) == 2  # both clips (2 workers started)
     assert _imports(proc.stderr, "typer") == 1
     assert _imports(proc.stderr, "avprep.sample") == 1
     assert _imports(proc.stderr, "pandas") == 1
