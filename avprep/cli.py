@@ -21,7 +21,7 @@ def main() -> None:
     if args[0] == "shard" and not {"--help", "-h"} & set(args):
         from avprep.worker_start import start_early  # noqa: PLC0415
 
-        start_early()  # (the shard command starts it too, where the app is called directly)
+        start_early()  # called otherwise, the pool starts the server when it needs it
     from avprep.cli_app import app  # noqa: PLC0415
     from avprep.cli_messages import err  # noqa: PLC0415
 

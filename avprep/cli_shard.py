@@ -93,9 +93,6 @@ def shard(
 ) -> None:
     """Shard videos into WebDataset tar shards of synchronized frames and log-mel spectrograms."""
     with one_line_errors():
-        from avprep.worker_start import start_early  # noqa: PLC0415
-
-        start_early()  # the workers' server imports while this process does
         env_rank, env_world = _default_rank_world()
         from avprep.config import ShardConfig, available_cpus  # noqa: PLC0415
 
