@@ -20,6 +20,8 @@ worker processes, batches of ``--batch-size`` clips, the ``base`` DataConfig
   DecodeFrames -> batched -> Augment), as the trainer iterates it;
 - v2 loader: the same on the v2 shards: the seek reader (``cmac_core.data.seek``) reads
   tar headers, the json, and only the clip's frames and spectrogram columns;
+- v2 loader, resize on device: the same with ``data.resize_on = device``: the workers cut
+  each clip's crop out and leave the resize to the training device (not timed here);
 - v1 reader, v2 reader: the same pipelines without Augment (the batch is the list of
   decoded clips): what reading costs, apart from cropping and batching;
 - bound: the clips' work with no reading at all: each worker holds its shards' samples
@@ -53,6 +55,7 @@ Its parts, beside this script: ``loader_inputs.py`` (the videos and shards, made
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -91,7 +94,7 @@ def main() -> None:
     ap.add_argument("--warmup-clips", type=int, default=256, help="Per worker, not timed.")
     ap.add_argument("--clips", type=int, default=512, help="Timed clips per worker.")
     ap.add_argument("--source-clips", type=int, default=64, help="The same, from source.")
-    ap.add_argument("--sides", default="v1,v2,v1read,v2read,bound,boundaug", help="Which sides to run "
+    ap.add_argument("--sides", default="v1,v2,v2dev,v1read,v2read,bound,boundaug", help="Which sides to run "
                     f"({','.join(s for s, _ in SIDES)}).")  # fmt: skip
     ap.add_argument("--clips-per-sample", type=int, default=1, help="data.clips_per_sample.")
     ap.add_argument("--first-batch", type=int, default=0, help="Also time the first batch of a "
@@ -103,6 +106,7 @@ def main() -> None:
     if args.clips_per_sample != 1:
         cfg = DataConfig(**{**cfg.__dict__, "clips_per_sample": args.clips_per_sample})
 
+    on_device = dataclasses.replace(cfg, resize_on="device")
     video_dir, shard_dir, v1_dir = make_inputs(args.data, videos=args.videos,
                                                video_s=args.video_seconds)  # fmt: skip
     videos = [probe(p) for p in sorted(video_dir.glob("*.mp4"))] if "source" in sides else []
@@ -131,6 +135,7 @@ def main() -> None:
     run = {
         "v1": lambda w, rep: loader_run(v1_dir, cfg, w, bs, rep, **n),
         "v2": lambda w, rep: loader_run(shard_dir, cfg, w, bs, rep, **n),
+        "v2dev": lambda w, rep: loader_run(shard_dir, on_device, w, bs, rep, **n),
         "v1read": lambda w, rep: reader_run(v1_dir, cfg, w, bs, rep, **n),
         "v2read": lambda w, rep: reader_run(shard_dir, cfg, w, bs, rep, **n),
         "bound": lambda w, rep: bound_run(shard_dir, cfg, w, bs, rep, **n),

@@ -84,6 +84,7 @@ MAX_WIDTH, MAX_BLOCKS = 8192, 64
 
 
 SYNC_HEADS = ("pooled", "per_time")
+RESIZE_ON = ("auto", "loader", "device")
 
 
 @dataclass
@@ -163,6 +164,10 @@ class DataConfig:
     crop_px: int = 112
     crop_scale: tuple[float, float] = (0.3, 1.0)  # random resized crop: area fraction
     flip_p: float = 0.5
+    # Where crops are resized to crop_px: "loader" (its workers, on uint8), "device" (the
+    # training device: workers only cut the box out, less loader CPU per clip, BENCHMARKS.md;
+    # cmac_core.data.resize), "auto" (device when training on CUDA, else loader).
+    resize_on: str = "auto"
     color_jitter: float = 0.4  # brightness / contrast / saturation strength, 0 = off
     # Seconds of audio per clip, centred on the video clip: 0 = the video clip's own span
     # (clip_frames / fps: 0.5 s at 8 frames, 16 fps); AVID uses 2 s.
@@ -224,6 +229,10 @@ class DataConfig:
         _validate(self, "data", {k: b for k, b in self.BOUNDS.items() if k not in unset})
         _check(len(unset) != 1, "data.spec_mean and data.spec_std: give both, or neither "
                "(None: from the shards' spectrogram preset)")  # fmt: skip
+        _check(
+            self.resize_on in RESIZE_ON,
+            f"data.resize_on must be one of {', '.join(RESIZE_ON)}, got {shown(self.resize_on)}",
+        )
         _check(
             self.crop_scale[0] <= self.crop_scale[1],
             f"data.crop_scale must be (smallest, largest), got {shown(self.crop_scale)}",

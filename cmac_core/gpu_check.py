@@ -53,14 +53,16 @@ def _config(name: str, batch: int, **optim):
 
 def _batches(shards: Path, cfg, device: torch.device, n: int):
     """``n`` real training batches (video finished on the device, spec, ids)."""
-    from cmac_core.data.augment import finish_video  # noqa: PLC0415
+    from cmac_core.data.augment import batch_video  # noqa: PLC0415
     from cmac_core.data.loader import train_stream, with_spec_norm  # noqa: PLC0415
+    from cmac_core.train import resize_where  # noqa: PLC0415
 
     data = with_spec_norm(str(shards), cfg.data)
+    data = resize_where(data, device)
     stream = train_stream(str(shards), data, batch_size=cfg.optim.batch_size, workers=0)
     out = []
     for batch in stream.loader:
-        video = finish_video(batch["video"].to(device), batch["jitter"].to(device))
+        video = batch_video(batch, device, cfg.data.crop_px)
         out.append((video, batch["spec"].to(device), batch["video_id"].to(device)))
         if len(out) == n:
             return out

@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from cmac_core import checkpoint, distributed, run_folder
 from cmac_core.config import ConfigError, PretrainConfig
 from cmac_core.data import position
-from cmac_core.data.augment import finish_video
+from cmac_core.data.augment import batch_video
 from cmac_core.data.damage import Damage
 from cmac_core.data.loader import Counted, count_shards, train_stream, with_spec_norm
 from cmac_core.errors import CmacError
@@ -156,6 +156,14 @@ def _rank0_data_config(shards, cfg: PretrainConfig, info) -> PretrainConfig:
     return dataclasses.replace(cfg, data=result)
 
 
+def resize_where(data, device: torch.device):
+    """``data`` with ``resize_on`` "auto" settled for ``device``: on CUDA the crops are
+    resized there, elsewhere in the loader workers. The run's config keeps "auto"."""
+    if data.resize_on != "auto":
+        return data
+    return dataclasses.replace(data, resize_on="device" if device.type == "cuda" else "loader")
+
+
 def _rank0_counted(shards, info) -> Counted:
     """The shards listed, checked and counted (manifests read) by rank 0 alone and shared
     (``loader.count_shards``): with N ranks the storage sees one reader, not N. A refusal
@@ -195,7 +203,8 @@ def _pretrain(
     torch.manual_seed(o.seed + info.rank)
     cuda = info.device.type == "cuda"
     configure_backends(info.device, o)
-    stream = train_stream(shards, cfg.data, batch_size=o.batch_size, workers=o.workers, rank=info.rank,
+    data = resize_where(cfg.data, info.device)  # the stream's; the run's config keeps "auto"
+    stream = train_stream(shards, data, batch_size=o.batch_size, workers=o.workers, rank=info.rank,
                           world_size=info.world_size, seed=o.seed, pin_memory=cuda,
                           counted=_rank0_counted(shards, info))  # fmt: skip
     per_epoch = stream.steps_per_epoch
@@ -274,17 +283,13 @@ def _pretrain(
             if keylog is not None:
                 keylog.write(step + 1, batch["key"], reader["epochs"])
             with observer(step) if observer is not None else contextlib.nullcontext():
-                video_u8 = batch["video"].to(info.device, non_blocking=True)
-                jitter = batch["jitter"].to(info.device, non_blocking=True)
                 spec = batch["spec"].to(info.device, non_blocking=True)
                 video_ids = batch["video_id"].to(info.device, non_blocking=True)
                 extra = {}  # lla: the synchronization negatives
                 if "spec_shifted" in batch:
                     extra["spec_shifted"] = batch["spec_shifted"].to(info.device, non_blocking=True)
                 t1 = time.perf_counter()
-                video = finish_video(
-                    video_u8, jitter
-                )  # colour jitter + normalisation on the device
+                video = batch_video(batch, info.device, cfg.data.crop_px)  # resize?, jitter, norm
                 lr = schedule(step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr

@@ -112,13 +112,17 @@ def test_the_counter_sees_the_syncs_it_names():
                        "to() of a host tensor": 1, "torch.tensor(device=...)": 1}, c.calls  # fmt: skip
 
 
-@pytest.mark.parametrize("method", ["cmac", "lla"])
-def test_steady_state_steps_make_no_sync_and_log_steps_one(demo_shards, tmp_path, method):
-    """Counted per step around the whole step (copies in, forward, backward, the guard, the
-    optimizer, logging, saving): 0 on plain steps, one copy on a log step, two on a step
-    that logs and saves (the save's finiteness check)."""
-    cfg = preset("tiny", method=method).replace(
-        "optim", steps=8, log_every_steps=4, save_every_steps=8
+@pytest.mark.parametrize("method,resize_on", [("cmac", "loader"), ("lla", "loader"),
+                                              ("cmac", "device")])  # fmt: skip
+def test_steady_state_steps_make_no_sync_and_log_steps_one(demo_shards, tmp_path, method,
+                                                           resize_on):  # fmt: skip
+    """Counted per step around the whole step (copies in, the resize where the device does
+    it, forward, backward, the guard, the optimizer, logging, saving): 0 on plain steps, one
+    copy on a log step, two on a step that logs and saves (the save's finiteness check)."""
+    cfg = (
+        preset("tiny", method=method)
+        .replace("optim", steps=8, log_every_steps=4, save_every_steps=8)
+        .replace("data", resize_on=resize_on)
     )
     syncs = StepSyncs()
     result = train.pretrain(str(demo_shards), tmp_path / "run", cfg, device="cpu",

@@ -1,10 +1,13 @@
 """Augmentations: one random draw per clip, applied identically to all its frames.
 
-Video: random resized crop and horizontal flip in the loader workers (on
-uint8), then colour jitter (brightness, contrast, saturation) and ImageNet
-normalisation on the training device (``finish_video``). Audio: optional
-SpecAugment-style time and frequency masks, then normalisation by the constants
-of the spectrogram's preset (``spec_norm``).
+Video: random resized crop and horizontal flip, then colour jitter (brightness,
+contrast, saturation) and ImageNet normalisation on the training device
+(``finish_video``). The crop box and flip are drawn in the loader workers; the
+resize runs there on uint8 (``crop_resize``, ``data.resize_on = loader``) or on
+the training device (``resize_on = device``: the workers only cut the box out,
+``resize.resize_crops`` does the rest). Audio: optional SpecAugment-style time
+and frequency masks, then normalisation by the constants of the spectrogram's
+preset (``spec_norm``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from cmac_core.data.resize import resize_crops
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
@@ -40,6 +45,23 @@ def center_box(h: int, w: int) -> tuple[int, int, int, int]:
     return (h - side) // 2, (w - side) // 2, side, side
 
 
+def draw_crop(
+    h: int,
+    w: int,
+    rng: np.random.Generator | None,
+    *,
+    scale: tuple[float, float] = (0.3, 1.0),
+    flip_p: float = 0.5,
+) -> tuple[int, int, int, int, bool]:
+    """``(top, left, height, width, flip)`` of one clip's crop; with ``rng`` None a centre
+    crop, no flip (evaluation). The draws are made in this order wherever the crop is
+    resized, so a seed gives the same crops on either side."""
+    if rng is None:
+        return (*center_box(h, w), False)
+    box = crop_box(h, w, scale, rng)
+    return (*box, bool(rng.random() < flip_p))
+
+
 def crop_resize(
     frames: np.ndarray,
     crop_px: int,
@@ -59,11 +81,11 @@ def crop_resize(
     quarter of the float32 clip.
     """
     t, h, w, _ = frames.shape
-    top, left, ch, cw = crop_box(h, w, scale, rng) if rng is not None else center_box(h, w)
+    top, left, ch, cw, flip = draw_crop(h, w, rng, scale=scale, flip_p=flip_p)
     x = torch.from_numpy(np.ascontiguousarray(frames[:, top : top + ch, left : left + cw]))
     x = F.interpolate(x.permute(0, 3, 1, 2), size=(crop_px, crop_px), mode="bilinear",
                       align_corners=False, antialias=True)  # fmt: skip
-    if rng is not None and rng.random() < flip_p:
+    if flip:
         x = x.flip(-1)
     x = x.permute(1, 0, 2, 3)  # [3, T, crop_px, crop_px]
     return x.contiguous() if out is None else out.copy_(x)
@@ -77,14 +99,22 @@ def jitter_factors(rng: np.random.Generator | None, strength: float) -> tuple[fl
     return b, c, s
 
 
-def finish_video(video: torch.Tensor, jitter: torch.Tensor | None = None) -> torch.Tensor:
+def finish_video(
+    video: torch.Tensor,
+    jitter: torch.Tensor | None = None,
+    crops: torch.Tensor | None = None,
+    crop_px: int = 0,
+) -> torch.Tensor:
     """uint8 clips ``[B, 3, T, H, W]`` -> colour-jittered, normalised float32, on their device.
 
     ``jitter`` ``[B, 3]``: per clip brightness ``x*b``, contrast ``(x - m)*c + m``
     (m: the frame's mean) and saturation ``(x - gray)*s + gray``, the same for all
     frames of a clip, then the clamp to [0, 255] and ImageNet normalisation.
+    With ``crops`` (``data.resize_on = device``), ``video`` holds the crops not yet
+    resized, ``[B, T, H, W, 3]``, each in its top-left corner, ``crops`` ``[B, 3]`` their
+    (height, width, flip): they are resized to ``crop_px`` first (``resize.resize_crops``).
     """
-    x = video.float()
+    x = video.float() if crops is None else resize_crops(video, crops, crop_px)
     gray_w, mean, std = _constants(x.device)
     if jitter is not None:  # already on x's device: a dtype change, never a copy between devices
         b, c, s = (f.view(-1, 1, 1, 1, 1).to(dtype=x.dtype) for f in jitter.unbind(1))
@@ -94,6 +124,18 @@ def finish_video(video: torch.Tensor, jitter: torch.Tensor | None = None) -> tor
         gray = (gray_w * x).sum(1, keepdim=True)
         x = ((x - gray) * s + gray).clamp_(0, 255)
     return x.div_(255).sub_(mean).div_(std)
+
+
+def batch_video(batch: dict, device: torch.device, crop_px: int) -> torch.Tensor:
+    """A training batch's clips on ``device``, finished there (``finish_video``): resized
+    first where the loader left that to the device (``"crops"``)."""
+    crops = batch.get("crops")
+    return finish_video(
+        batch["video"].to(device, non_blocking=True),
+        batch["jitter"].to(device, non_blocking=True),
+        None if crops is None else crops.to(device, non_blocking=True),
+        crop_px,
+    )
 
 
 _ON_DEVICE: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}

@@ -21,7 +21,13 @@ from torch.utils.data import default_collate, get_worker_info
 
 from avprep import read_sample, schema
 from avprep.schema import SampleError
-from cmac_core.data.augment import crop_resize, jitter_factors, spec_norm, spec_to_tensor
+from cmac_core.data.augment import (
+    crop_resize,
+    draw_crop,
+    jitter_factors,
+    spec_norm,
+    spec_to_tensor,
+)
 from cmac_core.data.clip import choose_window, cut_columns, frame_indices
 from cmac_core.data.damage import SchemaVersionError, UnsafeShardError
 from cmac_core.data.ranges import MemFrames, take
@@ -288,6 +294,8 @@ class Augment(_Seeded):
     "video" [B, 3, T, crop, crop] uint8, "jitter" [B, 3], "spec" [B, 1, n_mels, n_columns]
     float32, "start_s" [B] float64}``; clips with a synchronization negative (``ClipWindow``
     with ``sync_shift_min_s``) add ``"spec_shifted"`` (as ``spec``) and ``"shift_s"`` [B].
+    With ``data.resize_on = device`` the crops are not resized here: ``"video"`` is
+    ``[B, T, H, W, 3]`` uint8 and ``"crops"`` ``[B, 3]`` (``cut_crops``).
 
     Each clip is cropped straight into its slot of the batch tensor, which a
     loader worker allocates in shared memory (as ``default_collate`` does), so
@@ -322,22 +330,31 @@ class Augment(_Seeded):
     def __call__(self, clips: list[dict]) -> dict:
         c = self.cfg
         rng = self.batch_rng() if self.train else None
-        video = batch_tensor(
-            (len(clips), 3, len(clips[0]["frames"]), c.crop_px, c.crop_px), torch.uint8
-        )
+        on_device = c.resize_on == "device"
+        t = len(clips[0]["frames"])
+        if not on_device:
+            video = batch_tensor((len(clips), 3, t, c.crop_px, c.crop_px), torch.uint8)
+        boxes = []
         jitter = torch.empty(len(clips), 3)
         specs, shifted = [], []
         masks = {"time_masks": c.spec_time_masks, "freq_masks": c.spec_freq_masks,
                  "mask_frac": c.spec_mask_frac}  # fmt: skip
         for i, s in enumerate(clips):
-            crop_resize(
-                s["frames"], c.crop_px, rng, scale=c.crop_scale, flip_p=c.flip_p, out=video[i]
-            )
+            if on_device:  # the box drawn as crop_resize draws it; cut out below
+                h, w = s["frames"].shape[1:3]
+                boxes.append(draw_crop(h, w, rng, scale=c.crop_scale, flip_p=c.flip_p))
+            else:
+                crop_resize(
+                    s["frames"], c.crop_px, rng, scale=c.crop_scale, flip_p=c.flip_p, out=video[i]
+                )
             jitter[i] = torch.tensor(jitter_factors(rng, c.color_jitter))
             mean, std = spec_norm(c, s["meta"])
             specs.append(spec_to_tensor(s["spec"], rng, mean=mean, std=std, **masks))
             if "spec_shifted" in s:  # the synchronization negative, normalised and masked alike
                 shifted.append(spec_to_tensor(s["spec_shifted"], rng, mean=mean, std=std, **masks))
+        crops = {}
+        if on_device:
+            video, crops["crops"] = cut_crops([s["frames"] for s in clips], boxes)
         sync = {} if not shifted else {
             "spec_shifted": default_collate(shifted),
             "shift_s": torch.tensor([s["shift_s"] for s in clips], dtype=torch.float64),
@@ -347,6 +364,7 @@ class Augment(_Seeded):
             "key": [s["key"] for s in clips],
             "video_id": torch.tensor([video_id_hash(s["key"]) for s in clips], dtype=torch.int64),
             "video": video,
+            **crops,
             "jitter": jitter,
             "spec": default_collate(specs),  # in a loader worker: stacked into shared memory
             "start_s": torch.tensor([s["window"].start_s for s in clips], dtype=torch.float64),
@@ -356,6 +374,19 @@ class Augment(_Seeded):
                            "epochs": [s["_out"][0] for s in clips]}}
                if self.train and "_out" in clips[-1] else {}),
         }  # fmt: skip
+
+
+def cut_crops(frames: list[np.ndarray], boxes: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each clip's ``[T, H, W, 3]`` frames cut to its box ``(top, left, height, width,
+    flip)`` -> ``[B, T, Hmax, Wmax, 3]`` uint8, each crop in its top-left corner (the rest
+    left as it was: never read), and ``[B, 3]`` int64 (height, width, flip): what
+    ``augment.finish_video`` resizes on the training device."""
+    hmax, wmax = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    out = batch_tensor((len(frames), len(frames[0]), hmax, wmax, 3), torch.uint8)
+    dst = out.numpy()
+    for i, (f, (top, left, h, w, _)) in enumerate(zip(frames, boxes, strict=True)):
+        dst[i, :, :h, :w] = f[:, top : top + h, left : left + w]
+    return out, torch.tensor([(b[2], b[3], int(b[4])) for b in boxes], dtype=torch.int64)
 
 
 def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
