@@ -14,6 +14,7 @@ from proctree import children  # benchmarks/proctree.py: the loader workers of t
 from torch.utils.data import DataLoader, IterableDataset
 
 from cmac_core.config import DataConfig
+from cmac_core.data import batch_memory
 from cmac_core.data.loader import train_stream
 from cmac_core.data.shards import resolve
 
@@ -48,20 +49,28 @@ def used_bytes(batch) -> int:
     return sum(c["jpeg_bytes"] + c["spec_bytes"] for c in batch)
 
 
+def consumed(batch):
+    """The batch, its memory handed back to its loader worker as the trainer does once it
+    has copied the video out (``batch_memory.release``)."""
+    if isinstance(batch, dict):
+        batch_memory.release(batch.pop(batch_memory.KEY, None))
+    return batch
+
+
 def timed(loader, workers: int, *, warmup: int, clips: int) -> dict:
     """Skip ``warmup`` clips per worker, then time ``clips`` clips per worker."""
     it = iter(loader)
     try:
         seen = 0
         while seen < warmup * max(1, workers):
-            seen += n_clips(next(it))
+            seen += n_clips(consumed(next(it)))
         kids = children(os.getpid())
         main0, kids0 = proc_cpu_s(os.getpid()), sum(proc_cpu_s(p) for p in kids)
         read0 = sum(proc_rchar(p) for p in kids) if kids else proc_rchar(os.getpid())
         t0 = time.perf_counter()
         done = used = 0
         while done < clips * max(1, workers):
-            batch = next(it)
+            batch = consumed(next(it))
             done += n_clips(batch)
             used += used_bytes(batch)
         wall = time.perf_counter() - t0

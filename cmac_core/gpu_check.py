@@ -53,6 +53,7 @@ def _config(name: str, batch: int, **optim):
 
 def _batches(shards: Path, cfg, device: torch.device, n: int):
     """``n`` real training batches (video finished on the device, spec, ids)."""
+    from cmac_core.data import batch_memory  # noqa: PLC0415
     from cmac_core.data.augment import batch_video  # noqa: PLC0415
     from cmac_core.data.loader import train_stream, with_spec_norm  # noqa: PLC0415
     from cmac_core.train import resize_where  # noqa: PLC0415
@@ -63,6 +64,7 @@ def _batches(shards: Path, cfg, device: torch.device, n: int):
     out = []
     for batch in stream.loader:
         video = batch_video(batch, device, cfg.data.crop_px)
+        batch_memory.release(batch.pop(batch_memory.KEY, None))
         out.append((video, batch["spec"].to(device), batch["video_id"].to(device)))
         if len(out) == n:
             return out

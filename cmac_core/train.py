@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from cmac_core import checkpoint, distributed, run_folder
 from cmac_core.config import ConfigError, PretrainConfig
-from cmac_core.data import position
+from cmac_core.data import batch_memory, position
 from cmac_core.data.augment import batch_video
 from cmac_core.data.damage import Damage
 from cmac_core.data.loader import Counted, count_shards, train_stream, with_spec_norm
@@ -290,6 +290,7 @@ def _pretrain(
                     extra["spec_shifted"] = batch["spec_shifted"].to(info.device, non_blocking=True)
                 t1 = time.perf_counter()
                 video = batch_video(batch, info.device, cfg.data.crop_px)  # resize?, jitter, norm
+                batch_memory.release(batch.pop(batch_memory.KEY, None))  # copied out: reusable
                 lr = schedule(step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr

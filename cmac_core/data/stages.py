@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate, get_worker_info
+from torch.utils.data import default_collate
 
 from avprep import read_sample, schema
 from avprep.schema import SampleError
+from cmac_core.data import batch_memory
 from cmac_core.data.augment import (
     crop_resize,
     draw_crop,
@@ -28,6 +28,7 @@ from cmac_core.data.augment import (
     spec_norm,
     spec_to_tensor,
 )
+from cmac_core.data.batch_memory import batch_tensor
 from cmac_core.data.clip import choose_window, cut_columns, frame_indices
 from cmac_core.data.damage import SchemaVersionError, UnsafeShardError
 from cmac_core.data.ranges import MemFrames, take
@@ -333,7 +334,7 @@ class Augment(_Seeded):
         on_device = c.resize_on == "device"
         t = len(clips[0]["frames"])
         if not on_device:
-            video = batch_tensor((len(clips), 3, t, c.crop_px, c.crop_px), torch.uint8)
+            video, ticket = batch_tensor((len(clips), 3, t, c.crop_px, c.crop_px), torch.uint8)
         boxes = []
         jitter = torch.empty(len(clips), 3)
         specs, shifted = [], []
@@ -354,7 +355,7 @@ class Augment(_Seeded):
                 shifted.append(spec_to_tensor(s["spec_shifted"], rng, mean=mean, std=std, **masks))
         crops = {}
         if on_device:
-            video, crops["crops"] = cut_crops([s["frames"] for s in clips], boxes)
+            video, crops["crops"], ticket = cut_crops([s["frames"] for s in clips], boxes)
         sync = {} if not shifted else {
             "spec_shifted": default_collate(shifted),
             "shift_s": torch.tensor([s["shift_s"] for s in clips], dtype=torch.float64),
@@ -364,6 +365,7 @@ class Augment(_Seeded):
             "key": [s["key"] for s in clips],
             "video_id": torch.tensor([video_id_hash(s["key"]) for s in clips], dtype=torch.int64),
             "video": video,
+            batch_memory.KEY: ticket,  # batch_memory.release() once the video is copied out
             **crops,
             "jitter": jitter,
             "spec": default_collate(specs),  # in a loader worker: stacked into shared memory
@@ -376,24 +378,15 @@ class Augment(_Seeded):
         }  # fmt: skip
 
 
-def cut_crops(frames: list[np.ndarray], boxes: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+def cut_crops(frames: list[np.ndarray], boxes: list[tuple]) -> tuple:
     """Each clip's ``[T, H, W, 3]`` frames cut to its box ``(top, left, height, width,
     flip)`` -> ``[B, T, Hmax, Wmax, 3]`` uint8, each crop in its top-left corner (the rest
-    left as it was: never read), and ``[B, 3]`` int64 (height, width, flip): what
-    ``augment.finish_video`` resizes on the training device."""
+    left as it was: never read), ``[B, 3]`` int64 (height, width, flip): what
+    ``augment.finish_video`` resizes on the training device, and the batch memory's ticket."""
     hmax, wmax = max(b[2] for b in boxes), max(b[3] for b in boxes)
-    out = batch_tensor((len(frames), len(frames[0]), hmax, wmax, 3), torch.uint8)
+    out, ticket = batch_tensor((len(frames), len(frames[0]), hmax, wmax, 3), torch.uint8)
     dst = out.numpy()
     for i, (f, (top, left, h, w, _)) in enumerate(zip(frames, boxes, strict=True)):
         dst[i, :, :h, :w] = f[:, top : top + h, left : left + w]
-    return out, torch.tensor([(b[2], b[3], int(b[4])) for b in boxes], dtype=torch.int64)
-
-
-def batch_tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """An uninitialised tensor; inside a loader worker in shared memory, the way
-    ``default_collate`` allocates its batches, so sending it copies nothing."""
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    elem = torch.empty(0, dtype=dtype)
-    storage = elem._typed_storage()._new_shared(math.prod(shape))
-    return elem.new(storage).view(shape)
+    sizes = torch.tensor([(b[2], b[3], int(b[4])) for b in boxes], dtype=torch.int64)
+    return out, sizes, ticket
