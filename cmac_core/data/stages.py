@@ -301,7 +301,8 @@ class Augment(_Seeded):
     Each clip is cropped straight into its slot of the batch tensor, which a
     loader worker allocates in shared memory (as ``default_collate`` does), so
     no clip is copied again on its way to the trainer; the trainer applies the
-    colour jitter and normalisation on its device (``augment.finish_video``).
+    colour jitter and normalisation on its device (``augment.finish_video``) and hands
+    the memory back (``batch["memory"]``, ``batch_memory.release``) for a later batch.
 
     Each batch draws from its own generator, seeded per (seed, epoch, rank, loader worker,
     batch index): a resumed reader (``start``, ``data.position``) needs no replay of the
