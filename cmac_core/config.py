@@ -83,7 +83,7 @@ def _as_tuple(value: Any, name: str, n: int) -> tuple:
 MAX_WIDTH, MAX_BLOCKS = 8192, 64
 
 
-SYNC_HEADS = ("pooled", "per_time")
+SYNC_HEADS = ("pooled", "per_time", "per_time_attended")
 RESIZE_ON = ("auto", "loader", "device")
 
 
@@ -116,8 +116,10 @@ class ModelConfig:
     # weights take 6 channels instead of 3.
     video_motion: bool = False
     # lla's sync head reads: "pooled" (the paper's: both streams averaged over all their
-    # tokens, then compared) or "per_time" (each visual time step against the audio of the
-    # same seconds, scored per step and averaged: a comparison that keeps time).
+    # tokens, then compared), "per_time" (each visual time step against the audio of the
+    # same seconds, scored per step and averaged: a comparison that keeps time) or
+    # "per_time_attended" (the same, each time step's visual tokens weighted by the
+    # audio-guided attention instead of averaged: where the sound seems to come from).
     sync_head: str = "pooled"
 
     BOUNDS: ClassVar[dict[str, Bound]] = {

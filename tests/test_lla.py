@@ -223,6 +223,34 @@ def test_a_per_time_sync_head_compares_the_same_seconds():
         lla_cfg(sync_head="late")
 
 
+def test_the_attended_per_time_head_pools_where_the_audio_guided_map_looks():
+    """model.sync_head per_time_attended: with a uniform map it is the per_time head; with
+    the map on one place per time step, that place's tokens alone make the score."""
+    torch.manual_seed(0)
+    model = LLAModel(lla_cfg(sync_head="per_time_attended").model).eval()
+    b, t, s, c = 2, 4, 9, model.cfg.video_widths[-1]
+    v, a = torch.randn(b, t * s, c), torch.randn(b, 2 * 6, c)
+    uniform = torch.full((b, t * s), 1.0 / (t * s))
+    at = torch.zeros(b, t, s)
+    at[:, :, 3] = 1.0 / t
+    with torch.no_grad():
+        attended = model.pair_logits(v, a, t=t, f=2, audio_guided=uniform)
+        model.cfg.sync_head = "per_time"
+        plain = model.pair_logits(v, a, t=t, f=2)
+        model.cfg.sync_head = "per_time_attended"
+        spot = model.pair_logits(v, a, t=t, f=2, audio_guided=at.reshape(b, -1))
+        only = v.reshape(b, t, s, c)[:, :, 3:4].expand(b, t, s, c).reshape(b, t * s, c)
+        model.cfg.sync_head = "per_time"
+        only_spot = model.pair_logits(only, a, t=t, f=2)
+    torch.testing.assert_close(attended, plain)
+    torch.testing.assert_close(spot, only_spot)
+    assert (spot - plain).abs().min() > 1e-4
+    model.cfg.sync_head = "per_time_attended"
+    video, spec = torch.randn(2, 3, 8, 64, 64), torch.randn(2, 1, 128, 100)
+    same, other, maps = model.sync_logits(video, spec, spec.roll(40, dims=-1))
+    assert same.shape == other.shape == (2,) and maps.shape[0] == 4
+
+
 def test_motion_channels_are_each_frame_minus_the_one_before():
     """model.video_motion: the stem also sees residual frames; a still clip's are zero, so
     only motion changes what the extra weights see."""

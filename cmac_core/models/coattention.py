@@ -151,18 +151,31 @@ class LLAModel(nn.Module):
         return v, a, torch.stack(maps).mean(0)
 
     def pair_logits(
-        self, v_stream: torch.Tensor, a_stream: torch.Tensor, *, t: int = 1, f: int = 1
+        self,
+        v_stream: torch.Tensor,
+        a_stream: torch.Tensor,
+        *,
+        t: int = 1,
+        f: int = 1,
+        audio_guided: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The streams (``t`` visual time steps, ``f`` audio frequency rows) through the heads,
         then the sync head: ``[B]`` logits (> 0: in sync). ``model.sync_head`` "pooled": each
         stream averaged over all its tokens; "per_time": the visual stream averaged over
         space per time step, the audio stream over frequency and then over the same seconds
-        (its time cells pooled to ``t``), each step scored, the scores averaged."""
+        (its time cells pooled to ``t``), each step scored, the scores averaged;
+        "per_time_attended": as per_time, but each time step's visual tokens weighted by
+        the audio-guided attention ``audio_guided`` ``[B, Nv]`` (renormalised per step)."""
         if self.cfg.sync_head == "pooled":
             v, a = v_stream.mean(1), a_stream.mean(1)
         else:
             b, _, c = v_stream.shape
-            v = v_stream.reshape(b, t, -1, c).mean(2)  # [B, t, C]: time is slowest
+            v = v_stream.reshape(b, t, -1, c)  # [B, t, S, C]: time is slowest
+            if self.cfg.sync_head == "per_time_attended":
+                w = audio_guided.reshape(b, t, -1, 1).to(v.dtype)
+                v = (v * w).sum(2) / w.sum(2).clamp_min(1e-12)  # [B, t, C]
+            else:
+                v = v.mean(2)  # [B, t, C]
             a = a_stream.reshape(b, f, -1, c).mean(1)  # [B, n, C]: frequency is slowest
             a = F.adaptive_avg_pool1d(a.transpose(1, 2), t).transpose(1, 2)  # [B, t, C]
         z_v, z_a = self.video_head(v), self.audio_head(a)
@@ -177,7 +190,7 @@ class LLAModel(nn.Module):
         v_tokens, (t, _, _) = self.encode_video(video)
         a_tokens, (f, _) = self.encode_audio(torch.cat([spec, spec_other]))
         v, a, audio_guided = self.attend(v_tokens.repeat(2, 1, 1), a_tokens)
-        logits = self.pair_logits(v, a, t=t, f=f)
+        logits = self.pair_logits(v, a, t=t, f=f, audio_guided=audio_guided)
         b = video.shape[0]
         return logits[:b], logits[b:], audio_guided
 
@@ -196,7 +209,7 @@ class LLAModel(nn.Module):
             "audio_guided": audio_guided,
             "beta_v": audio_guided.reshape(b, t, s).sum(1),
             "alpha_v": audio_guided.new_full((b, s), 1.0 / s),
-            "sync_logit": self.pair_logits(v, a, t=t, f=f),
+            "sync_logit": self.pair_logits(v, a, t=t, f=f, audio_guided=audio_guided),
             "grid_hw": torch.tensor([h, w]),
         }
 
