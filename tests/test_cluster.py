@@ -8,6 +8,7 @@ arguments exit 2 with one line.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -98,7 +99,18 @@ SHARD = ("--segment-seconds", "2", "--quiet")
 # -- ranks ---------------------------------------------------------------------
 
 
-def test_three_ranks_in_parallel_cover_every_input_once(clips, tmp_path):
+# Each decoder a user can choose (pyav is auto's choice for these files; decord where
+# installed): the rank and resume guarantees do not depend on which one decodes.
+DECODERS = [
+    "auto",
+    "ffmpeg",
+    pytest.param("decord", marks=pytest.mark.skipif(
+        importlib.util.find_spec("decord") is None, reason="decord (avprep[decord]) not installed")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_three_ranks_in_parallel_cover_every_input_once(clips, tmp_path, decoder):
     out = tmp_path / "out"
     folder = str(clips[0].parent)
     procs = [
@@ -113,6 +125,8 @@ def test_three_ranks_in_parallel_cover_every_input_once(clips, tmp_path):
             "3",
             "--workers",
             "1",
+            "--decoder",
+            decoder,
             *SHARD,
         )  # fmt: skip
         for r in range(3)
@@ -121,6 +135,7 @@ def test_three_ranks_in_parallel_cover_every_input_once(clips, tmp_path):
         _, stderr = p.communicate(timeout=300)
         assert p.returncode == 0, stderr
     rows = _assert_exactly_once(out, [str(c) for c in clips], segments=1)
+    assert {r["decoder"] for r in rows} == {"pyav" if decoder == "auto" else decoder}
     rank_of = {r["source"]: r["rank"] for r in rows}
     owner = {i.source: r for r in range(3) for i in partition(discover([folder]), r, 3)}
     assert rank_of == owner and len(owner) == len(clips)
@@ -250,7 +265,8 @@ def test_same_rank_twice_at_once_is_refused(clips, tmp_path):
 # -- kill -9 and resume ------------------------------------------------------------
 
 
-def test_resume_after_kill_9(tmp_path):
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_resume_after_kill_9(tmp_path, decoder):
     """SIGKILL the whole run twice, part way; the same command finishes the job."""
     clips = _make_clips(tmp_path / "in", 12, duration_s=4.0)
     out = tmp_path / "out"
@@ -263,6 +279,8 @@ def test_resume_after_kill_9(tmp_path):
         "2",
         "--shard-max-samples",
         "2",
+        "--decoder",
+        decoder,
         *SHARD,
     )  # fmt: skip  (a shard per video)
     committed: set[str] = set()
@@ -289,6 +307,7 @@ def test_resume_after_kill_9(tmp_path):
     assert all(r["run"] < last_run for r in rows if r["source"] in done_before)  # not redone
     again = run_cli(*args)  # a finished DIR: nothing to do
     assert _assert_exactly_once(out, [str(c) for c in clips], segments=2) == rows
+    assert {r["decoder"] for r in rows} == {"pyav" if decoder == "auto" else decoder}
     assert again.returncode == proc.returncode == 0
 
 
