@@ -17,7 +17,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING
 
 from avprep import manifest
 from avprep.config import ShardConfig
@@ -25,11 +24,9 @@ from avprep.discover import Input
 from avprep.errors import AvprepError
 from avprep.outdir import OutputDir
 from avprep.remote import StoreError
+from avprep.report import Progress, ShardReport
 from avprep.worker import worker_main
 from avprep.worker_start import single_threaded, worker_context
-
-if TYPE_CHECKING:
-    from avprep.pipeline import Progress, ShardReport
 
 
 @dataclass

@@ -16,49 +16,14 @@ import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 
-from avprep import manifest
 from avprep.config import ShardConfig
 from avprep.discover import discover, keep_committed_ids, partition
 from avprep.dispatch import Dispatcher
 from avprep.media.decoder import Decoder
 from avprep.outdir import OutputDir
+from avprep.report import Progress, ShardReport
 from avprep.tools import require_ffmpeg
-
-
-@dataclass
-class ShardReport:
-    out_dir: str
-    rank: int
-    world_size: int
-    run: int
-    n_inputs: int  # this rank's share
-    n_already_done: int
-    counts: Counter = field(default_factory=Counter)  # status -> inputs this run
-    reasons: Counter = field(default_factory=Counter)  # failure/skip reason -> inputs
-    n_segments: int = 0
-    shards: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    unaccounted: list[str] = field(default_factory=list)
-
-    @property
-    def n_failed(self) -> int:
-        return self.counts[manifest.FAILED]
-
-    def exit_code(self, *, strict: bool) -> int:
-        if self.unaccounted:
-            return 1
-        return 1 if strict and self.n_failed else 0
-
-
-class Progress:
-    """What the parent tells a person; the CLI supplies a rich or plain one."""
-
-    def start(self, total: int, done: int) -> None: ...
-    def update(self, report: ShardReport, *, segments: int) -> None: ...
-    def log(self, message: str) -> None: ...
-    def stop(self) -> None: ...
 
 
 def _interrupt(signum, frame) -> None:

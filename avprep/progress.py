@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
-from avprep.pipeline import Progress, ShardReport
+from avprep.report import Progress, ShardReport
 
 
 class RichProgress(Progress):
