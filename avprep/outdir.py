@@ -223,6 +223,18 @@ class OutputDir:
                 runs.append(int(m.group(1)))
         return max(runs) + 1
 
+    def take_over(self, paths: dict[str, str]) -> dict[str, str]:
+        """Everything a run does with what earlier runs left, before it starts: the manifest
+        parts of this rank's committed shards rebuilt where missing or damaged
+        (``recover_orphans``: a line in ``notices`` each; ``paths``, input_key -> real path,
+        fills their rows), this rank's skipped and failed rows forgotten (those inputs are
+        tried again), and the result: input_key -> video_id of every input with a committed
+        ok row (any rank)."""
+        self.paths = paths
+        self.recover_orphans()
+        self.drop_other_rows()
+        return self.committed_inputs()
+
     def recover_orphans(self, pattern: str | None = None) -> set[str]:
         """Write the manifest parts of this rank's committed shards that are missing or
         damaged (not Parquet, another schema, rows of another shard), rebuilt from the

@@ -58,12 +58,9 @@ def shard_videos(
     with sigterm_as_interrupt():
         out.open(cfg)
         try:
-            out.paths = {inp.input_key: inp.real_path for inp in everything}
-            out.recover_orphans()
+            done = out.take_over({inp.input_key: inp.real_path for inp in everything})
             for notice in out.notices:
                 progress.log(notice)
-            out.drop_other_rows()
-            done = out.committed_inputs()
             items = partition(keep_committed_ids(everything, done), cfg.rank, cfg.world_size)
             todo = [i for i, inp in enumerate(items) if inp.input_key not in done]
             report = ShardReport(
