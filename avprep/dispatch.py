@@ -26,6 +26,7 @@ from avprep.outdir import OutputDir
 from avprep.remote import StoreError
 from avprep.report import Progress, ShardReport
 from avprep.worker import worker_main
+from avprep.worker_messages import Commit, Done, Exit, Fatal, Ready, Row, Segment
 from avprep.worker_start import single_threaded, worker_context
 
 
@@ -45,7 +46,8 @@ class _Worker:
 def _next_message(
     workers: dict[int, _Worker], timeout_s: float
 ) -> tuple[tuple | None, _Worker | None]:
-    """One message from any worker, or (None, None) after ``timeout_s``."""
+    """One message from any worker (``avprep.worker_messages``), or (None, None) after
+    ``timeout_s``."""
     live = {w.conn: w for w in workers.values() if not w.eof}
     if not live:
         time.sleep(timeout_s)
@@ -151,40 +153,38 @@ class Dispatcher:
                 w.last_progress = time.monotonic()
                 w.tasks.put((w.task, self.items[w.task]))
 
-    def handle(self, msg: tuple, w: _Worker) -> None:
-        """One message from worker ``w``: ready, segment, ok, row, commit or exit."""
-        kind = msg[0]
+    def handle(self, msg, w: _Worker) -> None:
+        """One message from worker ``w`` (``avprep.worker_messages``)."""
         report = self.report
         w.last_progress = time.monotonic()
-        if kind == "ready":
-            w.ready = True
-        elif kind == "segment":
-            self.live_segments[msg[2]] = msg[3]
-        elif kind == "ok":
-            index = msg[2]
-            self.ok_segments[index] = self.live_segments.pop(index, 0)
-            report.n_segments += self.ok_segments[index]
-            report.counts[manifest.OK] += 1
-            w.uncommitted.append(index)
-            w.task = None
-        elif kind == "row":
-            row = msg[3]
-            self.other_rows.append(row)
-            report.counts[row["status"]] += 1
-            report.reasons[row["reason"]] += 1
-            self.progress.log(f"{row['status']} ({row['reason']}): {self.items[msg[2]].source}")
-            self.live_segments.pop(msg[2], None)
-            w.task = None
-        elif kind == "commit":
-            report.shards.append(msg[2])
-            committed = set(msg[3])
-            w.uncommitted = [i for i in w.uncommitted if self.items[i].video_id not in committed]
-        elif kind == "fatal":  # the output cannot be written: stop (the finally kills the rest)
-            raise StoreError(msg[2])
-        elif kind == "exit":
-            w.proc.join()
-            w.conn.close()
-            del self.workers[w.id]
+        match msg:
+            case Ready():
+                w.ready = True
+            case Segment(index=index, segments=n):
+                self.live_segments[index] = n
+            case Done(index=index):
+                self.ok_segments[index] = self.live_segments.pop(index, 0)
+                report.n_segments += self.ok_segments[index]
+                report.counts[manifest.OK] += 1
+                w.uncommitted.append(index)
+                w.task = None
+            case Row(index=index, row=row):
+                self.other_rows.append(row)
+                report.counts[row["status"]] += 1
+                report.reasons[row["reason"]] += 1
+                self.progress.log(f"{row['status']} ({row['reason']}): {self.items[index].source}")
+                self.live_segments.pop(index, None)
+                w.task = None
+            case Commit(shard=shard, video_ids=ids):
+                report.shards.append(shard)
+                done = set(ids)
+                w.uncommitted = [i for i in w.uncommitted if self.items[i].video_id not in done]
+            case Fatal(error=error):  # the output cannot be written: stop (the rest are killed)
+                raise StoreError(error)
+            case Exit():
+                w.proc.join()
+                w.conn.close()
+                del self.workers[w.id]
         self.progress.update(report, segments=report.n_segments + sum(self.live_segments.values()))
 
     def check_health(self) -> None:

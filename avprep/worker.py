@@ -26,6 +26,7 @@ from avprep.outdir import open_store
 from avprep.remote import StoreError, scrub
 from avprep.remote_inputs import process_remote
 from avprep.tools import die_with, die_with_parent
+from avprep.worker_messages import Commit, Done, Exit, Fatal, Ready, Row, Segment
 
 
 def worker_main(
@@ -53,7 +54,7 @@ def worker_main(
         for row in rows:
             row["rank"], row["run"] = cfg.rank, run
         store.write_part(f"{schema.MANIFEST_DIR}/{path.stem}.parquet", rows)
-        results.send(("commit", worker_id, path.name, [r["video_id"] for r in rows]))
+        results.send(Commit(worker_id, path.name, [r["video_id"] for r in rows]))
 
     from avprep.writer import ShardWriter  # noqa: PLC0415
 
@@ -69,7 +70,7 @@ def worker_main(
         _work(worker_id, cfg, run, tasks, results, writer, store, threads)
     except StoreError as e:  # the output cannot be written (after retries): the run stops
         writer.abort()
-        results.send(("fatal", worker_id, str(e)))
+        results.send(Fatal(worker_id, str(e)))
 
 
 def _work(worker_id, cfg, run, tasks, results, writer, store, threads) -> None:
@@ -79,7 +80,7 @@ def _work(worker_id, cfg, run, tasks, results, writer, store, threads) -> None:
     spool = store.spool / f"w{worker_id:02d}"
     logmel = LogMel(cfg.spec_preset, cfg.sample_rate_hz)
     parent = mp.parent_process()
-    results.send(("ready", worker_id))
+    results.send(Ready(worker_id))
     while True:
         try:
             task = tasks.get(timeout=1.0)
@@ -94,7 +95,7 @@ def _work(worker_id, cfg, run, tasks, results, writer, store, threads) -> None:
         t0 = time.perf_counter()
 
         def on_segment(n: int, index: int = index) -> None:
-            results.send(("segment", worker_id, index, n))
+            results.send(Segment(worker_id, index, n))
 
         try:
             if inp.remote:
@@ -102,7 +103,7 @@ def _work(worker_id, cfg, run, tasks, results, writer, store, threads) -> None:
                                on_segment=on_segment)  # fmt: skip
             else:
                 process_video(inp, cfg, writer, logmel, threads=threads, on_segment=on_segment)
-            results.send(("ok", worker_id, index, None))
+            results.send(Done(worker_id, index))
             continue
         except StoreError:
             raise
@@ -132,6 +133,6 @@ def _work(worker_id, cfg, run, tasks, results, writer, store, threads) -> None:
             run=run,
             seconds=round(time.perf_counter() - t0, 3),
         )
-        results.send(("row", worker_id, index, row))
+        results.send(Row(worker_id, index, row))
     writer.commit()
-    results.send(("exit", worker_id))
+    results.send(Exit(worker_id))
