@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from avprep.tools import ffmpeg_bin
+from avprep.tools import ffmpeg_bin, has_ffmpeg
 
 FLASH_S = 0.1
 
@@ -108,8 +108,15 @@ def make_demo_video(
     """A square bouncing across a gradient; its tone is loud for 0.3 s after each side bounce.
 
     The square hits a side wall every 3 s (t = 0, 3, 6, ...), so sound and motion
-    correspond, as in real footage.
+    correspond, as in real footage. Without ffmpeg on PATH the same scene is drawn and
+    encoded in-process by PyAV (``avprep.demo_video``; .mp4 and .mkv).
     """
+    if not has_ffmpeg():
+        from avprep import demo_video  # noqa: PLC0415
+
+        return demo_video.make(path, duration_s=duration_s, tone_hz=tone_hz, color=color,
+                               fps=fps, size=size, rotate_deg=rotate_deg,
+                               audio_delay_s=audio_delay_s)  # fmt: skip
     path = Path(path)
     w, h = size
     box = max(16, h // 4)

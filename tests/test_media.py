@@ -167,6 +167,39 @@ def test_flac_is_the_waveform_in_16_bits():
     assert np.abs(got - np.clip(wave, -1, 1)).max() <= 1 / 32768
 
 
+def test_the_demo_needs_no_system_ffmpeg(tmp_path):
+    """With no ffmpeg or ffprobe on PATH, `avprep demo` draws its videos with PyAV (the
+    portrait one rotated for display, the late one's audio late, one in Matroska), shards
+    them with PyAV and trains on them."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    out = tmp_path / "demo"
+    run_cli("demo", "--out", str(out), "--videos", "5", "--steps", "2", "--workers", "2",
+            env={"PATH": str(empty), "OMP_NUM_THREADS": "1"})  # fmt: skip
+    rows = {Path(r["source"]).name: r for r in read_manifest(out / "shards").to_pylist()}
+    assert sorted(rows) == ["blue_880hz.mp4", "green_330hz.mkv", "late_audio.mp4",
+                            "orange_440hz.mp4", "portrait_rotated.mp4"]  # fmt: skip
+    assert {(r["status"], r["decoder"]) for r in rows.values()} == {("ok", "pyav")}
+    turned = rows["portrait_rotated.mp4"]
+    assert (turned["rotation_deg"], turned["width"], turned["height"]) == (90, 320, 240)
+    assert rows["late_audio.mp4"]["audio_start_s"] == pytest.approx(0.5, abs=0.03)  # AAC priming
+    assert rows["blue_880hz.mp4"]["source_fps"] == pytest.approx(30)
+    assert rows["green_330hz.mkv"]["audio_codec"] == "opus"
+    assert (out / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("turn", [90, 180, 270])
+def test_a_pyav_demo_video_carries_its_rotation(tmp_path, turn):
+    from avprep.demo_video import make
+
+    path = make(tmp_path / "turned.mp4", duration_s=1.0, rotate_deg=turn)
+    c = Container(str(path))
+    v = c.info.video
+    c.close()
+    assert v.rotation_deg == turn
+    assert v.display_size == ((240, 320) if turn % 180 else (320, 240))
+
+
 def test_shard_needs_no_system_ffmpeg(media, tmp_path):
     """With no ffmpeg or ffprobe on PATH, the default decoder shards (FLAC included); the
     ffmpeg pipe, asked for, is one line naming what is missing."""
