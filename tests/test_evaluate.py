@@ -322,6 +322,17 @@ def test_preregistered_checks_read_the_figures():
         "centre prior: pointing near chance (at most 0.1 above)"
     ]  # below chance is no learning
     assert not held["goal, CMAC adds value: beta size-aware IoU >= avid's + 0.05"]
+    # lla's goals, against the baselines of its own clips where given
+    arms["lla"] = {**chance_like, "sync_2afc": {"mean": 0.93, "std": 0.0}}
+    own = {"centre_prior": {"pointing": 0.2, "size_aware_iou": 0.1}}
+    held = {c["claim"]: c["holds"] for c in checks(arms, base, ch, lla_base=own)}
+    assert held["goal, lla: synchronization 2AFC >= 0.9"]
+    assert not held["goal, lla: pointing (beta_v) above the centre prior's, on lla's clips"]
+    assert not held["goal, lla: class probe on video features well above chance (>= 2x chance)"]
+    arms["lla"]["sync_2afc"] = {"mean": 0.45, "std": 0.0}
+    held = {c["claim"]: c["holds"] for c in checks(arms, base, ch)}
+    assert not held["goal, lla: synchronization 2AFC >= 0.9"]
+    assert held["goal, lla: pointing (beta_v) above the centre prior's, on lla's clips"]
 
 
 def test_the_target_arms_change_only_their_targets(tmp_path):

@@ -111,8 +111,9 @@ def chance(test: dict, n_classes: int) -> dict[str, float]:
                                       int(test["visible_classes"].max())]}  # fmt: skip
 
 
-def checks(arms: dict, base: dict, ch: dict) -> list[dict]:
-    """The pre-registered outcomes, each ``{"claim", "holds", "measured"}``."""
+def checks(arms: dict, base: dict, ch: dict, *, lla_base: dict | None = None) -> list[dict]:
+    """The pre-registered outcomes, each ``{"claim", "holds", "measured"}``. ``lla_base``:
+    the baselines on lla's own clips where their boxes differ from the first arm's."""
     out = []
 
     def add(claim: str, holds: bool, measured: str) -> None:
@@ -161,6 +162,17 @@ def checks(arms: dict, base: dict, ch: dict) -> list[dict]:
         if ent is not None:
             add("goal, CMAC adds value: entropy of alpha < 0.8 log S", ent["mean"] < 0.8,
                 f"{ent['mean']:.3f} log S (last training step)")  # fmt: skip
+    if "lla" in arms:  # issue 13's expectations, written beside the table whatever it says
+        if arms["lla"].get("sync_2afc") is not None:
+            add("goal, lla: synchronization 2AFC >= 0.9", m("lla", "sync_2afc") >= 0.9,
+                f"{m('lla', 'sync_2afc'):.3f} (chance 0.5)")  # fmt: skip
+        prior = (lla_base or base)["centre_prior"]["pointing"]
+        add("goal, lla: pointing (beta_v) above the centre prior's, on lla's clips",
+            m("lla", "beta_v.pointing") > prior,
+            f"{m('lla', 'beta_v.pointing'):.3f} vs {prior:.3f}")  # fmt: skip
+        add("goal, lla: class probe on video features well above chance (>= 2x chance)",
+            m("lla", "probe_v") >= 2 * ch["probe"],
+            f"{m('lla', 'probe_v'):.3f} (chance {ch['probe']:.3f})")  # fmt: skip
     return out
 
 
@@ -212,9 +224,11 @@ def summarize(cfg, runs: dict, *, timings: dict, command: str, device: torch.dev
     # another length (lla) has other boxes over its clip, which those rows do not describe.
     other_boxes = [a for a, s in runs.items()
                    if any(not np.array_equal(r["test"]["boxes"], first["test"]["boxes"]) for r in s.values())]  # fmt: skip
+    lla_base = (baselines(next(iter(runs["lla"].values()))["test"], seed=cfg.bench_seed)
+                if "lla" in other_boxes else None)  # fmt: skip
     return {"command": command, "commit": git_commit(), "machine": machine(device),
             "config": cfg.to_dict(), "n_classes": n_classes, "n_test_clips": len(first["test"]["keys"]),
             "n_train_clips": len(first["train"]["keys"]), "n_sync_clips": min(syncs, default=0),
             "chance": ch, "baselines": base, "baselines_arm": next(iter(runs)), "other_boxes": other_boxes,
-            "arms": arms, "per_seed": per_seed, "checks": checks(arms, base, ch),
+            "arms": arms, "per_seed": per_seed, "checks": checks(arms, base, ch, lla_base=lla_base),
             "timings_s": timings}  # fmt: skip
