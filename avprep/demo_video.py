@@ -44,18 +44,10 @@ def _tone(n: int, rate: int, start_s: float, tone_hz: float, delay_s: float) -> 
     return (volume * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
 
 
-def make(
-    path: str | Path,
-    *,
-    duration_s: float = 12.0,
-    tone_hz: float = 440.0,
-    color: str = "orange",
-    fps: float = 25,
-    size: tuple[int, int] = (320, 240),
-    rotate_deg: int = 0,
-    audio_delay_s: float = 0.0,
-) -> Path:
-    """The video ``synth.make_demo_video`` describes, written to ``path`` (.mp4 or .mkv)."""
+def make(path: str | Path, *, duration_s: float, tone_hz: float, color: str, fps: float,
+         size: tuple[int, int], rotate_deg: int, audio_delay_s: float) -> Path:  # fmt: skip
+    """The video ``synth.make_demo_video`` describes (and gives every argument of, with its
+    defaults), written to ``path`` (.mp4 or .mkv)."""
     import av  # noqa: PLC0415
 
     path = Path(path)

@@ -192,7 +192,8 @@ def test_the_demo_needs_no_system_ffmpeg(tmp_path):
 def test_a_pyav_demo_video_carries_its_rotation(tmp_path, turn):
     from avprep.demo_video import make
 
-    path = make(tmp_path / "turned.mp4", duration_s=1.0, rotate_deg=turn)
+    path = make(tmp_path / "turned.mp4", duration_s=1.0, tone_hz=440, color="red", fps=25,
+                size=(320, 240), rotate_deg=turn, audio_delay_s=0.0)  # fmt: skip
     c = Container(str(path))
     v = c.info.video
     c.close()
