@@ -39,6 +39,7 @@ def test_the_device_resize_is_torchs_antialiased_bilinear(out):
         )
     got = resize_crops(crops, sizes, out)
     assert got.shape == (4, 3, 3, out, out) and got.dtype == torch.float32
+    assert got.is_contiguous()  # the layout the loader's clips have
     for b, (ch, cw, flip) in enumerate(sizes.tolist()):
         want = _reference(crops[b, :, :ch, :cw], out, bool(flip))
         assert torch.allclose(got[b], want, atol=2e-3), (b, (got[b] - want).abs().max())

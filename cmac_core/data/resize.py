@@ -46,4 +46,5 @@ def resize_crops(crops: torch.Tensor, sizes: torch.Tensor, out: int) -> torch.Te
     cols = torch.where(flip, cols.flip(1), cols)
     x = crops.float()
     x = torch.einsum("bthwc,bpw->bthpc", x, cols)  # [B, T, H, out, 3]
-    return torch.einsum("boh,bthpc->bctop", rows, x)  # [B, 3, T, out, out]
+    # [B, 3, T, out, out], laid out as the loader's clips are (einsum leaves it permuted)
+    return torch.einsum("boh,bthpc->bctop", rows, x).contiguous()
