@@ -8,12 +8,11 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import simplejpeg
 import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
-from avprep.read_sample import frame_jpegs, sample_meta, spec_array
+from avprep.read_sample import decode_jpegs, frame_jpegs, sample_meta, spec_array
 from avprep.schema import make_key
 from cmac_core.config import DataConfig
 from cmac_core.data.clip import Window, choose_window, cut_columns, frame_indices
@@ -85,7 +84,7 @@ class DecodeOnly(IterableDataset):
             meta, jpegs, spec = samples[int(rng.integers(len(samples)))]
             w = choose_window(meta, self.clip_frames, rng)
             idx = frame_indices(w, len(jpegs))
-            frames = np.stack([simplejpeg.decode_jpeg(jpegs[i], colorspace="RGB") for i in idx])
+            frames = decode_jpegs(meta["key"], [jpegs[i] for i in idx])  # as the loader does
             cols = cut_columns(spec, w, meta["spec_min"])
             if augment is None:
                 del frames, cols

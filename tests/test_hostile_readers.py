@@ -324,3 +324,27 @@ def test_inspect_draws_around_a_damaged_sample(demo_shards, tmp_path):
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "left out of the contact sheet" in proc.stderr and "(1000000, 1000000)" in proc.stderr
     assert png.stat().st_size > 10_000
+
+
+def test_frames_decode_into_one_array_and_other_sizes_are_one_sample_error():
+    """decode_jpegs decodes each JPEG into its slot of one array (sized from the first
+    frame's header): the same pixels as decoding each alone; a later frame larger or
+    smaller than the first, corrupt, or no frame at all is one SampleError."""
+    import simplejpeg
+    from PIL import Image
+
+    from avprep.read_sample import decode_jpegs
+
+    def jpeg(h: int, w: int, seed: int) -> bytes:
+        pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(pixels).save(out, format="JPEG")
+        return out.getvalue()
+
+    frames = [jpeg(48, 64, seed) for seed in range(5)]
+    alone = np.stack([simplejpeg.decode_jpeg(j, colorspace="RGB") for j in frames])
+    assert np.array_equal(decode_jpegs("k_0000", frames), alone)
+    for bad in ([frames[0], jpeg(96, 128, 9)], [frames[0], jpeg(24, 32, 9)],
+                [frames[0], b"\xff\xd8 not a jpeg"], []):  # fmt: skip
+        with pytest.raises(schema.SampleError, match="a frame does not decode"):
+            decode_jpegs("k_0000", bad)
