@@ -26,7 +26,8 @@ worker processes, batches of ``--batch-size`` clips, the ``base`` DataConfig
   decoded clips): what reading costs, apart from cropping and batching;
 - bound: the clips' work with no reading at all: each worker holds its shards' samples
   in memory (frames as JPEG bytes, spectrograms as arrays), and per clip draws a window,
-  decodes its 8 JPEGs with simplejpeg and copies its spectrogram columns;
+  decodes its 8 JPEGs (simplejpeg, as the loader: read_sample.decode_jpegs) and copies
+  its spectrogram columns;
 - bound + Augment: the same, then the loader's own ``Augment`` stage makes the batch (crop,
   resize, flip, jitter factors, spectrogram tensors in shared memory): the loaders' bound;
 - from source (AVID-style, ``--sides ...,source``): each clip decoded from its source

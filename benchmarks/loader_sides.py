@@ -57,7 +57,8 @@ def _sizes(src):
 class DecodeOnly(IterableDataset):
     """The bound: a clip's work with no reading. Each worker first loads its shards' samples
     into memory (each frame's JPEG bytes, the spectrogram); then per clip it draws a window
-    (as ``ClipWindow``), decodes the window's JPEGs with simplejpeg and copies its
+    (as ``ClipWindow``), decodes the window's JPEGs (``read_sample.decode_jpegs``, as the
+    loader does) and copies its
     spectrogram columns. Yields, per ``batch_size`` clips, the list of their keys (the
     decoded arrays are dropped in the worker), or with ``augment`` (a DataConfig) the
     batch the loader's own ``Augment`` makes of them."""
