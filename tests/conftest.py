@@ -195,3 +195,34 @@ def tiny_ckpt(demo_shards, tmp_path_factory) -> Path:
     run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "4",
             env={"OMP_NUM_THREADS": "1"})  # fmt: skip
     return run / "last.pt"
+
+
+def make_clips(folder: Path, n: int, duration_s: float) -> list[Path]:
+    """``n`` small demo videos (96x64, each its own tone and colour) in ``folder``."""
+    from avprep.synth import make_demo_video
+
+    folder.mkdir(parents=True, exist_ok=True)
+    colors = ("orange", "blue", "green", "red", "white", "yellow")
+    return [
+        make_demo_video(
+            folder / f"clip{i:02d}.mp4",
+            duration_s=duration_s,
+            size=(96, 64),
+            tone_hz=300 + 50 * i,
+            color=colors[i % len(colors)],
+        )  # fmt: skip
+        for i in range(n)
+    ]
+
+
+def processes_with(text: str) -> list[str]:
+    """Command lines of running processes that mention ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if text.encode() in args:
+            found.append(" ".join(a.decode(errors="replace") for a in args))
+    return found

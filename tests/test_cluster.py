@@ -1,9 +1,8 @@
-"""Runs on clusters: ranks, locks, kills, hangs and bad arguments.
+"""Runs on clusters: ranks, locks, kills and bad arguments.
 
 W ranks writing into one DIR together cover every input exactly once; a rank
-started twice is refused; a run killed with SIGKILL resumes where it stopped;
-a file that hangs the decoder is failed ``timeout`` and the run goes on; bad
-arguments exit 2 with one line.
+started twice is refused; a run killed with SIGKILL resumes where it stopped; bad
+arguments exit 2 with one line. Inputs that hang the decoder: tests/test_timeouts.py.
 """
 
 from __future__ import annotations
@@ -13,18 +12,14 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import read_manifest, read_shards, run_cli, shard_workers
+from conftest import make_clips, processes_with, read_manifest, read_shards, run_cli, shard_workers
 
-from avprep.config import ShardConfig
 from avprep.discover import discover, partition, rank_world_from_env
-from avprep.pipeline import shard_videos
-from avprep.synth import make_demo_video
 
 RANK_VARS = (
     "RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_ARRAY_TASK_ID",
@@ -56,21 +51,6 @@ def _wait_for(predicate, timeout_s: float = 120.0, what: str = "condition") -> N
         time.sleep(0.05)
 
 
-def _make_clips(folder: Path, n: int, duration_s: float) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    colors = ("orange", "blue", "green", "red", "white", "yellow")
-    return [
-        make_demo_video(
-            folder / f"clip{i:02d}.mp4",
-            duration_s=duration_s,
-            size=(96, 64),
-            tone_hz=300 + 50 * i,
-            color=colors[i % len(colors)],
-        )  # fmt: skip
-        for i in range(n)
-    ]
-
-
 def _assert_exactly_once(out: Path, sources: list[str], *, segments: int) -> list[dict]:
     """Every input once in the manifest, ok; every key once across shards; no temporaries."""
     rows = read_manifest(out).to_pylist()
@@ -90,7 +70,7 @@ def _assert_exactly_once(out: Path, sources: list[str], *, segments: int) -> lis
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    return _make_clips(tmp_path_factory.mktemp("clips") / "in", 7, duration_s=2.0)
+    return make_clips(tmp_path_factory.mktemp("clips") / "in", 7, duration_s=2.0)
 
 
 SHARD = ("--segment-seconds", "2", "--quiet")
@@ -268,7 +248,7 @@ def test_same_rank_twice_at_once_is_refused(clips, tmp_path):
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_resume_after_kill_9(tmp_path, decoder):
     """SIGKILL the whole run twice, part way; the same command finishes the job."""
-    clips = _make_clips(tmp_path / "in", 12, duration_s=4.0)
+    clips = make_clips(tmp_path / "in", 12, duration_s=4.0)
     out = tmp_path / "out"
     args = (
         "shard",
@@ -313,7 +293,7 @@ def test_resume_after_kill_9(tmp_path, decoder):
 
 def test_a_worker_killed_mid_run_is_replaced(tmp_path):
     """SIGKILL one worker: its video is failed 'worker died', the rest finish, each once."""
-    clips = _make_clips(tmp_path / "in", 8, duration_s=4.0)
+    clips = make_clips(tmp_path / "in", 8, duration_s=4.0)
     out = tmp_path / "out"
     proc = _popen("shard", str(tmp_path / "in"), "--out", str(out), "--workers", "2",
                   "--shard-max-samples", "2", *SHARD)  # fmt: skip
@@ -333,7 +313,7 @@ def test_a_worker_killed_mid_run_is_replaced(tmp_path):
     samples = read_shards(out)
     assert len(samples) == 2 * (len(clips) - len(failed))
     assert list(out.rglob("*.tmp")) == []
-    assert not any(_processes_with(str(c)) for c in clips)
+    assert not any(processes_with(str(c)) for c in clips)
 
 
 def test_resume_rebuilds_a_lost_manifest_part(clips, tmp_path):
@@ -358,117 +338,6 @@ def test_resume_rebuilds_a_lost_manifest_part(clips, tmp_path):
     differ = {(vid, k, r[k], first[vid][k]) for vid, r in rebuilt.items() for k in r
               if r[k] != first[vid][k] and k != "seconds"}  # fmt: skip  (time spent: not in a shard)
     assert not differ
-
-
-# -- hangs -------------------------------------------------------------------------
-
-
-def _processes_with(text: str) -> list[str]:
-    """Command lines of running processes that mention ``text``."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if text.encode() in args:
-            found.append(" ".join(a.decode(errors="replace") for a in args))
-    return found
-
-
-def _serve_once(fifo: Path, data: bytes, *, release: threading.Event | None = None
-                ) -> tuple[threading.Thread, threading.Event]:  # fmt: skip
-    """Feed ``data`` to the first reader of ``fifo``; later readers wait forever. With
-    ``release``, the pipe is then held open, without another byte, until it is set: the
-    reader blocks part way through. Returns the thread and an event set once fed."""
-    fed = threading.Event()
-
-    def run() -> None:
-        try:
-            with open(fifo, "wb") as f:
-                f.write(data)
-                f.flush()
-                fed.set()
-                if release is not None:
-                    release.wait()
-        except BrokenPipeError:
-            fed.set()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, fed
-
-
-@pytest.mark.parametrize("decoder", ["auto", "ffmpeg"])
-def test_hanging_inputs_time_out_and_the_run_goes_on(decoder, tmp_path):
-    """A FIFO nobody writes hangs the opening (PyAV's in the worker, or ffprobe). Another
-    hangs the decoding: fed half a file and then nothing more (PyAV reads it once, and
-    blocks mid-file), or, for the ffmpeg pipe, fed once (ffprobe reads it, and the
-    ffmpeg decoding it waits for a writer).
-
-    Both are failed ``timeout`` within --timeout; the worker stuck on the decoder
-    is replaced (with any ffmpeg it started: no process is left behind) and the
-    videos it had finished but not committed are redone.
-    """
-    clips = _make_clips(tmp_path / "in", 3, duration_s=3.0)
-    hang_probe = tmp_path / "hang.mp4"
-    hang_decode = tmp_path / "hang decode.ts"
-    os.mkfifo(hang_probe)
-    os.mkfifo(hang_decode)
-    ts = tmp_path / "clip.ts"
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(clips[0]), "-c", "copy", str(ts)],
-                   check=True)  # fmt: skip
-    data = ts.read_bytes()
-    release = None if decoder == "ffmpeg" else threading.Event()
-    feeder, fed = _serve_once(hang_decode, data if release is None else data[: len(data) // 2],
-                              release=release)  # fmt: skip
-    inputs = [str(clips[0]), str(hang_probe), str(clips[1]), str(hang_decode), str(clips[2])]
-    cfg = ShardConfig(out_dir=str(tmp_path / "out"), segment_seconds=2.0, workers=1,
-                      timeout_seconds=8.0, quiet=True, decoder=decoder)  # fmt: skip
-    t0 = time.monotonic()
-    try:
-        report = shard_videos(inputs, cfg)
-    finally:
-        if release is not None:
-            release.set()
-    elapsed = time.monotonic() - t0
-    feeder.join(timeout=5)
-    assert fed.is_set(), "the decoder-hang FIFO was never read"
-    rows = {r["source"]: r for r in read_manifest(tmp_path / "out").to_pylist()}
-    assert set(rows) == set(inputs)
-    for hang in (hang_probe, hang_decode):
-        assert (rows[str(hang)]["status"], rows[str(hang)]["reason"]) == ("failed", "timeout")
-    for clip in clips:
-        assert rows[str(clip)]["status"] == "ok", rows[str(clip)]
-    assert report.exit_code(strict=False) == 0 and report.exit_code(strict=True) == 1
-    assert report.counts == {"ok": 3, "failed": 2} and report.reasons == {"timeout": 2}
-    assert report.n_segments == 6 == len(read_shards(tmp_path / "out"))
-    assert not report.unaccounted
-    assert elapsed < 120
-    assert list((tmp_path / "out").rglob("*.tmp")) == []
-    time.sleep(0.5)
-    assert _processes_with(str(hang_decode)) == []  # no ffmpeg left waiting on the FIFO
-    assert _processes_with(str(hang_probe)) == []
-
-
-def test_timeout_from_the_command_line(tmp_path):
-    """--timeout 3 with a FIFO in a csv manifest: exit 0, the FIFO failed, the clips ok."""
-    _make_clips(tmp_path / "in", 2, duration_s=2.0)
-    os.mkfifo(tmp_path / "in" / "hang.mp4")
-    m = tmp_path / "list.csv"
-    m.write_text("path\n" + "".join(f"in/{n}\n" for n in ("clip00.mp4", "hang.mp4", "clip01.mp4")))
-    out = tmp_path / "out"
-    t0 = time.monotonic()
-    proc = run_cli("shard", str(m), "--out", str(out), "--timeout", "3", "--workers", "2",
-                   *SHARD, timeout=120)  # fmt: skip
-    assert proc.returncode == 0
-    assert time.monotonic() - t0 < 90
-    rows = {r["source"]: (r["status"], r["reason"]) for r in read_manifest(out).to_pylist()}
-    assert rows == {
-        "in/clip00.mp4": ("ok", None),
-        "in/hang.mp4": ("failed", "timeout"),
-        "in/clip01.mp4": ("ok", None),
-    }
 
 
 def test_a_manifest_part_cut_by_a_kill_is_invisible_to_readers(clips, tmp_path, monkeypatch):
