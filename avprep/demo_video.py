@@ -19,7 +19,7 @@ import numpy as np
 
 COLORS = {"orange": (255, 165, 0), "blue": (0, 0, 255), "red": (255, 0, 0),
           "yellow": (255, 255, 0), "green": (0, 128, 0), "white": (255, 255, 255)}  # fmt: skip
-AUDIO_RATE = {".mkv": 48000, ".webm": 48000}  # Opus's rate; AAC: 44.1 kHz, as ffmpeg's sine
+AUDIO_RATE = {".mkv": 48000}  # Opus's rate; AAC: 44.1 kHz, as ffmpeg's sine
 
 
 def _frame(w: int, h: int, box: int, rgb: tuple[int, int, int], t: float) -> np.ndarray:
