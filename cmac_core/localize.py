@@ -3,7 +3,8 @@
 For each segment: the middle clip, whole frame (short side resized to the
 training crop size, no crop), goes through the frozen model; the map is CMAC's
 target attention beta_v(s) = softmax_s(<phi_v(v_s), z_a> / tau_b), where z_a is
-the same clip's audio embedding. It is upsampled to the stored frame and saved
+the same clip's audio embedding. It is placed on the stored frame (each grid cell
+where it looks: ``cmac_core.grid_maps``) and saved
 as ``{key}.npy`` (float32 [H, W], sums to 1 over the region grid before
 upsampling), the vision-only attention alpha_v beside it as ``{key}.alpha.npy``,
 and ``{key}.png`` (a heat overlay of beta_v on the middle frame), with an
@@ -28,7 +29,7 @@ from PIL import Image
 
 from avprep import schema
 from avprep.schema import SampleError
-from cmac_core import distributed
+from cmac_core import distributed, grid_maps
 from cmac_core.data.augment import MEAN, STD, spec_norm, spec_to_tensor
 from cmac_core.data.clip import choose_window, cut_columns, frame_indices
 from cmac_core.data.damage import SAMPLE, Damage, ShardSamples, decode_or_marker, is_marker, marker
@@ -78,7 +79,8 @@ def overlay(
 def attention_maps(
     frozen: Frozen, frames: np.ndarray, spec: np.ndarray, meta: dict
 ) -> dict[str, np.ndarray]:
-    """One clip's maps, upsampled to the frames' size, ``[H, W]`` float32 each:
+    """One clip's maps at the frames' size, ``[H, W]`` float32 each, every grid cell's
+    value placed where the cell looks (``grid_maps``):
     ``beta_v``, where the clip's sound places the source (CMAC's audio-guided target;
     for any model, the softmax of region-audio similarity), and ``alpha_v``, where the
     video alone attends (CMAC's vision-only scorer; untrained in other methods).
@@ -102,11 +104,11 @@ def attention_maps(
         regions, _ = frozen.model.region_embeddings(feats)
         beta = cross_modal_target(regions, z_a, frozen.cfg.loss.target_temperature)[0]
     gh, gw = (int(v) for v in feats["grid_hw"])
-    maps = {"beta_v": beta, "alpha_v": feats["alpha_v"][0]}
+    encoder = frozen.model.video
     return {
-        name: F.interpolate(m.reshape(1, 1, gh, gw).float(), size=(h, w), mode="bilinear",
-                            align_corners=False)[0, 0].cpu().numpy()
-        for name, m in maps.items()
+        name: grid_maps.to_pixels(m.reshape(gh, gw), tuple(x.shape[-2:]), (h, w),
+                                  stride_px=encoder.STRIDE_PX, origin_px=encoder.ORIGIN_PX)
+        for name, m in (("beta_v", beta), ("alpha_v", feats["alpha_v"][0]))
     }  # fmt: skip
 
 

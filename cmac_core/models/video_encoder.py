@@ -62,7 +62,17 @@ class VideoEncoder(nn.Module):
     ``[B, C, T, H/16, W/16]`` with ``keep_time`` (stages 2-4 stride in space only: a
     synchronization pretext needs the frames' times; same weights' shapes). With ``motion``
     the stem also takes each frame minus the one before it (zero for the first frame):
-    residual frames (Tao et al. 2020), 6 input channels."""
+    residual frames (Tao et al. 2020), 6 input channels.
+
+    Where each grid cell looks: cell ``(i, j)`` of the conv5 map is centred on input
+    pixel ``(STRIDE_PX * i + ORIGIN_PX, STRIDE_PX * j + ORIGIN_PX)`` (pixel indices), not
+    on the middle of the 16 px square it would tile: the stem (7 x 7, stride 2, padding 3)
+    and each strided 3 x 3 conv (padding 1) centre their output ``k`` on input ``2 k``.
+    ``cmac_core.grid_maps`` places maps by these numbers; tests/test_grid_maps.py measures
+    them from the network's gradients."""
+
+    STRIDE_PX = 16
+    ORIGIN_PX = 0.0
 
     def __init__(
         self,
