@@ -195,3 +195,25 @@ def test_shards_in_the_bucket_are_listed_counted_checked_and_read_by_webdataset(
     keys = [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
     local = _download(s3, out_url, tmp_path / "got")
     assert sorted(keys) == sorted(read_shards(local)) and len(keys) == 5
+
+
+@pytest.mark.slow
+def test_pretrain_from_the_bucket_killed_and_resumed_sees_the_same_keys(shards, tmp_path):
+    """Issue 18's kill -9 test on shards in the bucket (issue 17: the resume tests of local
+    folders, against the S3 server): a run SIGKILLed mid-run and resumed trains on the
+    same keys, step by step and across epoch boundaries, as one never interrupted; and
+    those are the keys the same run sees on the local copy of the shards."""
+    from test_exact_resume import ENV, PRETRAIN, _args, _killed_and_resumed
+
+    from cmac_core.data.position import read_keys, read_log
+
+    url, local = shards
+    whole, cut, on_disk = tmp_path / "whole", tmp_path / "cut", tmp_path / "disk"
+    run_cli("pretrain", *_args(url, whole, workers=1), env=ENV)
+    said, _ = _killed_and_resumed(url, cut, workers=1, launch=PRETRAIN)
+    assert "starts anew" not in said and "another data layout" not in said
+    keys = read_keys(whole)
+    assert len(keys) == 14 and all(len(k) == 2 for k in keys)
+    assert read_keys(cut) == keys and read_log(cut) == read_log(whole)
+    run_cli("pretrain", *_args(local, on_disk, workers=1), env=ENV)
+    assert read_keys(on_disk) == keys
