@@ -243,14 +243,16 @@ def _torchrun(port: int) -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_ranks_killed_and_resumed_see_the_same_keys(demo_shards, tmp_path):
-    """2 ranks x 1 worker (gloo): 4.5 steps an epoch; saved at step 3 or 6."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_two_ranks_killed_and_resumed_see_the_same_keys(demo_shards, tmp_path, workers):
+    """2 ranks x 1 or 2 workers (gloo): 4.5 steps an epoch; saved at step 3 or 6."""
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    proc = subprocess.run([*_torchrun(29561), *_args(demo_shards, whole, workers=1, save_every=3)],
+    port = 29561 + 10 * workers
+    proc = subprocess.run([*_torchrun(port), *_args(demo_shards, whole, workers=workers, save_every=3)],
                           capture_output=True, text=True, timeout=600, env={**os.environ, **ENV})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    said, _ = _killed_and_resumed(demo_shards, cut, workers=1, launch=_torchrun(29562), at=3,
-                                  save_every=3)  # fmt: skip
+    said, _ = _killed_and_resumed(demo_shards, cut, workers=workers, launch=_torchrun(port + 1),
+                                  at=3, save_every=3)  # fmt: skip
     assert "starts anew" not in said
     for rank in (0, 1):
         assert len(read_keys(whole, rank)) == 14
