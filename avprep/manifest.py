@@ -153,6 +153,26 @@ def read_part(path: Path, data: bytes | None = None) -> pa.Table:
     return table
 
 
+# The fewest bytes a sample takes in a shard: its json, frames and spectrogram members
+# (schema: v1 and v2), each at least a tar header.
+MIN_SAMPLE_BYTES = 3 * schema.TAR_BLOCK
+
+
+def part_samples(table: pa.Table, path: Path | str, *, shard_bytes: int) -> int:
+    """The samples a shard's part (``read_part``) says its shard holds, summed over its
+    rows; DamagedPart where a row's count is negative or the sum is more than a shard of
+    ``shard_bytes`` can hold (``MIN_SAMPLE_BYTES`` a sample): a count is never trusted
+    past what the tar can physically hold, so no reader plans for more."""
+    counts = [n or 0 for n in table.column("n_segments").to_pylist()]
+    if any(n < 0 for n in counts):
+        raise DamagedPart(path, f"a negative n_segments ({min(counts)})")
+    total, most = sum(counts), max(0, shard_bytes) // MIN_SAMPLE_BYTES
+    if total > most:
+        raise DamagedPart(path, f"n_segments sum to {total} samples, more than its "
+                                f"{shard_bytes}-byte shard can hold (at most {most})")  # fmt: skip
+    return total
+
+
 def repair_hint(name: str) -> str:
     """How a damaged part named ``name`` (``{stem}.parquet``) gets repaired."""
     if schema.parse_shard_stem(name.rsplit("/", 1)[-1].removesuffix(".parquet")):
@@ -229,6 +249,9 @@ def rows_from_shard(
         for member in tar:
             if not member.name.endswith("." + schema.JSON):
                 continue
+            problem = schema.member_problem(member)
+            if problem is not None:
+                raise tarfile.ReadError(problem)
             meta = schema.readers_meta(json.loads(tar.extractfile(member).read()))  # v1 or v2
             vid = meta["video_id"]
             if vid not in videos:

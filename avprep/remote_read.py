@@ -11,8 +11,9 @@ For readers (``cmac_core.data``, ``avprep inspect``) that take a shard spec:
   ``register_webdataset()`` makes webdataset open every fsspec protocol that it has
   no handler of its own for (``s3://``, ``az://``...) with it, so
   ``wds.WebDataset(shard_urls(...))`` and ``tarfile_to_samples`` read them.
-- ``count_samples(urls)``: from the manifest parts beside the shards (one small read
-  per part), None where a part is missing (then count otherwise, or give ``--steps``).
+- ``shard_counts(urls)``, ``count_samples(urls)``: from the manifest parts beside the
+  shards (one small read per part), each believed only up to what its shard's size can
+  hold; None where a part is missing (then count otherwise, or give ``--steps``).
 - ``check_shard(url)``: ``cmac_core.data.shards.check_shard``'s three-block test on a
   remote shard (first header, end-of-archive marker), in ranged reads.
 - ``RangedFile(url)``: the shard as ``cmac_core.data.seek`` reads a local one (``pread``
@@ -102,14 +103,27 @@ def register_webdataset(schemes: tuple[str, ...] | None = None) -> None:
 
 
 def count_samples(urls: list[str]) -> int | None:
-    """Samples in the shards ``urls`` (all under one output URL or several), summed from
-    their manifest parts; None if any part is missing or unreadable, or fsspec cannot
-    open the protocol (webdataset may: ``gs://`` through gsutil)."""
+    """Samples in the shards ``urls``, summed (``shard_counts``); None where that has none,
+    or a manifest part is damaged."""
+    try:
+        counts = shard_counts(urls)
+    except manifest.DamagedPart:
+        return None
+    return None if counts is None else sum(counts)
+
+
+def shard_counts(urls: list[str]) -> list[int] | None:
+    """Samples in each of the shards ``urls`` (all under one output URL or several), in
+    order, from their manifest parts (fetched together), each believed only up to what its
+    shard's size (one listing of each folder) can hold (``manifest.part_samples``);
+    DamagedPart naming a part that is not one avprep wrote or counts more than that. None
+    if a part is missing or a size unknown, or fsspec cannot open the protocol (webdataset
+    may: ``gs://`` through gsutil)."""
     by_folder: dict[str, set[str]] = {}
     for u in urls:
         folder, _, name = u.rpartition("/")
         by_folder.setdefault(folder, set()).add(name)
-    total = 0
+    counts: dict[str, int] = {}
     for folder, names in by_folder.items():
         parts = {
             f"{folder}/{schema.MANIFEST_DIR}/{n.removesuffix(schema.SHARD_SUFFIX)}.parquet": n
@@ -118,15 +132,16 @@ def count_samples(urls: list[str]) -> int | None:
         try:
             fs, _ = remote.filesystem(folder)
             data = cat_each(fs, list(parts))
+            sizes = {u.rsplit("/", 1)[-1]: n for u, n in shard_sizes(f"{folder}/").items()}
         except (remote.RemoteFailure, UsageError):  # or a protocol fsspec cannot open here
             return None
-        for part_url in parts:
-            try:
-                table = manifest.read_part(part_url, data[part_url])
-            except manifest.DamagedPart:
+        for part_url, name in parts.items():
+            if sizes.get(name) is None:
                 return None
-            total += sum(n or 0 for n in table.column("n_segments").to_pylist())
-    return total
+            table = manifest.read_part(part_url, data[part_url])
+            counts[f"{folder}/{name}"] = manifest.part_samples(table, part_url,
+                                                               shard_bytes=sizes[name])  # fmt: skip
+    return [counts[u] for u in urls]
 
 
 def cat_each(fs, urls: list[str]) -> dict[str, bytes]:

@@ -87,6 +87,34 @@ def test_the_bucket_resolves_counts_and_checks_as_its_local_copy(shards, s3):
     assert count_samples([f"s3://{BUCKET}/rr-cut/{names[0]}"]) is None  # no manifest there
 
 
+def test_a_manifest_count_in_the_bucket_past_what_its_shard_can_hold_is_damage(
+    s3, demo_shards, tmp_path
+):  # fmt: skip
+    """The local rule (``test_shard_counts``) for a bucket: a part claiming 10^9 samples
+    of its shard is named as damaged, never believed; the count is then unknown (give
+    --steps), as for a missing part."""
+    import shutil
+
+    from test_shard_counts import tamper_count
+
+    from avprep import remote_read
+    from avprep.manifest import DamagedPart
+    from cmac_core.data.shards import count_samples, resolve, shard_counts
+
+    local = tmp_path / "shards"
+    shutil.copytree(demo_shards, local)
+    url = _upload(s3, local, "rr-tampered")
+    assert count_samples(resolve(url)) == count_samples(resolve(str(local))) == 18
+    first = sorted(local.glob("*.tar"))[0]
+    part = local / "manifest" / f"{first.stem}.parquet"
+    tamper_count(part, 10**9)
+    s3.put_file(str(part), f"{BUCKET}/rr-tampered/manifest/{part.name}")
+    with pytest.raises(DamagedPart, match=f"{first.stat().st_size}-byte shard can hold"):
+        remote_read.shard_counts(resolve(url))
+    assert remote_read.count_samples(resolve(url)) is None
+    assert shard_counts(resolve(url)) is None
+
+
 def test_pretrain_reads_an_epoch_from_the_bucket_without_steps(trained):
     """The epoch's length comes from the bucket's manifest parts: the same steps as on disk."""
     remote, local = trained

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tarfile
 
+from conftest import run_cli
+
 from avprep import schema
 from cmac_core.data.loader import count_shards
 from cmac_core.data.shards import count_samples, resolve, shard_counts
@@ -84,3 +86,43 @@ def test_two_ranks_read_the_manifests_once_on_rank_0(demo_shards, tmp_path):
     assert zero["n"] == one["n"] == 18
     zero, one = _two_ranks(tmp_path, str(tmp_path / "none" / "shard-*.tar"), 29572)
     assert zero["error"] == one["error"] and zero["error"].startswith("ShardSpecError: no shards")
+
+
+def tamper_count(part, n_segments: int) -> int:
+    """Set the first row's ``n_segments`` of the manifest part ``part`` (the rest as
+    written); returns the part's count now."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(part)
+    i = table.schema.get_field_index("n_segments")
+    counts = table.column(i).to_pylist()
+    counts[0] = n_segments
+    field = table.schema.field(i)
+    pq.write_table(table.set_column(i, field, pa.array(counts, field.type)), part)
+    return sum(counts)
+
+
+def test_a_manifest_count_past_what_its_shard_can_hold_is_damage(demo_shards, tmp_path):
+    """A part edited to claim 10^9 samples (issue 11): believed, the plan's arrays took
+    gigabytes (a loader worker killed, a traceback). The count is checked against the
+    shard's bytes (3 tar headers a sample at least); the part is named in one line, its
+    shard counted from its tar headers, and pretraining goes on."""
+    shards = tmp_path / "shards"
+    shutil.copytree(demo_shards, shards)
+    first = sorted(shards.glob("*.tar"))[0]
+    part = shards / schema.MANIFEST_DIR / f"{first.stem}.parquet"
+    claimed = tamper_count(part, 10**9)
+    assert shard_counts(resolve(str(shards))) == shard_counts(resolve(str(demo_shards)))
+    proc = run_cli("pretrain", str(shards), "--out", str(tmp_path / "run"), "--config", "tiny",
+                   "--steps", "2", "--device", "cpu", env={"OMP_NUM_THREADS": "1"}, timeout=120)  # fmt: skip
+    warned = [line for line in proc.stderr.splitlines() if str(part) in line]
+    assert warned == [
+        f"damaged manifest part {part}: n_segments sum to {claimed} samples, more than "
+        f"its {first.stat().st_size}-byte shard can hold (at most "
+        f"{first.stat().st_size // 1536}); counting the samples of {first.name} from its tar "
+        "headers"
+    ], proc.stderr
+    assert (tmp_path / "run" / "last.pt").exists()
+    tamper_count(part, -5)
+    assert shard_counts(resolve(str(shards))) == shard_counts(resolve(str(demo_shards)))

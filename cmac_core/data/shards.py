@@ -12,6 +12,7 @@ retries: registered when this module is imported, so in every loader worker too.
 from __future__ import annotations
 
 import glob
+import logging
 import multiprocessing as mp
 import os
 import random
@@ -34,6 +35,8 @@ else:
     from avprep import remote_read
 
     remote_read.register_webdataset()  # at import: spawned loader workers import this too
+
+log = logging.getLogger(__name__)
 
 
 class ShardSpecError(CmacError):
@@ -107,24 +110,30 @@ def count_samples(urls: list[str]) -> int | None:
 
 
 def shard_counts(urls: list[str]) -> list[int] | None:
-    """Samples in each shard of ``urls``, in order: local ones from the manifest beside them,
-    else by reading tar headers; fsspec URLs from the manifest parts beside them
-    (``remote_read``, several shards at once).
+    """Samples in each shard of ``urls``, in order: local ones from the manifest parts
+    beside them, else (no part, or a damaged one: a warning names it) by reading tar
+    headers; fsspec URLs from the manifest parts beside them (``remote_read.shard_counts``,
+    all at once). A part's count is believed only up to what its shard's bytes can hold
+    (``manifest.part_samples``).
 
-    None for other URLs (``pipe:``), or remote shards without their manifest parts (then
-    give ``--steps``).
+    None for other URLs (``pipe:``), or remote shards without believable manifest parts
+    (then give ``--steps``).
     """
     remote = [u for u in urls if _is_url(u)]
     if remote and not all(_is_fsspec(u) for u in remote):
         return None
     counts: dict[str, int | None] = {}
     if remote:
-        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+        from avprep.manifest import DamagedPart  # noqa: PLC0415
 
-        with ThreadPoolExecutor(min(16, len(remote))) as pool:
-            counts.update(zip(remote, pool.map(_count_remote, remote), strict=True))
-        if any(n is None for n in counts.values()):
+        try:
+            found = remote_read.shard_counts(remote)
+        except DamagedPart as e:
+            log.warning("%s; the samples of its shards are not counted", e)
             return None
+        if found is None:
+            return None
+        counts.update(zip(remote, found, strict=True))
     by_dir: dict[Path, list[str]] = {}
     for u in urls:
         if not _is_url(u):
@@ -132,28 +141,32 @@ def shard_counts(urls: list[str]) -> list[int] | None:
     for folder, local in by_dir.items():
         per = _from_manifest(folder, {Path(u).name for u in local})
         for u in local:
-            counts[u] = per[Path(u).name] if per is not None else _count_tar(Path(u))
+            n = per[Path(u).name]
+            counts[u] = n if n is not None else _count_tar(Path(u))
     return [int(counts[u]) for u in urls]
 
 
-def _count_remote(url: str) -> int | None:
-    return remote_read.count_samples([url])
+def _from_manifest(folder: Path, names: set[str]) -> dict[str, int | None]:
+    """Samples of each of the shards ``names`` from its manifest part; None where the part
+    is missing, or damaged (not one avprep wrote, or counting more samples than its shard
+    can hold: ``manifest.part_samples``; a warning says which): its tar is counted instead."""
+    from avprep import manifest  # noqa: PLC0415  (pyarrow: only where counted)
 
-
-def _from_manifest(folder: Path, names: set[str]) -> dict[str, int] | None:
-    """Samples of each of the shards ``names`` from their manifest parts; None where a part
-    is missing or unreadable (the tars are counted instead)."""
-    mdir = folder / schema.MANIFEST_DIR
-    parts = {n: mdir / f"{Path(n).stem}.parquet" for n in names}
-    if not all(p.exists() for p in parts.values()):
-        return None
-    import pyarrow.parquet as pq  # noqa: PLC0415
-
-    try:
-        return {n: int(pq.read_table(p, columns=["n_segments"]).column(0).to_numpy().sum())
-                for n, p in parts.items()}  # fmt: skip
-    except Exception:  # a damaged or foreign part: count the tars themselves
-        return None
+    out: dict[str, int | None] = {}
+    for name in names:
+        part = folder / schema.MANIFEST_DIR / f"{Path(name).stem}.parquet"
+        out[name] = None
+        if not part.exists():
+            continue
+        try:
+            shard_bytes = os.path.getsize(folder / name)
+            out[name] = manifest.part_samples(manifest.read_part(part), part,
+                                              shard_bytes=shard_bytes)  # fmt: skip
+        except OSError:
+            pass  # a shard that cannot be read: _count_tar counts what it can
+        except manifest.DamagedPart as e:
+            log.warning("%s; counting the samples of %s from its tar headers", e, name)
+    return out
 
 
 def _count_tar(path: Path) -> int:
