@@ -27,7 +27,7 @@ def embed(
     batch_size: int = typer.Option(64, help="Clips per forward pass."),
     device: str = opt.device_option(),
     clips_per_segment: int = typer.Option(
-        0, help="Clip windows per segment, averaged (0: enough to cover it)."
+        0, help="Clip windows per segment, averaged (0: enough to cover it; at most 1000)."
     ),  # noqa: E501
     workers: int = typer.Option(
         None,

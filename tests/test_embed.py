@@ -353,6 +353,7 @@ def test_bad_values_and_a_busy_folder_are_one_line(demo_shards, tiny_ckpt, tmp_p
                         (["--workers", "100000"], "--workers must be >= 0 and <= 256, got 100000"),
                         (["--batch-size", "100000000"], "--batch-size must be >= 1 and <= 65536"),
                         (["--clips-per-segment", "-1"], "--clips-per-segment must be >= 1"),
+                        (["--clips-per-segment", str(10**9)], "--clips-per-segment must be >= 1 and <= 1000"),
                         (["--device", "gpu"], "'gpu' is not one of auto, cpu, cuda, cuda:N")):  # fmt: skip
         _expect_one_line_error(run_cli(*base, *extra, check=False, env=ENV), text)
     state = tmp_path / ".emb.avprep"  # beside EMB_DIR: the ranks' locks
@@ -455,3 +456,12 @@ def test_a_full_disk_and_a_read_only_out_are_one_line(demo_shards, tiny_ckpt, tm
                       prefix=on_small_disk(full, 8) + then_list)  # fmt: skip
     _expect_one_line_error(proc, f"cannot write to {full}: No space left on device")
     assert proc.stdout.strip().splitlines()[-1] == "left:", proc.stdout  # the lock is beside
+
+
+def test_more_windows_than_a_segment_can_start_give_each_start_once():
+    """Windows start on distinct frames: asking for more is each start once, without
+    spreading a billion of them first (8 GB a sample)."""
+    from cmac_core.data.evaluation import window_starts
+
+    assert window_starts(160, 8, 10**9) == window_starts(160, 8, 153) == list(range(153))
+    assert window_starts(8, 8, 10**9) == window_starts(4, 8, 5) == [0]

@@ -14,17 +14,23 @@ import numpy as np
 import torch
 import webdataset as wds
 
+from avprep import schema
 from cmac_core.config import DataConfig
 from cmac_core.data.augment import crop_resize, spec_norm, spec_to_tensor
 from cmac_core.data.clip import choose_window, cut_columns, frame_indices
 from cmac_core.data.damage import ShardSamples, decode_or_marker, is_marker
 from cmac_core.data.stages import SafeDecode, check_preset, decode_jpegs
 
+# Clip windows a segment may be asked for: a sample holds at most schema.MAX_FRAMES frames,
+# so no more windows start on distinct frames.
+MAX_CLIPS = schema.MAX_FRAMES
+
 
 def window_starts(n_frames: int, clip_frames: int, clips: int | None) -> list[int]:
-    """First frames of K windows spread uniformly; K = enough to cover the segment by default."""
-    k = clips if clips else max(1, math.ceil(n_frames / clip_frames))
+    """First frames of K windows spread uniformly; K = enough to cover the segment by default.
+    Windows start on distinct frames: K beyond the possible starts gives each start once."""
     last = max(0, n_frames - clip_frames)
+    k = min(clips if clips else max(1, math.ceil(n_frames / clip_frames)), last + 1)
     return sorted({int(round(x)) for x in np.linspace(0, last, k)}) if k > 1 else [last // 2]
 
 

@@ -22,7 +22,7 @@ from avprep import schema
 from avprep.urls import remote_scheme
 from cmac_core import distributed
 from cmac_core.data.damage import SAMPLE, Damage, is_marker, marker
-from cmac_core.data.evaluation import eval_loader
+from cmac_core.data.evaluation import MAX_CLIPS, eval_loader
 from cmac_core.data.shards import resolve
 from cmac_core.embed.folder import TableFolder, place_of
 from cmac_core.embed.frozen import Frozen
@@ -241,9 +241,11 @@ def _check_args(
     checks = [  # (holds, the library's words, the command line's)
         (1 <= batch_size <= 65536, f"batch_size must be >= 1 and <= 65536, got {batch_size}",
          f"--batch-size must be >= 1 and <= 65536, got {batch_size}"),
-        (clips_per_segment is None or clips_per_segment >= 1,
-         f"clips_per_segment must be >= 1 (or None: cover the segment), got {clips_per_segment}",
-         f"--clips-per-segment must be >= 1 (or 0: cover the segment), got {clips_per_segment}"),
+        (clips_per_segment is None or 1 <= clips_per_segment <= MAX_CLIPS,
+         f"clips_per_segment must be >= 1 and <= {MAX_CLIPS} (or None: cover the segment), "
+         f"got {clips_per_segment}",
+         f"--clips-per-segment must be >= 1 and <= {MAX_CLIPS} (or 0: cover the segment), "
+         f"got {clips_per_segment}"),
         (workers is None or 0 <= workers <= 256, f"workers must be >= 0 and <= 256, got {workers}",
          f"--workers must be >= 0 and <= 256, got {workers}"),
         (remote_scheme(str(out_dir)) or not Path(out_dir).exists() or Path(out_dir).is_dir(),
