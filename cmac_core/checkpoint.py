@@ -205,16 +205,41 @@ def available_bytes(device: torch.device) -> int | None:
     return min(free) if free else None
 
 
-def check_fits(model: torch.nn.Module, path: str | Path, device: torch.device) -> None:
-    """Raise CheckpointError (one line) if a model the size of ``model`` (build it on the
-    meta device) would not fit in the memory free on the CPU, where it is built, or on
-    ``device``: refused before anything is allocated."""
-    need = model_bytes(model)
+def clip_bytes(data, clips: int) -> int:
+    """Bytes of ``clips`` clips of ``data`` (a ``DataConfig``) as the model reads them: float32
+    video ``[clips, 3, clip_frames, crop_px, crop_px]``. The least they take: localize's whole
+    frames (short side ``crop_px``) are larger, and so are the activations they make."""
+    return clips * 3 * data.clip_frames * data.crop_px**2 * 4
+
+
+def too_big(model: torch.nn.Module, device: torch.device, *, copies: int = 1, data=None,
+            clips: int = 0) -> str | None:  # fmt: skip
+    """Why a model the size of ``model`` (build it on the meta device) ``copies`` times
+    (training: weights, gradients, AdamW's two moments: 4), with ``clips`` clips of ``data``
+    at a time (``clip_bytes``), would not fit in the memory free (``available_bytes``) on
+    the CPU, where the model is built and clips are cut, or on ``device``; None if it
+    would. Nothing is allocated."""
+    weights = copies * model_bytes(model)
+    batch = clip_bytes(data, clips) if data is not None and clips else 0
     for where in dict.fromkeys([torch.device("cpu"), device]):
         free = available_bytes(where)
-        if free is not None and need > free:
+        if free is not None and weights + batch > free:
             n = sum(p.numel() for p in model.parameters())
-            raise CheckpointError(
-                f"{path}: its config makes a model of {n:,} parameters ({need / 2**30:.1f} GiB), "
-                f"more than the {free / 2**30:.1f} GiB of memory free on {where.type}; not loaded"
-            )
+            extra = " with its gradients and optimizer state" if copies > 1 else ""
+            what = f"a model of {n:,} parameters ({weights / 2**30:.1f} GiB{extra})"
+            if batch:
+                what += (f" and clips of {data.clip_frames} frames at {data.crop_px} px, {clips} "
+                         f"at a time ({batch / 2**30:.1f} GiB as float32)")  # fmt: skip
+            return f"{what}, more than the {free / 2**30:.1f} GiB of memory free on {where.type}"
+    return None
+
+
+def check_fits(model: torch.nn.Module, path: str | Path, device: torch.device, *, data=None,
+               clips: int = 0) -> None:  # fmt: skip
+    """Raise CheckpointError (one line) if a model the size of ``model`` (build it on the
+    meta device), with ``clips`` clips of its ``data`` config at a time, would not fit in
+    the memory free on the CPU or on ``device`` (``too_big``): refused before anything is
+    allocated."""
+    why = too_big(model, device, data=data, clips=clips)
+    if why is not None:
+        raise CheckpointError(f"{path}: its config makes {why}; not loaded")

@@ -141,7 +141,7 @@ def localize(
     info = distributed.init(device)
     dog = Watchdog.start_for(info, what="segment", name_laggards=False)
     try:
-        frozen = Frozen.load(ckpt, info.device)
+        frozen = Frozen.load(ckpt, info.device, clips=1)  # a clip at a time, whole frames
         urls = resolve(shards)[info.rank :: info.world_size]
         try:
             out.mkdir(parents=True, exist_ok=True)

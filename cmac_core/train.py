@@ -131,6 +131,20 @@ def build_model(cfg: PretrainConfig, info: distributed.DistInfo) -> tuple[torch.
     return model, arch
 
 
+def check_fits(cfg: PretrainConfig, info: distributed.DistInfo) -> None:
+    """ConfigError (one line) if ``cfg``'s model, with its gradients and AdamW's two moments,
+    and a batch of its clips would not fit in the memory free on the CPU or the run's
+    device (``checkpoint.too_big``): built on the meta device, nothing allocated."""
+    with torch.device("meta"):
+        shape_only = build(ARCH_OF_METHOD[cfg.loss.method], cfg.model)
+    why = checkpoint.too_big(shape_only, info.device, copies=4, data=cfg.data,
+                             clips=cfg.optim.batch_size)  # fmt: skip
+    if why is not None:
+        fix = "lower the model's widths or blocks, data.clip_frames, data.crop_px or "
+        raise ConfigError(f"the config makes {why}: {fix}optim.batch_size",
+                          cli=f"the config makes {why}: {fix}--batch-size")  # fmt: skip
+
+
 def make_optimizer(model: torch.nn.Module, optim) -> torch.optim.Optimizer:
     """AdamW, fused: its update reads ``found_inf`` on the device and skips itself there, so
     a step with a non-finite gradient is skipped without the host waiting for the device."""
@@ -196,6 +210,7 @@ def _pretrain(
     dog=None,
 ) -> TrainResult:
     o = cfg.optim
+    check_fits(cfg, info)  # before the shards are read and the loader's workers start
     cfg = _rank0_data_config(shards, cfg, info)  # numbers recorded
     ckpt = run_folder.resume_from(run_dir, cfg, resume=resume, device=info.device)
     step = ckpt["step"] if ckpt else 0

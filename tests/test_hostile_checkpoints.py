@@ -70,6 +70,53 @@ def test_a_huge_config_is_refused_before_the_model_is_built(demo_shards, tiny_ck
     assert not emb.exists()
 
 
+def test_a_huge_config_is_refused_before_pretrain_builds_it(demo_shards, tmp_path):
+    """The same widths and blocks in a config file (within its bounds): pretrain built the
+    model and died in torch's allocator after 46 s (a traceback). Its size with gradients and
+    AdamW's moments is estimated on the meta device first, as embed's is."""
+    cfg = cmac_config.preset("tiny").to_dict()
+    cfg["model"].update(video_widths=[8192] * 4, video_blocks=[64] * 4,
+                        audio_widths=[8192] * 4, audio_blocks=[64] * 4)  # fmt: skip
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(cfg))
+    run = tmp_path / "run"
+    proc = run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", str(path),
+                   "--steps", "2", "--device", "cpu", check=False, env=ENV)  # fmt: skip
+    _one_line(proc, "the config makes a model of", "with its gradients and optimizer state",
+              "GiB of memory free on cpu: lower the model's widths or blocks")  # fmt: skip
+    assert not run.exists()
+
+
+def test_clips_larger_than_memory_are_refused_in_one_line(demo_shards, tiny_ckpt, tmp_path):
+    """Clips of 1024 frames at 4096 px (the data config's bounds; 192 GiB a clip as float32):
+    pretrain died in the loader's shared memory, localize in F.interpolate (a traceback each),
+    embed called every sample damaged. The clips a command holds at once (a batch; localize's
+    one) are estimated with the model (``checkpoint.too_big``) and refused in one line
+    before a shard is read."""
+    from cmac_core.checkpoint import available_bytes, clip_bytes
+    from cmac_core.config import DataConfig
+
+    huge = {"clip_frames": 1024, "crop_px": 4096}
+    free = available_bytes(torch.device("cpu"))
+    if free is None or free > clip_bytes(DataConfig(**huge), 1):
+        pytest.skip("this machine's free memory is unknown, or holds a 192 GiB clip")
+    run = tmp_path / "run"
+    proc = run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny",
+                   "--steps", "2", "--device", "cpu", "--set", "data.clip_frames=1024",
+                   "--set", "data.crop_px=4096", check=False, env=ENV)  # fmt: skip
+    _one_line(proc, "the config makes a model of", "and clips of 1024 frames at 4096 px",
+              "GiB of memory free on cpu")  # fmt: skip
+    assert not run.exists()
+    ckpt = _with_config(tiny_ckpt, tmp_path / "huge-clips.pt", "data", **huge)
+    for command, clips in (("embed", 64), ("localize", 1)):
+        out = tmp_path / command
+        proc = run_cli(command, str(demo_shards), "--ckpt", str(ckpt), "--out", str(out),
+                       "--device", "cpu", check=False, env=ENV)  # fmt: skip
+        _one_line(proc, f"{ckpt}: its config makes a model of",
+                  f"and clips of 1024 frames at 4096 px, {clips} at a time", "; not loaded")  # fmt: skip
+        assert not out.exists()
+
+
 def test_weights_of_another_shape_are_refused_without_building_the_model(tiny_ckpt, tmp_path):
     """A config of a 2.3 GB model with the tiny model's weights: the mismatch is found on the
     meta device, so the process never holds the model (its peak memory says so)."""

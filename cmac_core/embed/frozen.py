@@ -26,9 +26,12 @@ class Frozen:
     attention: bool
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device) -> Frozen:
+    def load(cls, path: str | Path, device: torch.device, *, clips: int = 1) -> Frozen:
+        """``clips``: how many clips of the checkpoint's data config go through the model at
+        once (embed's batch; localize's one): a model and clips that would not fit in the
+        memory free are refused in one line (``model_of``)."""
         ckpt = checkpoint.load(path, map_location="cpu")
-        cfg, model = model_of(ckpt, path, device)
+        cfg, model = model_of(ckpt, path, device, clips=clips)
         model.to(device).eval()
         meta = {
             "checkpoint_sha256": checkpoint.sha256(path),
@@ -52,10 +55,11 @@ class Frozen:
         return self.model.video_head(f_v), self.model.audio_head(f_a), f_v, f_a
 
 
-def model_of(ckpt: dict, path: str | Path, device: torch.device):
+def model_of(ckpt: dict, path: str | Path, device: torch.device, *, clips: int = 1):
     """``(cfg, model)`` of a checkpoint, on the CPU. Its config is validated and its model
     built first on the meta device, where nothing is allocated: weights that are not that
-    model's, or a model larger than the memory free, are refused in one line before the
+    model's, or a model and ``clips`` clips of its data config that together are larger
+    than the memory free (``checkpoint.check_fits``), are refused in one line before the
     real model is built."""
     try:
         cfg = PretrainConfig.from_dict(ckpt.get("config"))
@@ -73,7 +77,7 @@ def model_of(ckpt: dict, path: str | Path, device: torch.device):
         )
     with torch.device("meta"):
         shape_only = build(arch, cfg.model)
-    checkpoint.check_fits(shape_only, path, device)
+    checkpoint.check_fits(shape_only, path, device, data=cfg.data, clips=clips)
     checkpoint.check_state_dict(shape_only, ckpt.get("model"), path)
     model = build(arch, cfg.model)
     try:

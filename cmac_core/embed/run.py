@@ -100,7 +100,7 @@ def embed(
     dog = Watchdog.start_for(info, what="sample", name_laggards=False)
     try:
         urls = resolve(shards)
-        frozen = Frozen.load(ckpt, info.device)
+        frozen = Frozen.load(ckpt, info.device, clips=batch_size)
         if workers is None:
             workers = loader_workers(frozen.cfg.optim.workers)
         amp = AutocastChoice.of(precision, info.device)
