@@ -264,6 +264,9 @@ def read_samples(
                             break
                         continue
                     left.discard(key)
+                    problem = schema.member_problem(member)
+                    if problem is not None:
+                        raise tarfile.ReadError(problem)
                     if member.isreg():
                         raw.setdefault(key, {})[suffix] = tar.extractfile(member).read()
         except (tarfile.TarError, OSError) as e:

@@ -86,7 +86,7 @@ F16_MAX = 65504.0
 _NUMBER_TYPES = {int, float}  # exact types: a bool is not a number here
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-_KEY = re.compile(r"^[A-Za-z0-9_-]+_[0-9]{4,}$")
+_KEY = re.compile(r"[A-Za-z0-9_-]+_[0-9]{4,}")  # whole key: fullmatch
 MAX_ID_CHARS = 96
 MAX_KEY_CHARS = 128  # an id, "_" and the segment number, with room to spare
 
@@ -113,7 +113,7 @@ def make_key(video_id: str, segment: int) -> str:
 
 def split_key(key: str) -> tuple[str, int]:
     """Inverse of make_key: ``(video_id, segment)``."""
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         raise ValueError(f"not a sample key: {key!r}")
     video_id, segment = key.rsplit("_", 1)
     return video_id, int(segment)
@@ -163,7 +163,7 @@ def shown(text: object, limit: int = 60) -> str:
 def is_key(key: object) -> bool:
     """Whether ``key`` is a sample key: ``[A-Za-z0-9_-]`` and ``_NNNN``, bounded, so it is
     safe as a file name (no slash, no dot, no ``..``)."""
-    return isinstance(key, str) and len(key) <= MAX_KEY_CHARS and bool(_KEY.match(key))
+    return isinstance(key, str) and len(key) <= MAX_KEY_CHARS and bool(_KEY.fullmatch(key))
 
 
 def check_key(key: object) -> str:
@@ -221,6 +221,9 @@ def _check_sample(key: str, meta: object, suffixes: set[str]) -> dict:
     segment = meta.get("segment")
     if not isinstance(segment, int) or isinstance(segment, bool) or segment < 0:
         raise SampleError(f"segment must be an integer >= 0, got {shown(segment)}")
+    if f"{meta['video_id']}_{segment:04d}" != key:  # the key is make_key(video_id, segment)
+        raise SampleError(f"video_id {shown(meta['video_id'])} and segment {segment} do not "
+                          "make its key")  # fmt: skip
     start, end = _number(meta, "start_s"), _number(meta, "end_s")
     if end < start:
         raise SampleError(f"end_s {end} is before start_s {start}")
@@ -452,6 +455,18 @@ def check_spec_columns(meta: dict, layout: SpecLayout) -> None:
 
 TAR_BLOCK = 512
 COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
+MAX_MEMBER_BYTES = 1 << 30  # a sample's member: 60 s of 720p frames is ~0.1 GB
+
+
+def member_problem(info: tarfile.TarInfo) -> str | None:
+    """Why a reader must not read a shard's member into memory, or None: a sparse member
+    (a few bytes in the shard that expand to gigabytes of zeros when read) or one larger
+    than ``MAX_MEMBER_BYTES``. The one rule of every reader of members."""
+    if info.issparse() or info.type == tarfile.GNUTYPE_SPARSE:
+        return f"member {shown(info.name)} is a sparse file ({info.size} bytes when expanded)"
+    if info.size > MAX_MEMBER_BYTES:
+        return f"member {shown(info.name)} holds {info.size} bytes, over the {MAX_MEMBER_BYTES} a member may"
+    return None
 
 
 def tar_ends_problem(size: int, head: bytes, tail: bytes) -> str | None:

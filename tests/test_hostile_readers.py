@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,12 +85,19 @@ def _damaged(members: dict[str, bytes], kind: str) -> tuple[str, dict[str, bytes
         return "../../victim_0000", rekey(members, "../../victim_0000")
     if kind == "json names another key":
         return key, rekey(members, "other_0000")
+    if kind == "key with a newline":  # the same key to a reader that strips it: a duplicate
+        return key + "\n", rekey(members, key + "\n")
+    if kind == "video_id and segment make another key":  # per-video rows group by video_id
+        return key, rekey(members, key, video_id="another_video")
+    if kind == "spec beyond float16":  # finite, but no shard holds it: overflows the model
+        return key, {**members, "spec.npy": npy(np.full_like(spec, 1e30, dtype=np.float32))}
     raise AssertionError(kind)
 
 
 DAMAGE = ["bad json", "deep json", "fps 0", "hop_s 0", "frame_times strings", "spec of rank 1",
           "spec header claims 2 TB", "spec with inf", "frame missing", "key with a path",
-          "json names another key"]  # fmt: skip
+          "json names another key", "key with a newline", "video_id and segment make another key",
+          "spec beyond float16"]  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", DAMAGE)
@@ -100,6 +108,27 @@ def test_every_kind_of_damaged_sample_is_one_sample_error(demo_shards, kind):
     with pytest.raises(schema.SampleError) as caught:
         SafeDecode()(raw)
     assert "\n" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_a_key_is_the_whole_text_never_a_prefix():
+    assert schema.is_key("clip_0000") and not schema.is_key("clip_0000\n")
+    assert not schema.is_key("clip_0000\nx") and not schema.is_key("clip_0000 ")
+    with pytest.raises(ValueError):
+        schema.split_key("clip_0000\n")
+
+
+def test_a_spectrogram_beyond_float16_is_refused_where_columns_are_read(demo_shards):
+    """The seek reader's columns (``ranges.FileSpec``) hold the same rule as whole members."""
+    from avprep.read_sample import spec_values
+
+    ok = np.full((4, 3), 65504.0, np.float32)
+    assert spec_values("k_0000", ok) is ok
+    for bad, said in ((np.float32(1e30), "beyond float16"), (np.inf, "NaN or inf"),
+                      (np.nan, "NaN or inf")):  # fmt: skip
+        a = ok.copy()
+        a[2, 1] = bad
+        with pytest.raises(schema.SampleError, match=said):
+            spec_values("k_0000", a)
 
 
 def test_a_valid_sample_passes_and_its_spectrogram_is_not_copied(demo_shards):
@@ -348,3 +377,54 @@ def test_frames_decode_into_one_array_and_other_sizes_are_one_sample_error():
                 [frames[0], b"\xff\xd8 not a jpeg"], []):  # fmt: skip
         with pytest.raises(schema.SampleError, match="a frame does not decode"):
             decode_jpegs("k_0000", bad)
+
+
+# -- members no reader may expand ----------------------------------------------------------
+
+
+def sparse_shard(demo_shards: Path, folder: Path, *, expanded: int = 64 << 20) -> Path:
+    """A shard (written by GNU tar, ``--sparse``) of the first shard's samples whose first
+    sample's spectrogram is a sparse file: a few KB in the shard, ``expanded`` bytes read."""
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar is not installed")
+    members = folder / "members"
+    members.mkdir(parents=True)
+    names = []
+    for i, (key, sample) in enumerate(samples_of(first_shard(demo_shards)).items()):
+        for suffix, data in sample.items():
+            path = members / f"{key}.{suffix}"
+            path.write_bytes(data)
+            if i == 0 and suffix == schema.SPEC:
+                with open(path, "r+b") as f:
+                    f.truncate(expanded)  # a hole after the real bytes
+            names.append(path.name)
+    shard = folder / "shards" / first_shard(demo_shards).name
+    shard.parent.mkdir()
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-cf", str(shard), "-C", str(members),
+                    *names], check=True)  # fmt: skip
+    if shard.stat().st_size > expanded // 2:
+        pytest.skip("this file system reports no holes: tar stored the file whole")
+    shutil.copytree(demo_shards / "manifest", shard.parent / "manifest")  # an output folder
+    for other in sorted(demo_shards.glob("*.tar"))[1:]:
+        shutil.copyfile(other, shard.parent / other.name)
+    return shard
+
+
+def test_a_sparse_member_ends_its_shard_as_damage_before_it_is_read(demo_shards, tmp_path):
+    """A stranger's shard of 0.7 MB whose spectrogram member expands to gigabytes of zeros
+    made embed, localize and inspect read all of it (3.6 GB of memory for a 3 GB member):
+    every reader now refuses a sparse member by its header (``schema.member_problem``)."""
+    from cmac_core.data.damage import ShardSamples, is_marker
+    from cmac_core.data.ranges import CountingFile
+    from cmac_core.data.seek import tar_members
+
+    shard = sparse_shard(demo_shards, tmp_path)
+    got = list(ShardSamples()(iter([{"url": str(shard)}])))
+    assert len(got) == 1 and is_marker(got[0]) and got[0]["__kind__"] == "shard"
+    assert "sparse file" in got[0]["__error__"]
+    with pytest.raises(tarfile.ReadError, match="sparse file"):  # the seek reader's headers
+        list(tar_members(CountingFile(str(shard))))
+    png = tmp_path / "sheet.png"
+    proc = run_cli("inspect", str(shard.parent), "--png", str(png), "--samples", "18", check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "sparse file" in proc.stderr

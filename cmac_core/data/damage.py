@@ -11,14 +11,18 @@ members and other schema versions do stop the run: they concern every shard.
 
 from __future__ import annotations
 
+import re
+import tarfile
 from dataclasses import dataclass, field
 
 import webdataset as wds
+from webdataset.tariterators import group_by_keys
 
-from avprep.schema import shown
+from avprep.schema import member_problem, shown
 from cmac_core.errors import CmacError
 
 SAMPLE, SHARD = "sample", "shard"
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: members readers skip
 
 
 class UnsafeShardError(CmacError):
@@ -50,16 +54,38 @@ def is_marker(sample: dict) -> bool:
     return "__error__" in sample
 
 
+def tar_files(url: str):
+    """The regular members of shard ``url`` as webdataset's file dicts (``fname``, ``data``,
+    ``__url__``), read as ``wds.tarfile_to_samples`` reads them (webdataset's opener, the
+    tar as a stream, ``__...__`` meta members skipped), except that a member no reader may
+    expand (``schema.member_problem``: sparse, or too large) ends the shard with a
+    ``tarfile.ReadError`` before its bytes are read."""
+    stream = wds.gopen(url)
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for info in tar:
+                if not info.isreg() or _META.match(info.name):
+                    continue
+                problem = member_problem(info)
+                if problem is not None:
+                    raise tarfile.ReadError(problem)
+                yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
+                tar.members = []  # a stream: forget the headers read
+    finally:
+        stream.close()
+
+
 class ShardSamples:
     """Shard URLs -> raw tar samples. A shard that cannot be read on (damaged, cut short,
-    not a tar) or holds no sample at all ends with a ``shard`` marker instead of stopping
-    the run: the samples read before the damage still count."""
+    not a tar, a member no reader may expand) or holds no sample at all ends with a
+    ``shard`` marker instead of stopping the run: the samples read before the damage
+    still count."""
 
     def __call__(self, src):
         for shard in src:
             n = 0
             try:
-                for sample in wds.tarfile_to_samples()(iter([shard])):
+                for sample in group_by_keys(tar_files(shard["url"])):
                     n += 1
                     yield sample
             except Exception as e:  # tarfile, gzip and I/O errors alike

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from avprep import schema
-from avprep.read_sample import all_finite
+from avprep.read_sample import spec_values
 from avprep.schema import SampleError
 
 
@@ -131,9 +131,7 @@ class FileSpec:
         return self._finite(np.frombuffer(data, lay.dtype).reshape((n_mels, hi - lo), order="F"))
 
     def _finite(self, a: np.ndarray) -> np.ndarray:
-        if not all_finite(a):
-            raise SampleError(f"sample {schema.shown(self.key)}: {schema.SPEC} holds NaN or inf")
-        return a
+        return spec_values(self.key, a)
 
 
 def take(jpegs, idx: list[int]) -> list:

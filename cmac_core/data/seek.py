@@ -230,6 +230,8 @@ def tar_members(f: CountingFile):
                 raise tarfile.ReadError(f"damaged tar header at byte {pos}: {e}") from None
             if info is None:
                 raise tarfile.ReadError(f"damaged tar header at byte {pos}")
+            if info.issparse() or info.type == tarfile.GNUTYPE_SPARSE:
+                raise tarfile.ReadError(schema.member_problem(info))
             data_blocks = -(-info.size // BLOCK) * BLOCK if info.isreg() else 0
             m = (info.name, info.offset_data, info.size, info.isreg())
             pos = info.offset_data + data_blocks
