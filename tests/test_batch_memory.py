@@ -52,7 +52,10 @@ def _pixels(batch: dict) -> list[torch.Tensor]:
     without the padding around it (never read, left as the buffer's last batch had it)."""
     if "crops" not in batch:
         return [v.clone() for v in batch["video"]]
-    return [v[:, :h, :w].clone() for v, (h, w, _) in zip(batch["video"], batch["crops"].tolist())]
+    return [
+        v[:, :h, :w].clone()
+        for v, (h, w, _) in zip(batch["video"], batch["crops"].tolist(), strict=True)
+    ]
 
 
 def test_outside_a_worker_batches_are_plain_memory():
