@@ -267,7 +267,7 @@ def read_samples(
                     problem = schema.member_problem(member)
                     if problem is not None:
                         raise tarfile.ReadError(problem)
-                    if member.isreg():
+                    if member.isreg() and schema.is_sample_member(suffix):
                         raw.setdefault(key, {})[suffix] = tar.extractfile(member).read()
         except (tarfile.TarError, OSError) as e:
             if problems is not None:

@@ -222,6 +222,8 @@ def _tar_samples(tar: tarfile.TarFile):
         if problem is not None:
             raise SampleError(problem)
         k, _, suffix = m.name.partition(".")
+        if not schema.is_sample_member(suffix):
+            continue
         if k != key and members:
             yield key, members
             members = {}

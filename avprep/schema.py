@@ -458,6 +458,16 @@ COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bz
 MAX_MEMBER_BYTES = 1 << 30  # a sample's member: 60 s of 720p frames is ~0.1 GB
 
 
+_FRAME_MEMBER = re.compile(rf"f[0-9]{{{FRAME_DIGITS}}}\.jpg")  # v1: f000.jpg ...
+
+
+def is_sample_member(suffix: str) -> bool:
+    """Whether a member suffix (``spec.npy`` of ``{key}.spec.npy``) is one readers of
+    either schema version use. Readers leave other members unread: a stranger's extra
+    members cost them no memory."""
+    return suffix in (JSON, SPEC, FLAC, FRAMES) or bool(_FRAME_MEMBER.fullmatch(suffix))
+
+
 def member_problem(info: tarfile.TarInfo) -> str | None:
     """Why a reader must not read a shard's member into memory, or None: a sparse member
     (a few bytes in the shard that expand to gigabytes of zeros when read) or one larger

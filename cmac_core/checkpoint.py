@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,9 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    problem = archive_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"{path} was not loaded: {problem}")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 23": garbage, said below
             warnings.simplefilter("ignore")
@@ -126,6 +130,23 @@ def load(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[
             f"this cmac_core reads version {FORMAT_VERSION}"
         )
     return ckpt
+
+
+def archive_problem(path: Path) -> str | None:
+    """Why ``torch.load`` must not open the zip archive ``path``, or None (not a zip: torch
+    says what it is). ``torch.save`` stores its records uncompressed, so records that
+    expand to more bytes than the file holds were made to allocate what the file does not
+    contain (a few MB that load as gigabytes)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            expanded = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    size = path.stat().st_size
+    if expanded > size:
+        return (f"its records expand to {expanded} bytes, more than the file's {size} "
+                "(torch.save writes them uncompressed)")  # fmt: skip
+    return None
 
 
 def _why(e: BaseException) -> str:

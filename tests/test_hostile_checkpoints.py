@@ -220,3 +220,26 @@ def test_a_checkpoint_whose_config_makes_no_sense(demo_shards, tiny_ckpt, tmp_pa
     _one_line(
         _embed(demo_shards, bad, tmp_path / "e"), f"{bad}: unknown architecture '\\x1b[2Jevil'"
     )
+
+
+def test_a_compressed_checkpoint_that_expands_past_its_file_is_never_loaded(
+    demo_shards, tiny_ckpt, tmp_path
+):  # fmt: skip
+    """A few MB that load as gigabytes: the tiny checkpoint plus 256 MB of zeros in its
+    metrics, its zip records deflated (torch.load reads them; torch.save never writes
+    them so). Refused in one line before torch.load allocates anything."""
+    import zipfile
+
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["metrics"] = {"junk": torch.zeros(256 << 20, dtype=torch.uint8)}
+    plain, bomb = tmp_path / "plain.pt", tmp_path / "bomb.pt"
+    torch.save(ckpt, plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    plain.unlink()
+    assert bomb.stat().st_size < 8 << 20  # deflated: under 8 MB on disk
+    line = _one_line(_embed(demo_shards, bomb, tmp_path / "emb"), "bomb.pt was not loaded",
+                     "expand to", "uncompressed")  # fmt: skip
+    assert line.startswith("avprep: error: ")
+    assert not any((tmp_path / "emb").glob("*.parquet"))  # nothing written

@@ -428,3 +428,20 @@ def test_a_sparse_member_ends_its_shard_as_damage_before_it_is_read(demo_shards,
     proc = run_cli("inspect", str(shard.parent), "--png", str(png), "--samples", "18", check=False)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "sparse file" in proc.stderr
+
+
+def test_members_no_reader_uses_are_never_read(demo_shards, tmp_path):
+    """A stranger's sample with extra members (``{key}.pad0`` ...): within the per-member
+    cap each, but kept in memory they added up (a 14 MB gzip shard with three 1 GiB members
+    took embed to 3.9 GB). Readers skip them unread: the samples read are the same."""
+    from cmac_core.data.damage import ShardSamples
+
+    src = first_shard(demo_shards)
+    samples = samples_of(src)
+    padded = {k: {**m, **{f"pad{i}": b"\0" * 4096 for i in range(3)}} if n == 0 else m
+              for n, (k, m) in enumerate(samples.items())}  # fmt: skip
+    shard = write_tar(tmp_path / src.name, padded)
+    got = list(ShardSamples()(iter([{"url": str(shard)}])))
+    assert [s["__key__"] for s in got] == list(samples)
+    for s in got:
+        assert set(s) - {"__key__", "__url__"} == set(samples[s["__key__"]]), s.keys()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import webdataset as wds
 from webdataset.tariterators import group_by_keys
 
-from avprep.schema import member_problem, shown
+from avprep.schema import is_sample_member, member_problem, shown
 from cmac_core.errors import CmacError
 
 SAMPLE, SHARD = "sample", "shard"
@@ -57,15 +57,17 @@ def is_marker(sample: dict) -> bool:
 def tar_files(url: str):
     """The regular members of shard ``url`` as webdataset's file dicts (``fname``, ``data``,
     ``__url__``), read as ``wds.tarfile_to_samples`` reads them (webdataset's opener, the
-    tar as a stream, ``__...__`` meta members skipped), except that a member no reader may
+    tar as a stream, ``__...__`` meta members skipped), except that members of no sample
+    suffix (``schema.is_sample_member``) are skipped unread and a member no reader may
     expand (``schema.member_problem``: sparse, or too large) ends the shard with a
     ``tarfile.ReadError`` before its bytes are read."""
     stream = wds.gopen(url)
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
             for info in tar:
-                if not info.isreg() or _META.match(info.name):
-                    continue
+                suffix = info.name.rsplit("/", 1)[-1].partition(".")[2]
+                if not info.isreg() or _META.match(info.name) or not is_sample_member(suffix):
+                    continue  # what no reader uses is never read
                 problem = member_problem(info)
                 if problem is not None:
                     raise tarfile.ReadError(problem)
