@@ -7,6 +7,8 @@ the same clip's audio embedding. It is placed on the stored frame (each grid cel
 where it looks: ``cmac_core.grid_maps``) and saved
 as ``{key}.npy`` (float32 [H, W], sums to 1 over the region grid before
 upsampling), the vision-only attention alpha_v beside it as ``{key}.alpha.npy``,
+the Grad-CAM of the pair's similarity as ``{key}.gradcam.npy`` (``cmac_core.gradcam``:
+for a model trained on pooled features, such as avid, the better-placed map; not lla),
 and ``{key}.png`` (a heat overlay of beta_v on the middle frame), with an
 ``index.html`` grid of all of them.
 """
@@ -37,6 +39,7 @@ from cmac_core.data.shards import resolve
 from cmac_core.data.stages import SafeDecode, decode_jpegs
 from cmac_core.embed.frozen import Frozen
 from cmac_core.errors import CmacError
+from cmac_core.gradcam import gradcam
 from cmac_core.losses import cross_modal_target
 from cmac_core.watchdog import Watchdog, wait_for_all
 
@@ -82,8 +85,10 @@ def attention_maps(
     """One clip's maps at the frames' size, ``[H, W]`` float32 each, every grid cell's
     value placed where the cell looks (``grid_maps``):
     ``beta_v``, where the clip's sound places the source (CMAC's audio-guided target;
-    for any model, the softmax of region-audio similarity), and ``alpha_v``, where the
-    video alone attends (CMAC's vision-only scorer; untrained in other methods).
+    for any model, the softmax of region-audio similarity), ``alpha_v``, where the
+    video alone attends (CMAC's vision-only scorer; untrained in other methods), and, for
+    models that score a pair by pooled features (not lla), ``gradcam_v``: where the pair's
+    similarity is matched through the model's own pooling (``cmac_core.gradcam``).
     ``meta``: the sample's json (its preset decides the spectrogram's normalisation where
     the checkpoint's config leaves it open)."""
     c = frozen.cfg.data
@@ -97,18 +102,20 @@ def attention_maps(
     mean, std = spec_norm(c, meta)
     audio = spec_to_tensor(spec, None, mean=mean, std=std).unsqueeze(0).to(device)
     feats = frozen.model(video, audio)
+    grids = {"alpha_v": feats["alpha_v"][0]}
     if "beta_v" in feats:  # lla: its audio-guided attention, averaged over heads (coattention.py)
-        beta = feats["beta_v"][0]
+        grids["beta_v"] = feats["beta_v"][0]
     else:
         _, z_a = frozen.model.embed(feats, attention=frozen.attention)
         regions, _ = frozen.model.region_embeddings(feats)
-        beta = cross_modal_target(regions, z_a, frozen.cfg.loss.target_temperature)[0]
+        grids["beta_v"] = cross_modal_target(regions, z_a, frozen.cfg.loss.target_temperature)[0]
+        grids["gradcam_v"] = gradcam(frozen.model, feats, z_a, attention=frozen.attention)[0]
     gh, gw = (int(v) for v in feats["grid_hw"])
     encoder = frozen.model.video
     return {
         name: grid_maps.to_pixels(m.reshape(gh, gw), tuple(x.shape[-2:]), (h, w),
                                   stride_px=encoder.STRIDE_PX, origin_px=encoder.ORIGIN_PX)
-        for name, m in (("beta_v", beta), ("alpha_v", feats["alpha_v"][0]))
+        for name, m in grids.items()
     }  # fmt: skip
 
 
@@ -229,12 +236,16 @@ def _maps(frozen: Frozen, urls: list[str], out: Path, limit: int | None, *, dog=
 def _save_map(
     out: Path, key: str, picture: Image.Image, info: dict, maps: dict[str, np.ndarray]
 ) -> None:
-    """``{key}.png``, ``{key}.json``, ``{key}.alpha.npy`` (alpha_v), then ``{key}.npy``
+    """``{key}.png``, ``{key}.json``, ``{key}.alpha.npy`` (alpha_v), ``{key}.gradcam.npy``
+    (gradcam_v, for models that have one), then ``{key}.npy``
     (beta_v, which marks the key done), each encoded in memory, written under a hidden
     temporary name and renamed: a full disk leaves no partial file, and says so with the
     system's own words."""
     files = [(f"{key}.png", _png(picture)), (f"{key}.json", json.dumps(info).encode()),
-             (f"{key}.alpha.npy", _npy(maps["alpha_v"])), (f"{key}.npy", _npy(maps["beta_v"]))]  # fmt: skip
+             (f"{key}.alpha.npy", _npy(maps["alpha_v"]))]  # fmt: skip
+    if "gradcam_v" in maps:
+        files.append((f"{key}.gradcam.npy", _npy(maps["gradcam_v"])))
+    files.append((f"{key}.npy", _npy(maps["beta_v"])))
     for name, data in files:
         tmp = out / f".{name}.tmp"
         try:

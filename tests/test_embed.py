@@ -243,16 +243,19 @@ def test_localize_writes_maps_overlays_and_a_page(demo_shards, tiny_ckpt, tmp_pa
     out = tmp_path / "maps"
     run_cli("localize", str(demo_shards), "--ckpt", str(tiny_ckpt), "--out", str(out), "--limit", "3",
             "--device", "cpu", env=ENV)  # fmt: skip
-    maps = sorted(m for m in out.glob("*[0-9].npy") if not m.name.endswith(".alpha.npy"))
+    maps = sorted(m for m in out.glob("*[0-9].npy"))
     assert len(maps) == 3 and len(list(out.glob("*.alpha.npy"))) == 3
+    assert len(list(out.glob("*.gradcam.npy"))) == 3
     from PIL import Image
 
     for m in maps:
         att, alpha = np.load(m), np.load(m.with_suffix(".alpha.npy"))
+        cam = np.load(m.with_suffix(".gradcam.npy"))
         meta = json.loads(m.with_suffix(".json").read_text())
         frame_w, frame_h = read_shards(demo_shards)[meta["key"]]["json"]["frame_size"]
-        assert att.shape == alpha.shape == (frame_h, frame_w) and np.all(att >= 0)
+        assert att.shape == alpha.shape == cam.shape == (frame_h, frame_w) and np.all(att >= 0)
         assert np.all(alpha >= 0) and not np.allclose(alpha, att)  # two maps, not one twice
+        assert np.all(cam >= 0) and not np.allclose(cam, att) and not np.allclose(cam, alpha)
         assert Image.open(m.with_suffix(".png")).size[0] > 0
     page = (out / "index.html").read_text()
     assert page.count("<figure>") == 3 and all(m.stem in page for m in maps)

@@ -187,7 +187,8 @@ def test_localize_never_writes_outside_out_and_escapes_its_page(demo_shards, tin
     )
     assert (victim / "config.json").read_text() == "mine"
     assert sorted(p for p in tmp_path.rglob("*") if "maps" not in p.parts) == before
-    assert sorted(p.name for p in out.glob("*.npy")) == [f"{keys[3]}.alpha.npy", f"{keys[3]}.npy"]
+    assert sorted(p.name for p in out.glob("*.npy")) == [
+        f"{keys[3]}.alpha.npy", f"{keys[3]}.gradcam.npy", f"{keys[3]}.npy"]  # fmt: skip
     page = (out / "index.html").read_text()
     assert "<script" not in page and "<img src=x" not in page and "<img src=y" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and f'src="{keys[3]}.png"' in page
@@ -318,9 +319,10 @@ def test_localize_on_a_full_disk_says_one_line_and_leaves_no_partial_file(
     maps = {p.stem for p in files if p.name.endswith(tuple(f"{d}.npy" for d in "0123456789"))}
     assert maps, "the disk held no map at all: make it larger"
     assert not [p for p in files if p.name.endswith(".tmp")]
-    for key in maps:  # a key's .npy comes last: every key with one has all four files
+    for key in maps:  # a key's .npy comes last: every key with one has all five files
         have = {p.name for p in files if p.name.split(".")[0] == key}
-        assert have == {f"{key}.png", f"{key}.json", f"{key}.alpha.npy", f"{key}.npy"}
+        assert have == {f"{key}.png", f"{key}.json", f"{key}.alpha.npy", f"{key}.gradcam.npy",
+                        f"{key}.npy"}  # fmt: skip
 
 
 def test_pretrain_on_a_full_disk_says_one_line_and_leaves_no_partial_file(demo_shards, tmp_path):

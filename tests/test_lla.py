@@ -315,6 +315,7 @@ def test_pretrain_lla_trains_and_its_checkpoint_names_the_method(demo_shards, tm
             "--device", "cpu", "--limit", "3", env=ENV)  # fmt: skip
     maps = sorted(p for p in loc.glob("*.npy") if not p.name.endswith(".alpha.npy"))
     assert len(maps) == 3 and (loc / "index.html").exists()
+    assert not list(loc.glob("*.gradcam.npy"))  # lla scores pairs by its sync head
     for p in maps:
         m = np.load(p)
         assert m.ndim == 2 and np.isfinite(m).all() and m.min() >= 0 and m.std() > 0

@@ -3,8 +3,8 @@
 One clip per sample: the middle window (as ``avprep localize`` and ``EvalClips`` with
 one clip choose it), the whole frame resized to the model's crop size. Per clip: the
 embeddings ``z_v, z_a`` ``[D]``, the pooled backbone features ``f_v, f_a`` ``[C]``
-(``Frozen.embed``), optionally the maps ``beta_v``, ``alpha_v`` ``[H, W]`` at the stored
-frame's size (``cmac_core.localize.attention_maps``), the sounding class, the number of
+(``Frozen.embed``), optionally the maps ``beta_v``, ``alpha_v`` and ``gradcam_v`` (not lla)
+``[H, W]`` at the stored frame's size (``cmac_core.localize.attention_maps``), the sounding class, the number of
 distinct classes among the clip's objects (``visible_classes``), and the truth in pixels of
 the map: ``boxes``, the sounding object's box over the clip (the rectangle around its boxes
 at the clip's frames: the map summarizes the whole clip, in which an object moves up to
@@ -36,6 +36,7 @@ from cmac_core.localize import attention_maps
 from cmac_core.models import build
 
 VECTORS = ("z_v", "z_a", "f_v", "f_a")
+MAPS = ("beta_v", "alpha_v", "gradcam_v")  # gradcam_v: models scoring pooled features (not lla)
 TRUTH = (
     "keys",
     "classes",
@@ -81,12 +82,12 @@ def extract(frozen: Frozen, shards: str | Path, *, maps: bool, batch_size: int =
             keep_frames: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
     """Every sample of ``shards`` in key order -> arrays: ``keys``, ``classes [N]``,
     ``visible_classes [N]``, ``boxes [N, 4]`` (c0, r0, c1, r1 pixels), ``VECTORS`` ``[N, *]``, with ``maps`` also
-    ``beta_v``/``alpha_v`` ``[N, H, W]``, and the first ``keep_frames`` middle frames
+    ``MAPS`` ``[N, H, W]``, and the first ``keep_frames`` middle frames
     ``frames [k, H, W, 3]`` (for pictures)."""
     c = frozen.cfg.data
     device = next(frozen.model.parameters()).device
     clips = EvalClips(c, clips_per_segment=1)
-    rows: dict[str, list] = {k: [] for k in (*TRUTH, "frames", "beta_v", "alpha_v")}
+    rows: dict[str, list] = {k: [] for k in (*TRUTH, "frames", *MAPS)}
     videos, specs, vectors = [], [], {k: [] for k in VECTORS}
 
     def flush() -> None:
@@ -128,8 +129,9 @@ def extract(frozen: Frozen, shards: str | Path, *, maps: bool, batch_size: int =
             rows["frames"].append(frames[len(idx) // 2])
         if maps:
             m = attention_maps(frozen, frames, cut_columns(s["spec"], w), meta)
-            rows["beta_v"].append(m["beta_v"])
-            rows["alpha_v"].append(m["alpha_v"])
+            for name in MAPS:
+                if name in m:
+                    rows[name].append(m[name])
         one = clips(s)
         videos.append(one["video"])
         specs.append(one["spec"])
@@ -144,7 +146,7 @@ def extract(frozen: Frozen, shards: str | Path, *, maps: bool, batch_size: int =
            "boxes_mid": np.array(rows["boxes_mid"], np.int32),
            "distractor_boxes": np.array(rows["distractor_boxes"], np.int32).reshape(len(rows["keys"]), -1, 4)}  # fmt: skip
     out.update({k: np.concatenate(v) for k, v in vectors.items()})
-    for name in ("frames", "beta_v", "alpha_v"):
+    for name in ("frames", *MAPS):
         if rows[name]:
             out[name] = np.stack(rows[name])
     return out

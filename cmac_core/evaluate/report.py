@@ -16,11 +16,15 @@ COLUMNS = [  # (results key, header)
     ("beta_v.pointing_mid", "pointing β, middle frame"), ("beta_v.size_aware_iou", "size-aware IoU β"),
     ("beta_v.ciou", "cIoU β"), ("beta_v.success", "cIoU≥0.5 β"), ("beta_v.auc", "AUC β"),
     ("alpha_v.pointing", "pointing α"), ("alpha_v.size_aware_iou", "size-aware IoU α"),
+    ("gradcam_v.which_object", "which object Grad-CAM"), ("gradcam_v.pointing", "pointing Grad-CAM"),
+    ("gradcam_v.size_aware_iou", "size-aware IoU Grad-CAM"),
     ("probe_v", "probe video"), ("probe_a", "probe audio"), ("r_at_1", "R@1 v→a"),
     ("sync_2afc", "sync 2AFC"), ("sync_ceiling", "sync 2AFC ceiling"),
 ]  # fmt: skip
 BASELINE_KEYS = {"beta_v.which_object": "which_object", "beta_v.pointing": "pointing", "beta_v.size_aware_iou": "size_aware_iou",
-                 "beta_v.ciou": "ciou", "beta_v.success": "success", "beta_v.auc": "auc"}  # fmt: skip
+                 "beta_v.ciou": "ciou", "beta_v.success": "success", "beta_v.auc": "auc",
+                 "gradcam_v.which_object": "which_object", "gradcam_v.pointing": "pointing",
+                 "gradcam_v.size_aware_iou": "size_aware_iou"}  # fmt: skip
 
 
 def _cell(stats: dict, key: str) -> str:
@@ -68,6 +72,7 @@ def table(results: dict) -> str:
         lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
     ch = results["chance"]
     chance = {"beta_v.pointing": ch["pointing"], "alpha_v.pointing": ch["pointing"],
+              "gradcam_v.pointing": ch["pointing"], "gradcam_v.which_object": ch["which_object"],
               "beta_v.which_object": ch["which_object"], "beta_v.pointing_mid": ch["pointing_mid"],
               "probe_v": ch["probe"], "probe_a": ch["probe"], "r_at_1": ch["r_at_1"],
               "sync_2afc": ch["sync_2afc"]}  # fmt: skip
@@ -111,6 +116,11 @@ def markdown(results: dict) -> str:
         f"(on average {results['chance']['ciou_ceiling']:.3f} here), so only clips whose box "
         "covers a quarter of the frame can reach success at cIoU 0.5: the true box's row bounds "
         "it. lla has no vision-only map (its α is uniform by design): n/a.",
+        "",
+        "Grad-CAM (cmac_core/gradcam.py; added after the outcomes were registered): the "
+        "region's share of the pair's similarity through the pooling the model was trained "
+        "with (its heads never see one region's token, which β asks them about), "
+        "<v_n − p, ∂s/∂p> for s = <head(p), z_a>; lla scores pairs with its sync head: n/a.",
         "",
         *_other_boxes(results),
         f"Video probe ceiling: every test clip shows objects of {_visible(results)} classes and "
@@ -166,6 +176,8 @@ def write_report(results: dict, runs: dict, report_dir: Path) -> Path:
         rows[f"{name} beta_v"] = test["beta_v"]  # (the bitmap font has no Greek letters)
         if name not in ("avid", "random_init") and arm(name).has_alpha:
             rows[f"{name} alpha_v"] = test["alpha_v"]
+        if name in ("avid", "cmac") and "gradcam_v" in test:
+            rows[f"{name} Grad-CAM"] = test["gradcam_v"]
     k = len(first["frames"])
     pictures.map_grid(first["frames"], first["boxes"][:k], rows).save(
         report_dir / "results_maps.png"

@@ -4,7 +4,8 @@ a video-only class probe, ``probes.video_probe_ceiling``), and the outcomes the 
 registered before anything was measured, each checked against the figures.
 
 An arm without a vision-only map (lla: its alpha_v is uniform) has its alpha measures
-as ``None`` (not applicable) in ``arms``, never a figure of a uniform map.
+as ``None`` (not applicable) in ``arms``, never a figure of a uniform map; likewise its
+Grad-CAM measures (``cmac_core.gradcam``: lla does not score pairs by pooled features).
 
 Spread is the sample standard deviation across seeds (0 with one seed). "Near chance"
 is at most ``NEAR_CHANCE`` (absolute) above the measure's chance level: the claim is
@@ -36,7 +37,8 @@ def measure_run(run: dict, n_classes: int, *, alpha: bool = True) -> dict[str, f
     train, test = run["train"], run["test"]
     boxes = [tuple(b) for b in test["boxes"]]
     out: dict[str, float] = {}
-    for name in ("beta_v", "alpha_v") if alpha else ("beta_v",):
+    names = ("beta_v", "alpha_v") if alpha else ("beta_v",)
+    for name in (*names, "gradcam_v") if "gradcam_v" in test else names:
         for k, v in loc.measure(list(test[name]), boxes).items():
             out[f"{name}.{k}"] = v
         out[f"{name}.pointing_mid"] = float(np.mean(
@@ -127,6 +129,9 @@ def checks(arms: dict, base: dict, ch: dict, *, lla_base: dict | None = None) ->
             continue
         add(f"{a}: pointing (beta_v) >= 0.8", m(a, "beta_v.pointing") >= 0.8,
             f"{m(a, 'beta_v.pointing'):.3f}")  # fmt: skip
+        if arms[a].get("gradcam_v.pointing"):  # added after the registration (cmac_core/gradcam.py)
+            add(f"{a}: pointing (Grad-CAM) >= 0.8 (map added after registering)",
+                m(a, "gradcam_v.pointing") >= 0.8, f"{m(a, 'gradcam_v.pointing'):.3f}")  # fmt: skip
         for mod, what in (("v", "video"), ("a", "audio")):
             note = (f" (a video-only probe's ceiling here: {ch['probe_v_ceiling']:.3f})"
                     if mod == "v" and "probe_v_ceiling" in ch else "")  # fmt: skip
@@ -147,6 +152,8 @@ def checks(arms: dict, base: dict, ch: dict, *, lla_base: dict | None = None) ->
         far = {k: m(a, key) - c for k, key, c in (
             ("pointing", "beta_v.pointing", ch["pointing"]), ("probe_v", "probe_v", ch["probe"]),
             ("probe_a", "probe_a", ch["probe"]), ("r_at_1", "r_at_1", ch["r_at_1"]))}  # fmt: skip
+        if arms[a].get("gradcam_v.pointing"):
+            far["pointing_gradcam"] = m(a, "gradcam_v.pointing") - ch["pointing"]
         add(f"{a}: near chance (at most {NEAR_CHANCE} above) on every measure",
             all(v <= NEAR_CHANCE for v in far.values()),
             ", ".join(f"{k} {v:+.3f}" for k, v in far.items()) + " from chance")  # fmt: skip
@@ -217,6 +224,8 @@ def summarize(cfg, runs: dict, *, timings: dict, command: str, device: torch.dev
     for a, stats in arms.items():
         if not arm(a).has_alpha:
             stats.update({f"alpha_v.{k}": None for k in LOC})
+        if "gradcam_v.pointing" not in stats:  # lla scores pairs with its sync head
+            stats.update({f"gradcam_v.{k}": None for k in (*LOC, "which_object")})
     syncs = [r["sync"]["clips"] for s in runs.values() for r in s.values() if r.get("sync")]
     base = baselines(first["test"], seed=cfg.bench_seed)
     ch = chance(first["test"], n_classes)
