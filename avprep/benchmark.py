@@ -38,7 +38,7 @@ SPLITS = ("train", "test")
 BATCH = 8  # videos per ffmpeg run (batches do not depend on --workers)
 GRID_PX = 16  # the video encoders' stride: a frame of S px becomes an S/16 grid
 
-_FLAGS = {  # field -> CLI flag, whether an integer, lowest, highest
+FLAGS = {  # field -> CLI flag, whether an integer, lowest, highest
     "videos": ("--videos", True, 1, 100_000),
     "test_videos": ("--test-videos", True, 0, 100_000),
     "seed": ("--seed", True, 0, 2**32 - 1),
@@ -81,7 +81,7 @@ class BenchmarkConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     def __post_init__(self) -> None:
-        for name, (flag, integer, lo, hi) in _FLAGS.items():
+        for name, (flag, integer, lo, hi) in FLAGS.items():
             value = getattr(self, name)
             kinds = int if integer else (int, float)
             if not isinstance(value, kinds) or isinstance(value, bool):

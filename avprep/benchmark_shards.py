@@ -7,26 +7,32 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from avprep.benchmark import BenchmarkConfig, make_benchmark
+from avprep.benchmark import FLAGS, BenchmarkConfig, make_benchmark
 from avprep.config import ShardConfig
 from avprep.errors import UsageError
 from avprep.pipeline import shard_videos
 
 
 def benchmark_shards(out_dir: Path, *, videos: int, test_videos: int, seed: int, workers: int,
+                     frame_px: int = 112, object_px: int = 40,
                      log: Callable[[str], None] = print) -> dict[str, Path]:  # fmt: skip
     """``avprep synth`` then ``avprep shard`` of each split under ``out_dir`` (``bench/``,
     ``shards/{train,test}``), each skipped when a previous run finished it (``.done``);
-    their seconds go into ``timings.json``. Returns the shard folder of each split."""
+    their seconds go into ``timings.json``. Returns the shard folder of each split. A
+    finished benchmark made with other settings is refused in one line (the runs and
+    features beside it belong to it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     timings_path = out_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     bench = out_dir / "bench"
-    if not (bench / ".done").exists():
+    cfg = BenchmarkConfig(out_dir=str(bench), videos=videos, test_videos=test_videos, seed=seed,
+                          workers=workers, frame_size_px=frame_px, object_size_px=object_px)  # fmt: skip
+    if (bench / ".done").exists():
+        _same_benchmark(bench, cfg)
+    else:
         log(f"evaluate: synth {videos} + {test_videos} videos")
         t0 = time.monotonic()
-        make_benchmark(BenchmarkConfig(out_dir=str(bench), videos=videos, test_videos=test_videos,
-                                       seed=seed, workers=workers))  # fmt: skip
+        make_benchmark(cfg)
         (bench / ".done").write_text("")
         timings["synth"] = round(time.monotonic() - t0, 1)
     shards = {}
@@ -36,7 +42,7 @@ def benchmark_shards(out_dir: Path, *, videos: int, test_videos: int, seed: int,
             continue
         log(f"evaluate: shard {split}")
         t0 = time.monotonic()
-        scfg = ShardConfig(out_dir=str(shards[split]), fps=8.0, short_side_px=112, workers=workers,
+        scfg = ShardConfig(out_dir=str(shards[split]), fps=cfg.fps, short_side_px=frame_px, workers=workers,
                            shard_max_samples=25, quiet=True)  # fmt: skip
         report = shard_videos([str(bench / split / "manifest.jsonl")], scfg)
         if report.exit_code(strict=True) != 0:
@@ -47,3 +53,18 @@ def benchmark_shards(out_dir: Path, *, videos: int, test_videos: int, seed: int,
         timings[f"shard {split}"] = round(time.monotonic() - t0, 1)
     timings_path.write_text(json.dumps(timings, indent=1))
     return shards
+
+
+def _same_benchmark(bench: Path, cfg: BenchmarkConfig) -> None:
+    """UsageError naming the first setting where ``bench`` (finished) differs from ``cfg``."""
+    try:
+        made = json.loads((bench / "benchmark.json").read_text())["config"]
+        theirs = BenchmarkConfig.from_dict({**made, "workers": cfg.workers}).content_dict()
+    except (OSError, ValueError, KeyError, TypeError, UsageError) as e:
+        raise UsageError(f"{bench}: a finished benchmark without a readable benchmark.json ({e}); "
+                         "use a new folder") from e  # fmt: skip
+    for name, value in cfg.content_dict().items():
+        if theirs.get(name) != value:
+            flag = FLAGS[name][0] if name in FLAGS else name
+            raise UsageError(f"{bench.parent} holds a benchmark made with {flag} {theirs.get(name)}, "
+                             f"not {value}: use a new folder (its runs and features belong to it)")  # fmt: skip

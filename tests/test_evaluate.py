@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import read_shards, run_cli
 
-from cmac_core.config import preset
+from cmac_core.config import ConfigError, preset
 from cmac_core.evaluate import localization as loc
 from cmac_core.evaluate.arms import ArmError, arm, derangement, shuffled_audio_copy
 from cmac_core.evaluate.config import EvaluateConfig
@@ -270,6 +270,10 @@ def test_evaluate_quick_end_to_end(tmp_path):
             assert 0.0 <= stats[name]["mean"] <= 1.0
     assert results["arms"]["cmac"]["alpha_v.pointing"] is not None
     assert results["arms"]["lla"]["alpha_v.pointing"] is None  # uniform by design: n/a
+    for name in ("random_init", "avid", "cmac"):  # Grad-CAM: models that score pooled features
+        assert 0.0 <= results["arms"][name]["gradcam_v.pointing"]["mean"] <= 1.0
+    assert results["arms"]["lla"]["gradcam_v.pointing"] is None  # its sync head: n/a
+    assert "avid: pointing (Grad-CAM) >= 0.8" in " ".join(c["claim"] for c in results["checks"])
     assert results["baselines"]["true_box"]["pointing"] == 1.0
     assert results["chance"]["r_at_1"] == pytest.approx(1 / 16)
     assert results["chance"]["sync_2afc"] == 0.5
@@ -294,6 +298,25 @@ def test_evaluate_quick_end_to_end(tmp_path):
     assert "training" not in again.stderr  # a rerun reuses every finished arm
     assert "2AFC" not in again.stderr and "features of" not in again.stderr
     assert json.loads((out / "report" / "results.json").read_text())["arms"] == results["arms"]
+    # the folder's benchmark is 112 px: one of another size is refused before anything runs
+    other = run_cli(*args, "--size", "160", check=False)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert other.stderr.strip().splitlines() == [
+        f"avprep: error: {out} holds a benchmark made with --size 112, not 160: use a new "
+        "folder (its runs and features belong to it)"
+    ]
+
+
+def test_evaluate_sizes_follow_the_benchmark_frame():
+    cfg = EvaluateConfig(out_dir="x", frame_px=160, object_px=40)
+    assert cfg.crop_px == 160  # the whole frame unless told otherwise
+    assert EvaluateConfig(out_dir="x", frame_px=160, crop_px=112).crop_px == 112
+    with pytest.raises(ConfigError) as e:
+        EvaluateConfig(out_dir="x", frame_px=100)
+    assert e.value.cli == "--size must be a multiple of 16 (the grid), got 100"
+    with pytest.raises(ConfigError) as e:
+        EvaluateConfig(out_dir="x", object_px=8)
+    assert e.value.cli == "--object-size must be an integer in 32..256, got 8"
 
 
 def _stats(**means) -> dict:

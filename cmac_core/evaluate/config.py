@@ -34,10 +34,15 @@ _BOUNDS = {  # field -> (lowest, highest)
     "seeds": (1, 100),
     "batch_size": (2, 65536),
     "crop_px": (32, 1024),
+    "frame_px": (64, 512),
+    "object_px": (32, 256),
     "workers": (1, 256),
     "bench_seed": (0, 2**32 - 1),
     "sync_clips": (1, 100_000),
 }
+
+
+_FLAGS = {"frame_px": "--size", "object_px": "--object-size"}  # where the CLI's name differs
 
 
 @dataclass
@@ -52,7 +57,9 @@ class EvaluateConfig:
     steps: int | None = None  # optimizer steps of every trained arm
     seeds: int | None = None  # seeds per arm (mean and spread)
     batch_size: int = 16
-    crop_px: int = 112  # the benchmark's frame size: a 7 x 7 grid of 16 px cells
+    frame_px: int = 112  # the benchmark's frames (avprep synth --size): a 7 x 7 grid of 16 px cells
+    object_px: int = 40  # its objects (avprep synth --object-size)
+    crop_px: int | None = None  # None: frame_px, the whole frame
     arms: tuple[str, ...] = ()  # () = FULL_ARMS (QUICK_ARMS with quick)
     device: str = "auto"
     workers: int = 2  # synth and shard processes
@@ -64,6 +71,8 @@ class EvaluateConfig:
         for name, value in mode.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        if self.crop_px is None:
+            self.crop_px = self.frame_px
         if not self.arms:
             self.arms = QUICK_ARMS if self.quick else FULL_ARMS
         self.arms = tuple(self.arms)
@@ -77,9 +86,12 @@ class EvaluateConfig:
         for name, (lo, hi) in _BOUNDS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-                flag = "--" + name.replace("_", "-")
+                flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
                 raise ConfigError(f"{name} must be an integer in {lo}..{hi}, got {value!r}",
                                   cli=f"{flag} must be an integer in {lo}..{hi}, got {value!r}")  # fmt: skip
+        if self.frame_px % 16:
+            raise ConfigError(f"frame_px must be a multiple of 16 (the grid), got {self.frame_px}",
+                              cli=f"--size must be a multiple of 16 (the grid), got {self.frame_px}")  # fmt: skip
         if self.crop_px % 16:
             raise ConfigError(f"crop_px must be a multiple of 16 (the grid), got {self.crop_px}",
                               cli=f"--crop-px must be a multiple of 16 (the grid), got {self.crop_px}")  # fmt: skip

@@ -95,7 +95,8 @@ def markdown(results: dict) -> str:
         + (f" ({m['gpu']})" if "gpu" in m else ""),
         "",
         f"Benchmark: `avprep synth` with {cfg['videos']} training and {cfg['test_videos']} test videos "
-        f"(seed {cfg['bench_seed']}), {results['n_classes']} classes; every arm trained "
+        f"(seed {cfg['bench_seed']}), {results['n_classes']} classes, "
+        f"{cfg.get('frame_px', 112)} px frames, {cfg.get('object_px', 40)} px objects; every arm trained "
         f"{cfg['steps']} steps of {cfg['batch_size']} clips at a {cfg['crop_px']} px crop, "
         f"{seeds} seed{'s' if seeds > 1 else ''} (mean ± sample std across seeds). "
         f"Measured on {results['n_test_clips']} test clips (the middle clip of each test video); "
