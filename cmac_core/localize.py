@@ -9,7 +9,8 @@ as ``{key}.npy`` (float32 [H, W], sums to 1 over the region grid before
 upsampling), the vision-only attention alpha_v beside it as ``{key}.alpha.npy``,
 the Grad-CAM of the pair's similarity as ``{key}.gradcam.npy`` (``cmac_core.gradcam``:
 for a model trained on pooled features, such as avid, the better-placed map; not lla),
-and ``{key}.png`` (a heat overlay of beta_v on the middle frame), with an
+and ``{key}.png`` (a heat overlay on the middle frame of beta_v, or for avid of the
+Grad-CAM: ``shown_map``), with an
 ``index.html`` grid of all of them.
 """
 
@@ -224,13 +225,22 @@ def _maps(frozen: Frozen, urls: list[str], out: Path, limit: int | None, *, dog=
             damage.note(marker(raw["__url__"], e, kind=SAMPLE, key=key))
             continue
         maps = attention_maps(frozen, frames, cut_columns(s["spec"], w), meta)
+        shown = shown_map(frozen.cfg.loss.method)
         info = {"key": key, "source": meta["source"], "start_s": meta["start_s"], "end_s": meta["end_s"],
-                "frame_time_s": meta["frame_times"][idx[len(idx) // 2]], "label": meta.get("label")}  # fmt: skip
-        _save_map(out, key, overlay(frames[len(idx) // 2], maps["beta_v"]), info, maps)
+                "frame_time_s": meta["frame_times"][idx[len(idx) // 2]], "label": meta.get("label"),
+                "map": shown}  # fmt: skip
+        _save_map(out, key, overlay(frames[len(idx) // 2], maps[shown]), info, maps)
         made += 1
         if dog is not None:
             dog.progress(made + skipped, "making maps")
     return made, skipped, damage
+
+
+def shown_map(method: str) -> str:
+    """The map a segment's picture shows: CMAC's and lla's own audio-guided attention
+    (``beta_v``), and for avid, which trains its heads on pooled features only, the
+    Grad-CAM of the pair's similarity (``gradcam_v``; docs/method.md, "Which map to score")."""
+    return "gradcam_v" if method == "avid" else "beta_v"
 
 
 def _save_map(
@@ -288,6 +298,7 @@ def write_index(out: Path) -> Path:
         lines = [key, str(m.get("source")), f"frame at {_seconds(m.get('frame_time_s'))}"]
         if m.get("label"):
             lines.append(f"label: {m['label']}")
+        lines.append(f"map: {_MAP_NAMES.get(m.get('map', 'beta_v'), '?')}")
         caption = "<br>".join(html.escape(line) for line in lines)
         src = html.escape(urllib.parse.quote(f"{key}.png"))
         cards.append(
@@ -299,8 +310,9 @@ def write_index(out: Path) -> Path:
         "grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:12px}figure{margin:0}"
         "img{width:100%;border-radius:4px}figcaption{font-size:12px;word-break:break-all}</style>"
         f"<h1>Where is the sound? {len(cards)} segments</h1>"
-        "<p>Audio-guided visual attention (CMAC's beta_v) on each segment's middle frame: bright = "
-        "where the model places the sound.</p><main>" + "".join(cards) + "</main>"
+        "<p>Where the model places the sound on each segment's middle frame (bright): its "
+        "audio-guided attention beta_v, or for avid checkpoints the Grad-CAM of the pair's "
+        "similarity; each card names its map.</p><main>" + "".join(cards) + "</main>"
     )
     path = out / "index.html"
     tmp = out / ".index.html.tmp"
@@ -311,6 +323,9 @@ def write_index(out: Path) -> Path:
         tmp.unlink(missing_ok=True)
         raise LocalizeError(f"cannot write {path}: {e.strerror or e}") from e
     return path
+
+
+_MAP_NAMES = {"beta_v": "beta_v (audio-guided attention)", "gradcam_v": "Grad-CAM"}
 
 
 def _seconds(value) -> str:

@@ -259,6 +259,7 @@ def test_localize_writes_maps_overlays_and_a_page(demo_shards, tiny_ckpt, tmp_pa
         assert Image.open(m.with_suffix(".png")).size[0] > 0
     page = (out / "index.html").read_text()
     assert page.count("<figure>") == 3 and all(m.stem in page for m in maps)
+    assert page.count("map: beta_v (audio-guided attention)") == 3  # a CMAC checkpoint's own map
 
 
 def _expect_one_line_error(proc, text: str) -> None:

@@ -75,6 +75,14 @@ def test_avid_baseline_trains_without_attention_terms(demo_shards, tmp_path):
     run_cli("pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "3",
             "--method", "avid", env=ENV)  # fmt: skip
     assert all(set(r) >= {"nce", "loss"} and "att_v" not in r for r in metrics(run))
+    # its heads see pooled features only: localize draws the Grad-CAM, and says so
+    maps = tmp_path / "maps"
+    run_cli("localize", str(demo_shards), "--ckpt", str(run / "last.pt"), "--out", str(maps),
+            "--limit", "2", "--device", "cpu", env=ENV)  # fmt: skip
+    infos = [json.loads(p.read_text()) for p in sorted(maps.glob("*.json"))]
+    assert len(infos) == 2 and all(i["map"] == "gradcam_v" for i in infos)
+    assert len(list(maps.glob("*.gradcam.npy"))) == 2
+    assert (maps / "index.html").read_text().count("map: Grad-CAM") == 2
 
 
 @pytest.mark.slow
