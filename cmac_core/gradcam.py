@@ -8,9 +8,10 @@ token, so the per-region map ``beta_v = softmax_n <head(v_n), z_a>`` (CMAC's tar
 avid's head about inputs it was not trained on. Grad-CAM (Selvaraju et al. 2017) asks the
 model the question it was trained on: with ``g = ds/dp``, region ``n`` scores
 ``<v_n - p, g>``, how the pair's similarity moves as the pooled feature moves towards
-that region (its ranking is Grad-CAM's, ``<v_n, g>``, before Grad-CAM's ReLU). The map is
-shifted to a minimum of 0 and normalised to sum 1 over the grid, an affine change that
-keeps every measure of the protocol (peaks, top pixels, means inside boxes) as it is.
+that region. As in Grad-CAM only positive evidence is kept (a ReLU: regions that would
+raise the pair's similarity above the pooled feature's); the map is normalised to sum 1
+over the grid (uniform where no region is positive). Some region always is, or all are
+0: the pooling weights average ``v_n - p`` to zero, so the peak is the unclipped map's.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def gradcam(
         score = (model.video_head(pooled) * z_a.detach().clone().float()).sum()
         (grad,) = torch.autograd.grad(score, pooled)  # [B, C]: each pair's own gradient
     cam = torch.einsum("bsc,bc->bs", tokens - pooled.detach().unsqueeze(1), grad)
-    cam = cam - cam.min(dim=1, keepdim=True).values
+    cam = cam.clamp_min(0.0)
     total = cam.sum(dim=1, keepdim=True)
     uniform = torch.full_like(cam, 1.0 / cam.shape[1])
     return torch.where(total > 0, cam / total.clamp_min(torch.finfo(cam.dtype).tiny), uniform)

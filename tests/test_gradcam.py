@@ -25,8 +25,8 @@ def _model_and_feats(seed: int):
 
 
 def _normalised(raw: torch.Tensor) -> torch.Tensor:
-    shifted = raw - raw.min(dim=1, keepdim=True).values
-    return shifted / shifted.sum(dim=1, keepdim=True)
+    positive = raw.clamp_min(0.0)  # Grad-CAM's ReLU: positive evidence only
+    return positive / positive.sum(dim=1, keepdim=True)
 
 
 @pytest.mark.parametrize("attention", [False, True])
@@ -51,6 +51,7 @@ def test_each_region_scores_how_the_pair_similarity_moves_towards_it(attention):
     assert torch.all(cam >= 0) and torch.allclose(cam.sum(1), torch.ones(2))
     torch.testing.assert_close(cam.double(), _normalised(raw), atol=1e-5, rtol=1e-4)
     assert raw.std() > 0 and torch.equal(cam.argmax(1), raw.argmax(1))
+    assert (raw < 0).any() and (cam == 0).any()  # negative evidence is dropped, not shifted
 
 
 def test_the_pooling_decides_the_map():
