@@ -6,6 +6,7 @@ video, nothing lost); and, marked slow, the whole protocol at --quick size."""
 from __future__ import annotations
 
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -251,6 +252,34 @@ def test_shuffled_audio_copy_moves_every_spectrogram_to_another_video(bench_shar
         assert sample["frames"] == before[key]["frames"]
     assert sorted(p.name for p in dst.glob("*.tar")) == sorted(p.name for p in src.glob("*.tar"))
     assert shuffled_audio_copy(src, dst, seed=0) == donor  # the same seed, the same copy
+
+
+def test_the_benchmark_shards_are_the_same_for_the_same_seed(tmp_path):
+    """Several shard writers race for videos (run to run, a video lands in another shard), and
+    the training stream's order follows the shards: the benchmark is sharded by one writer,
+    in the manifest's order, the same twice (all but input_key, which names the folder)."""
+    from avprep.benchmark_shards import benchmark_shards
+
+    made = [benchmark_shards(tmp_path / name, videos=8, test_videos=2, seed=5, workers=2,
+                             log=lambda _: None) for name in ("a", "b")]  # fmt: skip
+    for split, n in (("train", 8), ("test", 2)):
+        members = [_members(m[split]) for m in made]
+        assert members[0] == members[1]
+        keys = [name for _, name, _ in members[0] if name.endswith(".json")]
+        assert keys == [f"{split}-{i:05d}_0000.json" for i in range(n)]  # the manifest's order
+
+
+def _members(shards) -> list[tuple]:
+    """(shard, member, content) of every member in shard order; a json without input_key."""
+    out = []
+    for path in sorted(shards.glob("*.tar")):
+        with tarfile.open(path) as tar:
+            for m in tar:
+                data = tar.extractfile(m).read()
+                if m.name.endswith(".json"):
+                    data = {k: v for k, v in json.loads(data).items() if k != "input_key"}
+                out.append((path.name, m.name, data))
+    return out
 
 
 @pytest.mark.slow

@@ -62,7 +62,7 @@ class EvaluateConfig:
     crop_px: int | None = None  # None: frame_px, the whole frame
     arms: tuple[str, ...] = ()  # () = FULL_ARMS (QUICK_ARMS with quick)
     device: str = "auto"
-    workers: int = 2  # synth and shard processes
+    workers: int = 2  # synth processes (the shards have one writer: benchmark_shards)
     bench_seed: int = 0
     sync_clips: int = 32  # test clips of the synchronization 2AFC (the first, in shard order)
 
