@@ -304,12 +304,14 @@ def test_evaluate_quick_end_to_end(tmp_path):
     assert results["arms"]["lla"]["gradcam_v.pointing"] is None  # its sync head: n/a
     assert "avid: pointing (Grad-CAM) >= 0.8" in " ".join(c["claim"] for c in results["checks"])
     assert results["baselines"]["true_box"]["pointing"] == 1.0
+    assert set(results["paired"]) == {"cmac", "lla"}  # each arm minus avid, seed by seed
+    assert results["paired"]["cmac"]["beta_v.pointing"]["se"] is None  # one seed: no error
     assert results["chance"]["r_at_1"] == pytest.approx(1 / 16)
     assert results["chance"]["sync_2afc"] == 0.5
     assert results["chance"]["probe_v_ceiling"] == 0.5  # 2 objects of 2 classes in every clip
     text = (out / "report" / "RESULTS.md").read_text()
     assert "| video probe ceiling |" in text and "sync 2AFC (12 clips)" in text
-    assert "ceiling here: 0.500" in text
+    assert "ceiling here: 0.500" in text and "## Each arm minus avid, seed by seed" in text
     # lla's clips are twice as long: its boxes are not the baselines' (random_init's), and
     # the report says so; the synthetic truth bounds the 2AFC (a ceiling for every arm).
     assert results["baselines_arm"] == "random_init" and results["other_boxes"] == ["lla"]
@@ -350,6 +352,35 @@ def test_evaluate_sizes_follow_the_benchmark_frame():
 
 def _stats(**means) -> dict:
     return {k.replace("__", "."): {"mean": v, "std": 0.01, "n": 2} for k, v in means.items()}
+
+
+def test_paired_differences_are_taken_seed_by_seed():
+    from cmac_core.evaluate import paired
+
+    def seeds(*pointing):
+        return [{"beta_v.pointing": p, "beta_v.size_aware_iou": 0.5, "gradcam_v.pointing": p}
+                for p in pointing]  # fmt: skip
+
+    # Seeds far apart, the arm always 0.05 above avid on the same seed: the difference is
+    # known exactly although each arm's own spread is 0.2.
+    per_seed = {"random_init": seeds(0.1, 0.2, 0.3), "avid": seeds(0.5, 0.7, 0.9),
+                "cmac": seeds(0.55, 0.75, 0.95), "lla": seeds(0.4, 0.6, 0.8)}  # fmt: skip
+    for s in per_seed["lla"]:
+        s["gradcam_v.pointing"] = None  # lla: no Grad-CAM
+    d = paired.paired(per_seed)
+    assert set(d) == {"cmac", "lla"}  # not avid against itself, not the untrained arm
+    assert d["cmac"]["beta_v.pointing"]["mean"] == pytest.approx(0.05)
+    assert d["cmac"]["beta_v.pointing"]["se"] == pytest.approx(0.0, abs=1e-12)
+    assert d["cmac"]["beta_v.pointing"]["n"] == 3
+    assert d["lla"]["beta_v.pointing"]["mean"] == pytest.approx(-0.1)
+    assert "gradcam_v.pointing" not in d["lla"] and "gradcam_v.size_aware_iou" not in d["cmac"]
+    spread = {"avid": seeds(0.5, 0.7), "cmac": seeds(0.6, 0.7)}  # differences 0.1 and 0.0
+    assert paired.paired(spread)["cmac"]["beta_v.pointing"]["se"] == pytest.approx(0.05)
+    assert paired.paired({"cmac": seeds(0.5)}) == {}  # nothing to compare with
+    lines = paired.markdown(d)
+    assert "| cmac − avid | +0.050 ± 0.000 | +0.000 ± 0.000 | +0.050 ± 0.000 | – |" in lines
+    assert "| lla − avid | -0.100 ± 0.000 | +0.000 ± 0.000 | – | – |" in lines
+    assert paired.markdown({}) == []
 
 
 def test_preregistered_checks_read_the_figures():

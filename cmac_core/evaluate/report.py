@@ -1,6 +1,7 @@
 """The report: ``RESULTS.md`` (command, commit, machine, the table, the pre-registered
-outcomes beside the measured figures, where the time went), ``results.json`` (the same
-figures for scripts), ``results_curves.png`` and ``results_maps.png``."""
+outcomes beside the measured figures, each arm minus avid seed by seed, where the time
+went), ``results.json`` (the same figures for scripts), ``results_curves.png`` and
+``results_maps.png``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from cmac_core.evaluate import pictures
+from cmac_core.evaluate import paired, pictures
 from cmac_core.evaluate.arms import arm
 
 COLUMNS = [  # (results key, header)
@@ -145,6 +146,8 @@ def markdown(results: dict) -> str:
     ]
     for c in results["checks"]:
         out.append(f"| {c['claim']} | {'yes' if c['holds'] else '**no**'} | {c['measured']} |")
+    if lines := paired.markdown(results.get("paired", {})):
+        out += ["", *lines[:-1]]
     finals = sorted({k for s in results["arms"].values() for k in s if k.startswith("final.")})
     if finals:
         out += ["", "## Last training step (metrics.jsonl)", "",

@@ -24,6 +24,7 @@ import torch
 
 from cmac_core.evaluate import localization as loc
 from cmac_core.evaluate.arms import arm
+from cmac_core.evaluate.paired import paired
 from cmac_core.evaluate.probes import probe_accuracy, video_probe_ceiling
 from cmac_core.evaluate.retrieval import recall_at_1
 
@@ -239,5 +240,6 @@ def summarize(cfg, runs: dict, *, timings: dict, command: str, device: torch.dev
             "config": cfg.to_dict(), "n_classes": n_classes, "n_test_clips": len(first["test"]["keys"]),
             "n_train_clips": len(first["train"]["keys"]), "n_sync_clips": min(syncs, default=0),
             "chance": ch, "baselines": base, "baselines_arm": next(iter(runs)), "other_boxes": other_boxes,
-            "arms": arms, "per_seed": per_seed, "checks": checks(arms, base, ch, lla_base=lla_base),
+            "arms": arms, "per_seed": per_seed, "paired": paired(per_seed),
+            "checks": checks(arms, base, ch, lla_base=lla_base),
             "timings_s": timings}  # fmt: skip
