@@ -383,6 +383,18 @@ def test_paired_differences_are_taken_seed_by_seed():
     assert paired.markdown({}) == []
 
 
+def test_training_curves_give_each_seed_its_own_colour_and_label():
+    from cmac_core.evaluate import pictures
+
+    def recs(seed):
+        return [{"step": k, "loss": 3.0 - k / 10 + seed} for k in range(0, 11, 5)]
+
+    img = pictures.curves({"avid": {s: recs(s) for s in range(7)}})  # 7 seeds: 2 legend rows
+    assert img.height == pictures.PANEL_H + 2 * pictures.MARGIN + 2 * pictures.LEGEND_ROW_H
+    colours = {c for _, c in img.getcolors(1 << 20)}
+    assert all(c in colours for c in pictures.SEED_COLOURS[:7])  # seed 5 no longer seed 0's blue
+
+
 def test_preregistered_checks_read_the_figures():
     from cmac_core.evaluate.summary import checks
 

@@ -15,17 +15,20 @@ from PIL import Image, ImageDraw, ImageFont
 from cmac_core.localize import overlay
 
 INK, FAINT, BG, BOX = (30, 30, 30), (200, 200, 200), (255, 255, 255), (0, 230, 80)
-SEED_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+SEED_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+                (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
 PANEL_W, PANEL_H, MARGIN = 300, 180, 36
+LEGEND_PER_ROW, LEGEND_ROW_H = 6, 14  # seed labels under each panel, below the step axis
 
 
 def curves(metrics: dict[str, dict[int, list[dict]]], *, key: str = "loss") -> Image.Image:
     """``{arm: {seed: metrics.jsonl records}}`` -> one panel per arm with records."""
     arms = {a: s for a, s in metrics.items() if any(s.values())}
     font = ImageFont.load_default()
-    img = Image.new(
-        "RGB", (max(1, len(arms)) * (PANEL_W + MARGIN) + MARGIN, PANEL_H + 2 * MARGIN), BG
-    )
+    n_seeds = max((len(s) for s in arms.values()), default=1)
+    rows = -(-n_seeds // LEGEND_PER_ROW)
+    img = Image.new("RGB", (max(1, len(arms)) * (PANEL_W + MARGIN) + MARGIN,
+                            PANEL_H + 2 * MARGIN + LEGEND_ROW_H * rows), BG)  # fmt: skip
     draw = ImageDraw.Draw(img)
     values = [r[key] for s in arms.values() for recs in s.values() for r in recs if key in r]
     if not values:
@@ -43,10 +46,12 @@ def curves(metrics: dict[str, dict[int, list[dict]]], *, key: str = "loss") -> I
                     y0 + PANEL_H * (1 - (r[key] - lo) / (hi - lo))) for r in recs if key in r]  # fmt: skip
             if len(pts) > 1:
                 draw.line(pts, fill=SEED_COLOURS[seed % len(SEED_COLOURS)], width=2)
-            draw.text((x0 + 4 + 50 * seed, y0 + PANEL_H + 4), f"seed {seed}",
+            row, col = divmod(seed, LEGEND_PER_ROW)
+            draw.text((x0 + 4 + 50 * col, y0 + PANEL_H + 4 + LEGEND_ROW_H * (row + 1)), f"seed {seed}",
                       fill=SEED_COLOURS[seed % len(SEED_COLOURS)], font=font)  # fmt: skip
         draw.text((x0 - MARGIN + 2, y0), f"{hi:.2f}", fill=INK, font=font)
         draw.text((x0 - MARGIN + 2, y0 + PANEL_H - 10), f"{lo:.2f}", fill=INK, font=font)
+        draw.text((x0, y0 + PANEL_H + 4), "0", fill=INK, font=font)
         draw.text((x0 + PANEL_W - 30, y0 + PANEL_H + 4), f"{last}", fill=INK, font=font)
     return img
 
