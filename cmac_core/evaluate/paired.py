@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 AGAINST = "avid"
-MEASURES = ("beta_v.pointing", "beta_v.size_aware_iou", "gradcam_v.pointing",
-            "gradcam_v.size_aware_iou")  # fmt: skip
-LABELS = ("pointing β", "size-aware IoU β", "pointing Grad-CAM", "size-aware IoU Grad-CAM")
+COLUMNS = (("beta_v.pointing", "pointing β"), ("beta_v.size_aware_iou", "size-aware IoU β"),
+           ("gradcam_v.pointing", "pointing Grad-CAM"),
+           ("gradcam_v.size_aware_iou", "size-aware IoU Grad-CAM"))  # fmt: skip
 
 
 def paired(per_seed: dict[str, list[dict]], *, against: str = AGAINST) -> dict[str, dict]:
@@ -31,7 +31,7 @@ def paired(per_seed: dict[str, list[dict]], *, against: str = AGAINST) -> dict[s
         if name in (against, "random_init"):
             continue
         row = {}
-        for k in MEASURES:
+        for k, _ in COLUMNS:
             d = np.array([s[k] - b[k] for s, b in zip(seeds, base, strict=False) if s.get(k) is not None
                           and b.get(k) is not None], float)  # fmt: skip
             if len(d):
@@ -50,12 +50,12 @@ def markdown(diffs: dict[str, dict], *, against: str = AGAINST) -> list[str]:
     out = [f"## Each arm minus {against}, seed by seed", "",
            f"The same seed gives two arms the same initial weights and the same stream of clips "
            f"(n = {n} seeds): mean ± standard error of the difference.", "",
-           "| arm | " + " | ".join(LABELS) + " |", "|" + "---|" * (len(LABELS) + 1)]  # fmt: skip
+           "| arm | " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]  # fmt: skip
     for name, row in diffs.items():
         out.append(
-            f"| {name} − {against} | " + " | ".join(_cell(row.get(k)) for k in MEASURES) + " |"
+            f"| {name} − {against} | " + " | ".join(_cell(row.get(k)) for k, _ in COLUMNS) + " |"
         )
-    return [*out, ""]
+    return out
 
 
 def _cell(v: dict | None) -> str:

@@ -147,7 +147,7 @@ def markdown(results: dict) -> str:
     for c in results["checks"]:
         out.append(f"| {c['claim']} | {'yes' if c['holds'] else '**no**'} | {c['measured']} |")
     if lines := paired.markdown(results.get("paired", {})):
-        out += ["", *lines[:-1]]
+        out += ["", *lines]
     finals = sorted({k for s in results["arms"].values() for k in s if k.startswith("final.")})
     if finals:
         out += ["", "## Last training step (metrics.jsonl)", "",
