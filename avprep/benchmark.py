@@ -44,6 +44,7 @@ FLAGS = {  # field -> CLI flag, whether an integer, lowest, highest
     "seed": ("--seed", True, 0, 2**32 - 1),
     "objects": ("--objects", True, 2, 3),
     "classes": ("--classes", True, 2, scene.MAX_CLASSES),
+    "silent_classes": ("--silent-classes", True, 0, scene.MAX_CLASSES - 2),
     "noise": ("--noise", False, 0.0, 1.0),
     "silence": ("--silence", False, 0.0, 0.5),
     "duration_s": ("--seconds", False, 1.0, 60.0),
@@ -63,7 +64,13 @@ class BenchmarkConfig:
     2.5 cells and always covers at least one cell whole. Why 2 of 8 (measured,
     docs/RESULTS.md): with 3 objects of 4 classes another video holds the sounding class
     3 times in 4, so the audio's class tells a clip's video from the batch's others
-    hardly at all and contrastive training stalled at ln 31; with 2 of 8 it is 1 in 4."""
+    hardly at all and contrastive training stalled at ln 31; with 2 of 8 it is 1 in 4.
+
+    ``silent_classes`` D > 0 makes another benchmark: the distractors are drawn from D more
+    classes (the table's next D) that never sound, so sight alone can tell the sounding
+    object (by its class, as a guitar from a chair) and a vision-only map or probe can be
+    right; with 0 (the default) every class sounds in some video and only the audio says
+    which object sounds in this one."""
 
     out_dir: str
     videos: int = 200  # training videos
@@ -71,6 +78,7 @@ class BenchmarkConfig:
     seed: int = 0
     objects: int = 2  # per video: one sounds, the other(s) are distractors
     classes: int = 8  # K: classes drawn from (shape, colour, pitch, timbre)
+    silent_classes: int = 0  # D: classes after the K that only ever appear as distractors
     noise: float = 0.1  # audio noise RMS of a strike's peak; pixel noise of 40 levels
     silence: float = 0.0  # the part of each video in one silent stretch
     duration_s: float = 4.0
@@ -90,7 +98,13 @@ class BenchmarkConfig:
                 )
             if not (math.isfinite(value) and lo <= value <= hi):
                 raise UsageError(f"{flag} must be in {lo}..{hi}, got {value}")
-        if self.classes < self.objects:
+        if self.classes + self.silent_classes > scene.MAX_CLASSES:
+            raise UsageError(f"--classes {self.classes} plus --silent-classes {self.silent_classes} is more than "
+                             f"the {scene.MAX_CLASSES} classes there are")  # fmt: skip
+        if self.silent_classes and self.silent_classes < self.objects - 1:
+            raise UsageError(f"--silent-classes ({self.silent_classes}) must be at least --objects - 1 "
+                             f"({self.objects - 1}): the distractors in a video have different classes")  # fmt: skip
+        if not self.silent_classes and self.classes < self.objects:
             raise UsageError(f"--classes ({self.classes}) must be at least --objects ({self.objects}): "
                              "the objects in a video have different classes")  # fmt: skip
         if self.frame_size_px % GRID_PX:
@@ -131,12 +145,14 @@ class SynthReport:
     seconds: float
 
 
-def classes_table(k: int) -> list[dict[str, Any]]:
-    """The first ``k`` classes: index, label, shape, colour, pitch and timbre."""
+def classes_table(k: int, silent: int = 0) -> list[dict[str, Any]]:
+    """The first ``k`` classes (index, label, shape, colour, pitch and timbre), then the
+    ``silent`` ones that only appear as distractors (pitch and timbre None)."""
     return [
         {"class_index": i, "label": name, "shape": name.split("_")[1], "rgb": list(rgb),
-         "pitch_hz": soundtrack.PITCH_HZ[i], "timbre": i % len(soundtrack.TIMBRES)}
-        for i, (name, rgb) in enumerate(scene.CLASSES[:k])
+         "pitch_hz": soundtrack.PITCH_HZ[i] if i < k else None,
+         "timbre": i % len(soundtrack.TIMBRES) if i < k else None}
+        for i, (name, rgb) in enumerate(scene.CLASSES[: k + silent])
     ]  # fmt: skip
 
 
@@ -150,7 +166,10 @@ def _sounding_classes(cfg: BenchmarkConfig, split: int, n: int) -> np.ndarray:
 def make_video(cfg: BenchmarkConfig, split: int, index: int, sounding: int) -> Video:
     """Video ``index`` of split ``SPLITS[split]`` (class ``sounding`` sounds), not yet encoded."""
     rng = np.random.default_rng([cfg.seed, split, index])
-    others = [c for c in range(cfg.classes) if c != sounding]
+    if cfg.silent_classes:  # distractors of classes that never sound
+        others = list(range(cfg.classes, cfg.classes + cfg.silent_classes))
+    else:
+        others = [c for c in range(cfg.classes) if c != sounding]
     distractors = [int(c) for c in rng.choice(others, cfg.objects - 1, replace=False)]
     order = [sounding, *distractors]
     rng.shuffle(order)  # draw order and placement order carry no cue
@@ -248,7 +267,12 @@ def _prepare(cfg: BenchmarkConfig, out: Path) -> None:
             old = json.loads(settings.read_text())["config"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UsageError(f"{settings} is not readable as a benchmark description: {e}") from e
-        if {k: v for k, v in old.items() if k not in ("out_dir", "workers")} != cfg.content_dict():
+        try:  # a benchmark.json from before a setting existed holds its default
+            theirs = BenchmarkConfig.from_dict({**old, "out_dir": cfg.out_dir})
+            same = theirs.content_dict() == cfg.content_dict()
+        except (UsageError, TypeError):
+            same = False
+        if not same:
             raise UsageError(
                 f"{out} holds a benchmark made with other settings; choose another folder"
             )
@@ -258,7 +282,7 @@ def _prepare(cfg: BenchmarkConfig, out: Path) -> None:
         (out / name / "videos").mkdir(parents=True, exist_ok=True)
     description = {
         "config": cfg.to_dict(),
-        "classes": classes_table(cfg.classes),
+        "classes": classes_table(cfg.classes, cfg.silent_classes),
         "truth_version": truth.TRUTH_VERSION,
         "manifests": {name: f"{name}/manifest.jsonl" for name in SPLITS},
         "shard_with": f"avprep shard OUT/train/manifest.jsonl --short-side {cfg.frame_size_px} --fps {cfg.fps:g}",

@@ -14,7 +14,7 @@ from avprep.pipeline import shard_videos
 
 
 def benchmark_shards(out_dir: Path, *, videos: int, test_videos: int, seed: int, workers: int,
-                     frame_px: int = 112, object_px: int = 40,
+                     frame_px: int = 112, object_px: int = 40, classes: int = 8, silent_classes: int = 0,
                      log: Callable[[str], None] = print) -> dict[str, Path]:  # fmt: skip
     """``avprep synth`` (``workers`` processes) then ``avprep shard`` of each split (one
     writer, in the manifest's order) under ``out_dir`` (``bench/``, ``shards/{train,test}``),
@@ -22,12 +22,13 @@ def benchmark_shards(out_dir: Path, *, videos: int, test_videos: int, seed: int,
     their seconds go into ``timings.json``. Returns the shard folder of each split. A
     finished benchmark made with other settings is refused in one line (the runs and
     features beside it belong to it)."""
+    bench = out_dir / "bench"
+    cfg = BenchmarkConfig(out_dir=str(bench), videos=videos, test_videos=test_videos, seed=seed,
+                          workers=workers, frame_size_px=frame_px, object_size_px=object_px,
+                          classes=classes, silent_classes=silent_classes)  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     timings_path = out_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    bench = out_dir / "bench"
-    cfg = BenchmarkConfig(out_dir=str(bench), videos=videos, test_videos=test_videos, seed=seed,
-                          workers=workers, frame_size_px=frame_px, object_size_px=object_px)  # fmt: skip
     if (bench / ".done").exists():
         _same_benchmark(bench, cfg)
     else:

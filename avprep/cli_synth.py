@@ -25,6 +25,10 @@ def synth(
         2, help="Objects per video (2-3): one sounds, the others are distractors."
     ),
     classes: int = typer.Option(8, help="K classes (2-8), each a shape, colour, pitch and timbre."),
+    silent_classes: int = typer.Option(
+        0,
+        help="D more classes that never sound, the distractors' (K + D <= 8; 0: any class sounds).",
+    ),
     noise: float = typer.Option(
         0.1, help="0-1: audio noise RMS of a strike's peak; pixel noise of 40 levels."
     ),
@@ -44,7 +48,7 @@ def synth(
         from avprep.benchmark import BenchmarkConfig, make_benchmark  # noqa: PLC0415
 
         cfg = BenchmarkConfig(out_dir=str(out_dir), videos=videos, test_videos=test_videos, seed=seed,
-                              objects=objects, classes=classes, noise=noise, silence=silence,
+                              objects=objects, classes=classes, silent_classes=silent_classes, noise=noise, silence=silence,
                               duration_s=seconds, fps=fps, frame_size_px=size, object_size_px=object_size,
                               sample_rate_hz=sample_rate, workers=workers or os.cpu_count() or 1)  # fmt: skip
         report = make_benchmark(cfg)

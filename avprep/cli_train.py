@@ -110,6 +110,11 @@ def evaluate(
         112, "--size", help="Benchmark frame size in pixels (112: a 7 x 7 grid)."
     ),
     object_size: int = typer.Option(40, help="Benchmark object size in pixels."),
+    classes: int = typer.Option(8, help="Benchmark classes that sound (avprep synth --classes)."),
+    silent_classes: int = typer.Option(
+        0,
+        help="Benchmark classes that never sound: the distractors' (avprep synth --silent-classes).",
+    ),
     crop_px: int = typer.Option(
         None, help="Training crop in pixels (default: --size, the whole frame)."
     ),
@@ -135,13 +140,13 @@ def evaluate(
         evaluation = import_for("evaluate", "cmac_core.evaluate")
         cfg = evaluation.EvaluateConfig(out_dir=str(out_dir), quick=quick, preset=config, videos=videos,
                              test_videos=test_videos, steps=steps, seeds=seeds, batch_size=batch_size,
-                             frame_px=size, object_px=object_size, crop_px=crop_px, arms=tuple(a for a in arms.split(",") if a), device=device,
+                             frame_px=size, object_px=object_size, classes=classes, silent_classes=silent_classes, crop_px=crop_px, arms=tuple(a for a in arms.split(",") if a), device=device,
                              workers=workers, sync_clips=sync_clips)  # fmt: skip
         from avprep.benchmark_shards import benchmark_shards  # noqa: PLC0415
 
         shards = benchmark_shards(out_dir, videos=cfg.videos, test_videos=cfg.test_videos,
                                   seed=cfg.bench_seed, workers=cfg.workers, frame_px=cfg.frame_px,
-                                  object_px=cfg.object_px, log=lambda line: err.print(line, markup=False))  # fmt: skip
+                                  object_px=cfg.object_px, classes=cfg.classes, silent_classes=cfg.silent_classes, log=lambda line: err.print(line, markup=False))  # fmt: skip
         command = "avprep evaluate " + " ".join(
             sys.argv[2:] if sys.argv[1:2] == ["evaluate"] else sys.argv[1:]
         )

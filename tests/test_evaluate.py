@@ -131,8 +131,9 @@ def test_roc_auc_counts_every_positive_negative_pair():
         roc_auc([1.0, 2.0], [1, 1])
 
 
-def _truth(sounding: int, *others: int) -> dict:
-    return {"class_index": sounding, "distractors": [{"class_index": c} for c in others]}
+def _truth(sounding: int, *others: int, n_classes: int = 8) -> dict:
+    return {"class_index": sounding, "n_classes": n_classes,
+            "distractors": [{"class_index": c} for c in others]}  # fmt: skip
 
 
 def test_video_probe_ceiling_is_one_over_the_distinct_visible_classes():
@@ -140,6 +141,9 @@ def test_video_probe_ceiling_is_one_over_the_distinct_visible_classes():
     assert visible_classes(_truth(3, 3)) == 1  # the same class twice: the video tells it
     assert visible_classes(_truth(0, 1, 1)) == 2
     assert visible_classes(_truth(7)) == 1
+    # classes that never sound (avprep synth --silent-classes) cannot be the label
+    assert visible_classes(_truth(1, 5, n_classes=4)) == 1
+    assert visible_classes(_truth(1, 2, 6, n_classes=4)) == 2
     assert video_probe_ceiling([visible_classes(_truth(3, 5))]) == 0.5
     assert video_probe_ceiling([visible_classes(_truth(3, 3))]) == 1.0
     assert video_probe_ceiling([2, 1, 4, 4]) == pytest.approx((0.5 + 1 + 0.25 + 0.25) / 4)
@@ -336,6 +340,24 @@ def test_evaluate_quick_end_to_end(tmp_path):
         f"avprep: error: {out} holds a benchmark made with --size 112, not 160: use a new "
         "folder (its runs and features belong to it)"
     ]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--classes", "6", "--silent-classes", "4"],
+            "--classes 6 plus --silent-classes 4 is more than the 8",
+        ),
+        (["--silent-classes", "9"], "--silent-classes must be an integer in 0..6, got 9"),
+    ],
+)
+def test_evaluate_refuses_a_benchmark_synth_would_refuse_before_writing(tmp_path, args, message):
+    proc = run_cli("evaluate", str(tmp_path / "ev"), "--quick", *args, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "ev").exists()
 
 
 def test_evaluate_sizes_follow_the_benchmark_frame():

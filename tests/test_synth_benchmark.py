@@ -232,6 +232,10 @@ def test_box_lookup_is_the_frame_on_display():
         (["--object-size", "24"], "--object-size must be in 32..256"),
         (["--objects", "3", "--object-size", "48"], "cover more than half of a 112 px frame"),
         (["--videos", "0"], "--videos must be in 1..100000"),
+        (["--classes", "5", "--silent-classes", "4"], "plus --silent-classes 4 is more than the 8"),
+        (["--objects", "3", "--classes", "4", "--silent-classes", "1"],
+         "--silent-classes (1) must be at least --objects - 1 (2)"),
+        (["--silent-classes", "7"], "--silent-classes must be in 0..6"),
     ],
 )
 def test_bad_knobs_are_one_line(tmp_path, args, message):
@@ -255,3 +259,39 @@ def test_a_folder_is_remade_only_with_its_own_settings(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     proc = run_cli("synth", str(tmp_path / "other"), "--videos", "1", check=False)
     assert proc.returncode == 2 and "is not empty" in proc.stderr
+
+
+def test_silent_classes_are_only_ever_distractors(tmp_path):
+    """With --silent-classes D the distractors come from the D classes after the K that sound,
+    so sight tells the sounding object; benchmark.json lists them without a pitch."""
+    out = tmp_path / "b"
+    run_cli("synth", str(out), "--videos", "12", "--test-videos", "4", "--classes", "3",
+            "--silent-classes", "3", "--objects", "3", "--workers", "2", "--quiet")  # fmt: skip
+    rows = _rows(out, "train") + _rows(out, "test")
+    assert sorted({r["class_index"] for r in rows}) == [0, 1, 2]
+    for r in rows:
+        assert r["n_classes"] == 3 and r["label"] == scene.CLASSES[r["class_index"]][0]
+        distractors = [d["class_index"] for d in r["distractors"]]
+        assert len(set(distractors)) == 2 and all(3 <= c < 6 for c in distractors), r
+    table = json.loads((out / "benchmark.json").read_text())["classes"]
+    assert [c["pitch_hz"] is None for c in table] == [False] * 3 + [True] * 3
+    assert [c["label"] for c in table] == [name for name, _ in scene.CLASSES[:6]]
+
+
+def test_a_benchmark_from_before_a_setting_existed_is_still_its_own(tmp_path):
+    """A benchmark.json without a later setting (silent_classes) holds that setting's default:
+    the same settings remake it, others are still refused."""
+    out = tmp_path / "b"
+    cfg = BenchmarkConfig(str(out), videos=1, test_videos=0, workers=1)
+    make_benchmark(cfg)
+    settings = out / "benchmark.json"
+    description = json.loads(settings.read_text())
+    del description["config"]["silent_classes"]
+    settings.write_text(json.dumps(description))
+    make_benchmark(cfg)
+    with pytest.raises(UsageError, match="made with other settings"):
+        make_benchmark(
+            BenchmarkConfig(
+                str(out), videos=1, test_videos=0, workers=1, classes=4, silent_classes=2
+            )
+        )

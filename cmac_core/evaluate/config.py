@@ -36,6 +36,8 @@ _BOUNDS = {  # field -> (lowest, highest)
     "crop_px": (32, 1024),
     "frame_px": (64, 512),
     "object_px": (32, 256),
+    "classes": (2, 8),
+    "silent_classes": (0, 6),
     "workers": (1, 256),
     "bench_seed": (0, 2**32 - 1),
     "sync_clips": (1, 100_000),
@@ -59,6 +61,8 @@ class EvaluateConfig:
     batch_size: int = 16
     frame_px: int = 112  # the benchmark's frames (avprep synth --size): a 7 x 7 grid of 16 px cells
     object_px: int = 40  # its objects (avprep synth --object-size)
+    classes: int = 8  # its sounding classes (avprep synth --classes)
+    silent_classes: int = 0  # its classes that never sound (avprep synth --silent-classes)
     crop_px: int | None = None  # None: frame_px, the whole frame
     arms: tuple[str, ...] = ()  # () = FULL_ARMS (QUICK_ARMS with quick)
     device: str = "auto"

@@ -52,9 +52,11 @@ class FeatureError(CmacError):
 
 
 def visible_classes(gt: dict) -> int:
-    """Distinct classes among a clip's objects, the sounding one and its distractors
-    (``avprep.truth``: ``class_index`` and ``distractors[*].class_index``)."""
-    return len({int(gt["class_index"]), *(int(d["class_index"]) for d in gt["distractors"])})
+    """Distinct classes among a clip's objects that could be the sounding one: the sounding
+    class and its distractors' (``avprep.truth``: ``class_index``, ``distractors[*].class_index``)
+    but not those of classes that never sound (``>= n_classes``, ``avprep synth --silent-classes``)."""
+    classes = {int(gt["class_index"]), *(int(d["class_index"]) for d in gt["distractors"])}
+    return len({c for c in classes if c < int(gt["n_classes"])})
 
 
 def clip_box(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:

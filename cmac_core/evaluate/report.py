@@ -96,7 +96,13 @@ def markdown(results: dict) -> str:
         + (f" ({m['gpu']})" if "gpu" in m else ""),
         "",
         f"Benchmark: `avprep synth` with {cfg['videos']} training and {cfg['test_videos']} test videos "
-        f"(seed {cfg['bench_seed']}), {results['n_classes']} classes, "
+        f"(seed {cfg['bench_seed']}), {results['n_classes']} classes"
+        + (
+            f" and {cfg['silent_classes']} more that never sound (the distractors')"
+            if cfg.get("silent_classes")
+            else ""
+        )
+        + ", "
         f"{cfg.get('frame_px', 112)} px frames, {cfg.get('object_px', 40)} px objects; every arm trained "
         f"{cfg['steps']} steps of {cfg['batch_size']} clips at a {cfg['crop_px']} px crop, "
         f"{seeds} seed{'s' if seeds > 1 else ''} (mean ± sample std across seeds). "
@@ -125,11 +131,7 @@ def markdown(results: dict) -> str:
         "<v_n − p, ∂s/∂p> for s = <head(p), z_a>; lla scores pairs with its sync head: n/a.",
         "",
         *_other_boxes(results),
-        f"Video probe ceiling: every test clip shows objects of {_visible(results)} classes and "
-        "nothing in the video alone says which one sounds, so a probe on video features can "
-        "name the sounding class at best 1 time in that many: the mean of 1 / (distinct "
-        f"classes in the clip) is {results['chance']['probe_v_ceiling']:.3f}; only audio, or "
-        "a video feature that learned which object sounds from audio, can pass it.",
+        _probe_ceiling(results),
         "",
         f"Sync 2AFC: on the first {results.get('n_sync_clips', 0)} test clips, the clip's "
         "aligned audio against the same segment's audio shifted by at least 0.5 s; correct "
@@ -160,6 +162,20 @@ def markdown(results: dict) -> str:
     out += [f"| {k} | {v} |" for k, v in results["timings_s"].items()]
     out += ["", "![training curves](results_curves.png)", "", "![maps](results_maps.png)", ""]
     return "\n".join(out)
+
+
+def _probe_ceiling(results: dict) -> str:
+    """What bounds the video probe: which classes a clip shows that could be sounding."""
+    ceiling = results["chance"]["probe_v_ceiling"]
+    if results["config"].get("silent_classes"):
+        return ("Video probe ceiling: the distractors' classes never sound (`--silent-classes`), "
+                "so the one object of a class that sounds is the sounding one and a probe on video "
+                f"features can name its class from sight: the ceiling is {ceiling:.3f}.")  # fmt: skip
+    return (f"Video probe ceiling: every test clip shows objects of {_visible(results)} classes and "
+            "nothing in the video alone says which one sounds, so a probe on video features can "
+            "name the sounding class at best 1 time in that many: the mean of 1 / (distinct "
+            f"classes in the clip) is {ceiling:.3f}; only audio, or "
+            "a video feature that learned which object sounds from audio, can pass it.")  # fmt: skip
 
 
 def _visible(results: dict) -> str:
