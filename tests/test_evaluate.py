@@ -20,7 +20,7 @@ from cmac_core.evaluate.config import EvaluateConfig
 from cmac_core.evaluate.features import clip_box, visible_classes
 from cmac_core.evaluate.probes import probe_accuracy, roc_auc, video_probe_ceiling
 from cmac_core.evaluate.protocol import BENCHMARK_AUGMENT, train_config
-from cmac_core.evaluate.report import _other_boxes, table
+from cmac_core.evaluate.report import _other_boxes, _probe_ceiling, table
 from cmac_core.evaluate.retrieval import recall_at_1
 
 SHAPE = (20, 20)
@@ -200,8 +200,18 @@ def test_table_marks_lla_alpha_not_applicable_and_shows_chance_and_ceiling():
     assert cells["cmac"][heads.index("pointing α")] == "0.500"
     assert cells["chance"][heads.index("sync 2AFC (64 clips)")] == "0.500"
     assert cells["chance"][heads.index("which object β")] == "0.500"
+    assert cells["chance"][heads.index("which object α")] == "0.500"
     assert cells["video probe ceiling"][heads.index("probe video")] == "0.500"
     assert cells["video probe ceiling"][heads.index("probe audio")] == "–"
+
+
+def test_the_report_says_what_bounds_the_video_probe():
+    shared = _probe_ceiling({"chance": {"probe_v_ceiling": 0.5, "visible_classes_range": [2, 2]},
+                             "config": {"silent_classes": 0}})  # fmt: skip
+    assert "shows objects of 2 classes" in shared and "is 0.500" in shared
+    silent = _probe_ceiling({"chance": {"probe_v_ceiling": 1.0, "visible_classes_range": [1, 1]},
+                             "config": {"silent_classes": 4}})  # fmt: skip
+    assert "never sound" in silent and "the ceiling is 1.000" in silent
 
 
 def test_report_names_arms_whose_boxes_are_not_the_baselines():
@@ -303,6 +313,8 @@ def test_evaluate_quick_end_to_end(tmp_path):
             assert 0.0 <= stats[name]["mean"] <= 1.0
     assert results["arms"]["cmac"]["alpha_v.pointing"] is not None
     assert results["arms"]["lla"]["alpha_v.pointing"] is None  # uniform by design: n/a
+    assert results["arms"]["lla"]["alpha_v.which_object"] is None
+    assert 0.0 <= results["arms"]["cmac"]["alpha_v.which_object"]["mean"] <= 1.0
     for name in ("random_init", "avid", "cmac"):  # Grad-CAM: models that score pooled features
         assert 0.0 <= results["arms"][name]["gradcam_v.pointing"]["mean"] <= 1.0
     assert results["arms"]["lla"]["gradcam_v.pointing"] is None  # its sync head: n/a

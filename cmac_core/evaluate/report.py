@@ -16,7 +16,8 @@ COLUMNS = [  # (results key, header)
     ("beta_v.which_object", "which object β"), ("beta_v.pointing", "pointing β"),
     ("beta_v.pointing_mid", "pointing β, middle frame"), ("beta_v.size_aware_iou", "size-aware IoU β"),
     ("beta_v.ciou", "cIoU β"), ("beta_v.success", "cIoU≥0.5 β"), ("beta_v.auc", "AUC β"),
-    ("alpha_v.pointing", "pointing α"), ("alpha_v.size_aware_iou", "size-aware IoU α"),
+    ("alpha_v.which_object", "which object α"), ("alpha_v.pointing", "pointing α"),
+    ("alpha_v.size_aware_iou", "size-aware IoU α"),
     ("gradcam_v.which_object", "which object Grad-CAM"), ("gradcam_v.pointing", "pointing Grad-CAM"),
     ("gradcam_v.size_aware_iou", "size-aware IoU Grad-CAM"),
     ("probe_v", "probe video"), ("probe_a", "probe audio"), ("r_at_1", "R@1 v→a"),
@@ -73,6 +74,7 @@ def table(results: dict) -> str:
         lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
     ch = results["chance"]
     chance = {"beta_v.pointing": ch["pointing"], "alpha_v.pointing": ch["pointing"],
+              "alpha_v.which_object": ch["which_object"],
               "gradcam_v.pointing": ch["pointing"], "gradcam_v.which_object": ch["which_object"],
               "beta_v.which_object": ch["which_object"], "beta_v.pointing_mid": ch["pointing_mid"],
               "probe_v": ch["probe"], "probe_a": ch["probe"], "r_at_1": ch["r_at_1"],

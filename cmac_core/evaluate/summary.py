@@ -224,7 +224,7 @@ def summarize(cfg, runs: dict, *, timings: dict, command: str, device: torch.dev
     arms = {a: aggregate(v) for a, v in per_seed.items()}
     for a, stats in arms.items():
         if not arm(a).has_alpha:
-            stats.update({f"alpha_v.{k}": None for k in LOC})
+            stats.update({f"alpha_v.{k}": None for k in (*LOC, "pointing_mid", "which_object")})
         if "gradcam_v.pointing" not in stats:  # lla scores pairs with its sync head
             stats.update({f"gradcam_v.{k}": None for k in (*LOC, "which_object")})
     syncs = [r["sync"]["clips"] for s in runs.values() for r in s.values() if r.get("sync")]
