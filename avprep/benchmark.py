@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 import wave
@@ -280,6 +281,10 @@ def _prepare(cfg: BenchmarkConfig, out: Path) -> None:
         raise UsageError(f"{out} exists and is not empty; choose a new folder")
     for name in SPLITS:
         (out / name / "videos").mkdir(parents=True, exist_ok=True)
+        for left in (out / name).glob(".synth-*"):  # raw frames of a run that was killed
+            shutil.rmtree(left, ignore_errors=True)
+        for left in (out / name / "videos").glob(".*.tmp"):
+            left.unlink(missing_ok=True)
     description = {
         "config": cfg.to_dict(),
         "classes": classes_table(cfg.classes, cfg.silent_classes),

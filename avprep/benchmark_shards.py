@@ -13,26 +13,33 @@ from avprep.errors import UsageError
 from avprep.pipeline import shard_videos
 
 
-def benchmark_shards(out_dir: Path, *, videos: int, test_videos: int, seed: int, workers: int,
-                     frame_px: int = 112, object_px: int = 40, classes: int = 8, silent_classes: int = 0,
-                     log: Callable[[str], None] = print) -> dict[str, Path]:  # fmt: skip
-    """``avprep synth`` (``workers`` processes) then ``avprep shard`` of each split (one
-    writer, in the manifest's order) under ``out_dir`` (``bench/``, ``shards/{train,test}``),
-    each skipped when a previous run finished it (``.done``);
-    their seconds go into ``timings.json``. Returns the shard folder of each split. A
-    finished benchmark made with other settings is refused in one line (the runs and
-    features beside it belong to it)."""
+def bench_config(out_dir: Path, *, videos: int, test_videos: int, seed: int, workers: int,
+                 frame_px: int = 112, object_px: int = 40, classes: int = 8,
+                 silent_classes: int = 0) -> BenchmarkConfig:  # fmt: skip
+    """The benchmark ``out_dir/bench`` is to hold. Writes nothing; a finished benchmark made
+    with other settings is refused in one line (the runs and features beside it belong to it)."""
     bench = out_dir / "bench"
     cfg = BenchmarkConfig(out_dir=str(bench), videos=videos, test_videos=test_videos, seed=seed,
                           workers=workers, frame_size_px=frame_px, object_size_px=object_px,
                           classes=classes, silent_classes=silent_classes)  # fmt: skip
+    if (bench / ".done").exists():
+        _same_benchmark(bench, cfg)
+    return cfg
+
+
+def benchmark_shards(out_dir: Path, *, log: Callable[[str], None] = print,
+                     **settings) -> dict[str, Path]:  # fmt: skip
+    """``avprep synth`` (``settings`` as ``bench_config`` takes them) then ``avprep shard``
+    of each split (one writer, in the manifest's order) under ``out_dir`` (``bench/``,
+    ``shards/{train,test}``), each skipped when a previous run finished it (``.done``);
+    their seconds go into ``timings.json``. Returns the shard folder of each split."""
+    cfg = bench_config(out_dir, **settings)
+    bench = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     timings_path = out_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    if (bench / ".done").exists():
-        _same_benchmark(bench, cfg)
-    else:
-        log(f"evaluate: synth {videos} + {test_videos} videos")
+    if not (bench / ".done").exists():
+        log(f"evaluate: synth {cfg.videos} + {cfg.test_videos} videos")
         t0 = time.monotonic()
         make_benchmark(cfg)
         (bench / ".done").write_text("")
@@ -48,7 +55,7 @@ def benchmark_shards(out_dir: Path, *, videos: int, test_videos: int, seed: int,
         # shards' contents (and with them the training stream's order and the first clips the
         # sync 2AFC takes) changed from run to run; one writer keeps the manifest's order, and
         # the same seed gives byte-identical shards (2.5 s more for 200 videos).
-        scfg = ShardConfig(out_dir=str(shards[split]), fps=cfg.fps, short_side_px=frame_px, workers=1,
+        scfg = ShardConfig(out_dir=str(shards[split]), fps=cfg.fps, short_side_px=cfg.frame_size_px, workers=1,
                            shard_max_samples=25, quiet=True)  # fmt: skip
         report = shard_videos([str(bench / split / "manifest.jsonl")], scfg)
         if report.exit_code(strict=True) != 0:

@@ -123,7 +123,7 @@ def evaluate(
         parser=opt.arms,
         metavar="ARM,...",
         help="Comma-separated arms (default random_init, avid, cmac, cmac_no_within, shuffled_audio; "
-        "also lla).",
+        "also lla, cmac_momentum, cmac_sharp).",
     ),
     report: Path = typer.Option(
         None,
@@ -142,16 +142,24 @@ def evaluate(
                              test_videos=test_videos, steps=steps, seeds=seeds, batch_size=batch_size,
                              frame_px=size, object_px=object_size, classes=classes, silent_classes=silent_classes, crop_px=crop_px, arms=tuple(a for a in arms.split(",") if a), device=device,
                              workers=workers, sync_clips=sync_clips)  # fmt: skip
-        from avprep.benchmark_shards import benchmark_shards  # noqa: PLC0415
+        from avprep.benchmark_shards import bench_config, benchmark_shards  # noqa: PLC0415
+        from avprep.pipeline import sigterm_as_interrupt  # noqa: PLC0415
 
-        shards = benchmark_shards(out_dir, videos=cfg.videos, test_videos=cfg.test_videos,
-                                  seed=cfg.bench_seed, workers=cfg.workers, frame_px=cfg.frame_px,
-                                  object_px=cfg.object_px, classes=cfg.classes, silent_classes=cfg.silent_classes, log=lambda line: err.print(line, markup=False))  # fmt: skip
-        command = "avprep evaluate " + " ".join(
-            sys.argv[2:] if sys.argv[1:2] == ["evaluate"] else sys.argv[1:]
-        )
-        result = evaluation.evaluate(cfg, train_shards=shards["train"], test_shards=shards["test"], report_dir=report,
-                     command=command, on_event=lambda line: err.print(line, markup=False, highlight=False))  # fmt: skip
+        settings = dict(videos=cfg.videos, test_videos=cfg.test_videos, seed=cfg.bench_seed, workers=cfg.workers,
+                        frame_px=cfg.frame_px, object_px=cfg.object_px, classes=cfg.classes,
+                        silent_classes=cfg.silent_classes)  # fmt: skip
+        # Refused before anything is written: a finished benchmark of other settings first, then
+        # a folder or device it cannot use, or runs of other training settings.
+        bench_config(out_dir, **settings)
+        evaluation.prepare(cfg, report)
+        log = lambda line: err.print(line, markup=False)  # noqa: E731
+        with sigterm_as_interrupt():  # Slurm's scancel stops it as Ctrl-C does: resumable
+            shards = benchmark_shards(out_dir, log=log, **settings)
+            command = "avprep evaluate " + " ".join(
+                sys.argv[2:] if sys.argv[1:2] == ["evaluate"] else sys.argv[1:]
+            )
+            result = evaluation.evaluate(cfg, train_shards=shards["train"], test_shards=shards["test"], report_dir=report,
+                         command=command, on_event=lambda line: err.print(line, markup=False, highlight=False))  # fmt: skip
         failed = [c["claim"] for c in result.results["checks"] if not c["holds"]]
         out.print(f"evaluate: {result.report_dir / 'RESULTS.md'}; {len(result.results['checks']) - len(failed)} "
                   f"of {len(result.results['checks'])} pre-registered outcomes hold"

@@ -14,6 +14,7 @@ import torch
 from conftest import read_shards, run_cli
 
 from cmac_core.config import ConfigError, preset
+from cmac_core.evaluate import folder
 from cmac_core.evaluate import localization as loc
 from cmac_core.evaluate.arms import ArmError, arm, derangement, shuffled_audio_copy
 from cmac_core.evaluate.config import EvaluateConfig
@@ -345,6 +346,10 @@ def test_evaluate_quick_end_to_end(tmp_path):
     assert "training" not in again.stderr  # a rerun reuses every finished arm
     assert "2AFC" not in again.stderr and "features of" not in again.stderr
     assert json.loads((out / "report" / "results.json").read_text())["arms"] == results["arms"]
+    # trained for 4 steps: a rerun that says 5 would report them under the wrong settings
+    other = run_cli(*args, "--steps", "5", check=False)
+    assert other.returncode == 2 and "made with --steps 4, not 5" in other.stderr
+    assert json.loads((out / "evaluate.json").read_text())["steps"] == 4
     # the folder's benchmark is 112 px: one of another size is refused before anything runs
     other = run_cli(*args, "--size", "160", check=False)
     assert other.returncode == 2 and "Traceback" not in other.stderr
@@ -370,6 +375,56 @@ def test_evaluate_refuses_a_benchmark_synth_would_refuse_before_writing(tmp_path
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tmp}/afile"], "{tmp}/afile is a file, not a folder"),
+        (["{tmp}/afile/sub"], "cannot write to {tmp}/afile/sub: {tmp}/afile is a file"),
+        (["{tmp}/ev", "--report", "{tmp}/afile"], "{tmp}/afile is a file, not a folder"),
+        (["{tmp}/ev", "--report", "{tmp}/afile/r"], "cannot write to {tmp}/afile/r: {tmp}/afile is a file"),
+        (["{tmp}/junk"], "{tmp}/junk is not empty and holds no avprep evaluate run; choose a new folder"),
+        (["{tmp}/ev", "--crop-px", "128"], "--crop-px 128 is larger than the frames (--size 112)"),
+        (["{tmp}/ev", "--arms", "avid,cmac,avid"], "--arms names avid twice"),
+        (["{tmp}/ev", "--size", "16"], "--size must be an integer in 64..512, got 16"),
+    ],
+)
+def test_evaluate_refuses_a_folder_it_cannot_use_before_writing(tmp_path, args, message):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = run_cli("evaluate", *args, "--quick", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["avprep: error: " + message.replace("{tmp}", str(tmp_path))]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA has the device")
+def test_evaluate_refuses_a_cuda_device_that_is_not_here(tmp_path):
+    proc = run_cli("evaluate", str(tmp_path / "ev"), "--quick", "--device", "cuda", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "avprep: error: --device cuda: no CUDA device is available here"
+    assert not (tmp_path / "ev").exists()
+
+
+def test_a_folder_from_before_the_settings_record_is_checked_against_its_runs(tmp_path):
+    """A folder without evaluate.json: its runs' config.json say how they were trained."""
+    out = tmp_path / "ev"
+    (out / "runs" / "avid-s0").mkdir(parents=True)
+    (out / "runs" / "avid-s0" / "config.json").write_text(json.dumps(
+        {"optim": {"steps": 300, "batch_size": 16}, "data": {"crop_px": 112}}))  # fmt: skip
+    cpu = torch.device("cpu")
+    folder.check(EvaluateConfig(out_dir=str(out)), cpu)  # the same settings: fine
+    with pytest.raises(folder.FolderError, match="made with --steps 300, not 50"):
+        folder.check(EvaluateConfig(out_dir=str(out), steps=50), cpu)
+    folder.record(EvaluateConfig(out_dir=str(out)), cpu)
+    assert json.loads((out / "evaluate.json").read_text()) == {
+        "preset": "tiny", "steps": 300, "batch_size": 16, "crop_px": 112}  # fmt: skip
+    with pytest.raises(folder.FolderError, match="made with --config tiny, not base"):
+        folder.check(EvaluateConfig(out_dir=str(out), preset="base"), cpu)
 
 
 def test_evaluate_sizes_follow_the_benchmark_frame():

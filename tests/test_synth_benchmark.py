@@ -251,8 +251,13 @@ def test_a_folder_is_remade_only_with_its_own_settings(tmp_path):
     make_benchmark(cfg)
     video = out / "train" / "videos" / "train-00000.mp4"
     first = video.read_bytes()
-    make_benchmark(cfg)  # the same settings: made again, the same bytes
+    left = out / "train" / ".synth-killed"  # the raw frames of a run that was killed
+    left.mkdir()
+    (left / "0.rgb").write_bytes(b"frames")
+    (out / "train" / "videos" / ".train-00000.mp4.tmp").write_bytes(b"half")
+    make_benchmark(cfg)  # the same settings: made again, the same bytes, nothing left over
     assert video.read_bytes() == first
+    assert sorted(p.name for p in (out / "train").rglob("*")) == ["manifest.jsonl", "train-00000.mp4", "videos"]
     with pytest.raises(UsageError, match="made with other settings"):
         make_benchmark(BenchmarkConfig(str(out), videos=1, test_videos=0, seed=1, workers=1))
     (tmp_path / "other").mkdir()

@@ -33,8 +33,8 @@ _BOUNDS = {  # field -> (lowest, highest)
     "steps": (1, 10_000_000),
     "seeds": (1, 100),
     "batch_size": (2, 65536),
+    "frame_px": (64, 512),  # before crop_px, which defaults to it
     "crop_px": (32, 1024),
-    "frame_px": (64, 512),
     "object_px": (32, 256),
     "classes": (2, 8),
     "silent_classes": (0, 6),
@@ -99,9 +99,22 @@ class EvaluateConfig:
         if self.crop_px % 16:
             raise ConfigError(f"crop_px must be a multiple of 16 (the grid), got {self.crop_px}",
                               cli=f"--crop-px must be a multiple of 16 (the grid), got {self.crop_px}")  # fmt: skip
+        if self.crop_px > self.frame_px:
+            raise ConfigError(f"crop_px {self.crop_px} is larger than the frames ({self.frame_px} px)",
+                              cli=f"--crop-px {self.crop_px} is larger than the frames (--size {self.frame_px})")  # fmt: skip
+        if len(set(self.arms)) < len(self.arms):
+            twice = sorted({a for a in self.arms if self.arms.count(a) > 1})
+            raise ConfigError(f"arms named twice: {', '.join(twice)}",
+                              cli=f"--arms names {', '.join(twice)} twice")  # fmt: skip
         if self.batch_size > self.videos:
             raise ConfigError(f"batch_size {self.batch_size} is more than videos {self.videos}",
                               cli=f"--batch-size {self.batch_size} is more than --videos {self.videos}")  # fmt: skip
+
+    def preset_name(self, device_type: str) -> str:
+        """The preset the arms train with: ``auto`` is base on a GPU, tiny elsewhere."""
+        if self.preset != "auto":
+            return self.preset
+        return "base" if device_type == "cuda" else "tiny"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -10,6 +10,7 @@ import avprep's synthesis or sharding) and writes under ``cfg.out_dir``::
     features/{arm}-s{seed}-sync.json     the synchronization 2AFC on the first
                                  ``cfg.sync_clips`` test clips (``cmac_core.sync_2afc``)
     timings.json                 seconds per stage, as measured when the stage ran
+    evaluate.json                the training settings the runs belong to (folder.py)
 
 Resumable: a finished run, shuffled copy, feature or 2AFC file is reused, never redone
 (a feature file without today's truth arrays is made again); a run cut short goes on from
@@ -28,7 +29,8 @@ from pathlib import Path
 import torch
 
 from cmac_core.config import PretrainConfig, preset
-from cmac_core.evaluate import features
+from cmac_core.distributed import wants_cuda
+from cmac_core.evaluate import features, folder
 from cmac_core.evaluate.arms import Arm, arm, shuffled_audio_copy
 from cmac_core.evaluate.config import EvaluateConfig
 from cmac_core.evaluate.summary import summarize
@@ -43,9 +45,16 @@ class EvaluateResult:
 
 
 def device_of(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``auto``: CUDA when present; a named CUDA device that is not here: DeviceError."""
+    if not wants_cuda(name):
+        return torch.device("cpu")
+    return torch.device("cuda" if name == "auto" else name)
+
+
+def prepare(cfg: EvaluateConfig, report_dir: str | Path | None = None) -> None:
+    """Refuse, in one line and before anything is written, a device that is not here or a
+    folder that is not this evaluation's (``folder.check``)."""
+    folder.check(cfg, device_of(cfg.device), None if report_dir is None else Path(report_dir))
 
 
 # The benchmark's augmentation, for every arm alike: a class is a colour and a shape at one
@@ -60,8 +69,7 @@ def train_config(cfg: EvaluateConfig, a: Arm, seed: int, device: torch.device) -
     """The arm's pretraining config: the preset of the arm's method (base on a GPU with
     ``auto``; lla's has its own clip length and co-attention, ``config.LLA_CHANGES``) at
     the evaluation's crop, batch and steps, ``BENCHMARK_AUGMENT``, the arm's negatives, the seed."""
-    name = cfg.preset if cfg.preset != "auto" else ("base" if device.type == "cuda" else "tiny")
-    c = preset(name, method=a.method)
+    c = preset(cfg.preset_name(device.type), method=a.method)
     c = c.replace("data", crop_px=cfg.crop_px, **BENCHMARK_AUGMENT)
     c = c.replace(
         "loss", within_modal_negatives=a.within_modal_negatives, target_momentum=a.target_momentum
@@ -96,9 +104,10 @@ def evaluate(cfg: EvaluateConfig, *, train_shards: str | Path, test_shards: str 
 
     say = on_event or (lambda _: None)
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    timings = Timings(out / "timings.json")
     device = device_of(cfg.device)
+    folder.check(cfg, device, None if report_dir is None else Path(report_dir))
+    folder.record(cfg, device)
+    timings = Timings(out / "timings.json")
     shuffled = out / "shards" / "train_shuffled"
     if any(arm(n).shuffled_audio for n in cfg.arms) and not (shuffled / ".done").exists():
         t0 = time.monotonic()
