@@ -277,8 +277,13 @@ def _prepare(cfg: BenchmarkConfig, out: Path) -> None:
             raise UsageError(
                 f"{out} holds a benchmark made with other settings; choose another folder"
             )
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file, not a folder")
+    elif out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} exists and is not empty; choose a new folder")
+    on_the_way = next((p for p in out.parents if p.exists()), None)
+    if on_the_way is not None and not on_the_way.is_dir():
+        raise UsageError(f"cannot write to {out}: {on_the_way} is a file")
     for name in SPLITS:
         (out / name / "videos").mkdir(parents=True, exist_ok=True)
         for left in (out / name).glob(".synth-*"):  # raw frames of a run that was killed

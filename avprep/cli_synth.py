@@ -12,6 +12,7 @@ import typer
 from avprep import cli_options as opt
 from avprep.cli_embed import run_localize
 from avprep.cli_messages import import_for, one_line_errors, out
+from avprep.errors import UsageError
 
 
 def synth(
@@ -46,6 +47,9 @@ def synth(
     """A synthetic audio-visual benchmark: videos whose sounding object, class and box are known."""
     with one_line_errors():
         from avprep.benchmark import BenchmarkConfig, make_benchmark  # noqa: PLC0415
+
+        if workers < 0:
+            raise UsageError(f"--workers must be in 0..64 (0: one per CPU core), got {workers}")
 
         cfg = BenchmarkConfig(out_dir=str(out_dir), videos=videos, test_videos=test_videos, seed=seed,
                               objects=objects, classes=classes, silent_classes=silent_classes, noise=noise, silence=silence,

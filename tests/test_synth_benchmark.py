@@ -236,6 +236,7 @@ def test_box_lookup_is_the_frame_on_display():
         (["--objects", "3", "--classes", "4", "--silent-classes", "1"],
          "--silent-classes (1) must be at least --objects - 1 (2)"),
         (["--silent-classes", "7"], "--silent-classes must be in 0..6"),
+        (["--workers", "-1"], "--workers must be in 0..64 (0: one per CPU core), got -1"),
     ],
 )
 def test_bad_knobs_are_one_line(tmp_path, args, message):
@@ -264,6 +265,9 @@ def test_a_folder_is_remade_only_with_its_own_settings(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     proc = run_cli("synth", str(tmp_path / "other"), "--videos", "1", check=False)
     assert proc.returncode == 2 and "is not empty" in proc.stderr
+    for where, message in (("notes.txt", "is a file, not a folder"), ("notes.txt/b", "notes.txt is a file")):
+        proc = run_cli("synth", str(tmp_path / "other" / where), "--videos", "1", check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
 
 
 def test_silent_classes_are_only_ever_distractors(tmp_path):
