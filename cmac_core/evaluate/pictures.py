@@ -17,14 +17,22 @@ from cmac_core.localize import overlay
 INK, FAINT, BG, BOX = (30, 30, 30), (200, 200, 200), (255, 255, 255), (0, 230, 80)
 SEED_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
                 (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
-PANEL_W, PANEL_H, MARGIN = 300, 180, 36
-LEGEND_PER_ROW, LEGEND_ROW_H = 6, 14  # seed labels under each panel, below the step axis
+PANEL_W, PANEL_H, MARGIN = 300, 180, 52
+LEGEND_PER_ROW, LEGEND_ROW_H = 6, 16  # seed labels under each panel, below the step axis
+FONT_PX = 12  # Pillow's default font: at its own size (10) it drops the spaces
+
+
+def _font() -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=FONT_PX)
+    except TypeError:  # Pillow < 10.1: a fixed-size bitmap font
+        return ImageFont.load_default()
 
 
 def curves(metrics: dict[str, dict[int, list[dict]]], *, key: str = "loss") -> Image.Image:
     """``{arm: {seed: metrics.jsonl records}}`` -> one panel per arm with records."""
     arms = {a: s for a, s in metrics.items() if any(s.values())}
-    font = ImageFont.load_default()
+    font = _font()
     n_seeds = max((len(s) for s in arms.values()), default=1)
     rows = -(-n_seeds // LEGEND_PER_ROW)
     img = Image.new("RGB", (max(1, len(arms)) * (PANEL_W + MARGIN) + MARGIN,
@@ -39,7 +47,7 @@ def curves(metrics: dict[str, dict[int, list[dict]]], *, key: str = "loss") -> I
     for i, (name, seeds) in enumerate(arms.items()):
         x0, y0 = MARGIN + i * (PANEL_W + MARGIN), MARGIN
         draw.rectangle([x0, y0, x0 + PANEL_W, y0 + PANEL_H], outline=FAINT)
-        draw.text((x0, y0 - 14), f"{name}: {key} vs step", fill=INK, font=font)
+        draw.text((x0, y0 - 18), f"{name}: {key} vs step", fill=INK, font=font)
         last = max((r["step"] for recs in seeds.values() for r in recs), default=1)
         for seed, recs in sorted(seeds.items()):
             pts = [(x0 + PANEL_W * r["step"] / max(last, 1),
@@ -47,12 +55,12 @@ def curves(metrics: dict[str, dict[int, list[dict]]], *, key: str = "loss") -> I
             if len(pts) > 1:
                 draw.line(pts, fill=SEED_COLOURS[seed % len(SEED_COLOURS)], width=2)
             row, col = divmod(seed, LEGEND_PER_ROW)
-            draw.text((x0 + 4 + 50 * col, y0 + PANEL_H + 4 + LEGEND_ROW_H * (row + 1)), f"seed {seed}",
+            draw.text((x0 + 4 + 50 * col, y0 + PANEL_H + 6 + LEGEND_ROW_H * (row + 1)), f"seed {seed}",
                       fill=SEED_COLOURS[seed % len(SEED_COLOURS)], font=font)  # fmt: skip
-        draw.text((x0 - MARGIN + 2, y0), f"{hi:.2f}", fill=INK, font=font)
-        draw.text((x0 - MARGIN + 2, y0 + PANEL_H - 10), f"{lo:.2f}", fill=INK, font=font)
+        draw.text((x0 - 4, y0), f"{hi:.2f}", fill=INK, font=font, anchor="ra")  # right-aligned
+        draw.text((x0 - 4, y0 + PANEL_H), f"{lo:.2f}", fill=INK, font=font, anchor="rd")
         draw.text((x0, y0 + PANEL_H + 4), "0", fill=INK, font=font)
-        draw.text((x0 + PANEL_W - 30, y0 + PANEL_H + 4), f"{last}", fill=INK, font=font)
+        draw.text((x0 + PANEL_W, y0 + PANEL_H + 4), f"{last}", fill=INK, font=font, anchor="ra")
     return img
 
 
@@ -71,8 +79,8 @@ def map_grid(frames: np.ndarray, boxes: np.ndarray, rows: dict[str, np.ndarray],
     """``frames [k, H, W, 3]``, ``boxes [k, 4]``, ``{row label: maps [>=k, H, W]}``."""
     k = len(frames)
     shape = frames.shape[1:3]
-    label_w = 130
-    font = ImageFont.load_default()
+    font = _font()
+    label_w = 12 + max(int(font.getlength(label)) for label in ("frame + true box", *rows))
     img = Image.new("RGB", (label_w + k * (tile_px + 4), (len(rows) + 1) * (tile_px + 4)), BG)
     draw = ImageDraw.Draw(img)
     all_rows = {"frame + true box": None, **rows}
