@@ -162,7 +162,12 @@ def markdown(results: dict) -> str:
     out += ["", "## Where the time went (seconds, as measured when each stage ran)", "",
             "| stage | s |", "|---|---|"]  # fmt: skip
     out += [f"| {k} | {v} |" for k, v in results["timings_s"].items()]
-    out += ["", "![training curves](results_curves.png)", "", "![maps](results_maps.png)", ""]
+    out += ["", "![training curves](results_curves.png)", "",
+            "Training loss against the step: a panel per trained arm, all on one scale, a line "
+            "per seed.", "", "![maps](results_maps.png)", "",
+            "The first seed's maps on the first test clips: a row per arm and map (β, α, "
+            "Grad-CAM), each blended over the frame in warm colours scaled to its own maximum "
+            "(no shared scale); green: the sounding object's box over the clip.", ""]  # fmt: skip
     return "\n".join(out)
 
 
