@@ -45,6 +45,9 @@ def one_line_errors():
         err.print("avprep: interrupted; run the same command again to resume", markup=False)
         raise typer.Exit(130) from None
     except Exception as e:
+        if _while_interrupted(e):  # e.g. a loader worker that the same SIGTERM stopped
+            err.print("avprep: interrupted; run the same command again to resume", markup=False)
+            raise typer.Exit(130) from None
         known = cmac_error(e)
         if known is not None:
             _say(getattr(known, "cli", None) or last_line(known))  # the CLI's wording, if any
@@ -53,6 +56,19 @@ def one_line_errors():
         else:
             raise
         raise typer.Exit(2) from None
+
+
+def _while_interrupted(e: BaseException) -> bool:
+    """Whether ``e`` was raised while an interrupt (Ctrl-C, or SIGTERM turned into one) was
+    being handled: it is part of the stop, not a failure of its own."""
+    seen = set()
+    x = e.__context__
+    while x is not None and id(x) not in seen:
+        if isinstance(x, KeyboardInterrupt):
+            return True
+        seen.add(id(x))
+        x = x.__context__
+    return False
 
 
 def _say(message: str) -> None:

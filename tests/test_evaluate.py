@@ -6,7 +6,12 @@ video, nothing lost); and, marked slow, the whole protocol at --quick size."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -425,6 +430,33 @@ def test_a_folder_from_before_the_settings_record_is_checked_against_its_runs(tm
         "preset": "tiny", "steps": 300, "batch_size": 16, "crop_px": 112}  # fmt: skip
     with pytest.raises(folder.FolderError, match="made with --config tiny, not base"):
         folder.check(EvaluateConfig(out_dir=str(out), preset="base"), cpu)
+
+
+@pytest.mark.slow
+def test_evaluate_stopped_by_sigterm_resumes_without_redoing_anything(tmp_path):
+    """Slurm's scancel (SIGTERM to the job's processes) mid-training: a one-line message and
+    exit 130, then the same command goes on from the run's last checkpoint, redoing no
+    finished stage, and the run logs every step once."""
+    out = tmp_path / "ev"
+    args = ["evaluate", str(out), "--quick", "--videos", "16", "--test-videos", "8", "--steps", "8",
+            "--batch-size", "8", "--sync-clips", "4", "--arms", "random_init,avid"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "avprep", *args], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 600
+    while not (out / "runs" / "avid-s0" / "step-2.pt").exists() and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoint in 10 minutes"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    said = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, said
+    assert said.strip().splitlines()[-1] == "avprep: interrupted; run the same command again to resume"
+    again = run_cli(*args, timeout=600)
+    assert "synth" not in again.stderr and "shard" not in again.stderr
+    assert "features of random_init-s0" not in again.stderr
+    assert "training avid-s0" in again.stderr
+    steps = [json.loads(line)["step"]
+             for line in (out / "runs" / "avid-s0" / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+    assert steps == list(range(1, 9)), steps
 
 
 def test_evaluate_sizes_follow_the_benchmark_frame():
