@@ -130,6 +130,12 @@ class BenchmarkConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def content_of(cls, made: dict[str, Any]) -> dict[str, Any]:
+        """``content_dict`` of a ``benchmark.json``'s config; a setting it lacks (written
+        before the setting existed) holds its default."""
+        return cls.from_dict({**made, "out_dir": "", "workers": 1}).content_dict()
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchmarkConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
@@ -268,9 +274,8 @@ def _prepare(cfg: BenchmarkConfig, out: Path) -> None:
             old = json.loads(settings.read_text())["config"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UsageError(f"{settings} is not readable as a benchmark description: {e}") from e
-        try:  # a benchmark.json from before a setting existed holds its default
-            theirs = BenchmarkConfig.from_dict({**old, "out_dir": cfg.out_dir})
-            same = theirs.content_dict() == cfg.content_dict()
+        try:
+            same = BenchmarkConfig.content_of(old) == cfg.content_dict()
         except (UsageError, TypeError):
             same = False
         if not same:

@@ -27,13 +27,13 @@ def bench_config(out_dir: Path, *, videos: int, test_videos: int, seed: int, wor
     return cfg
 
 
-def benchmark_shards(out_dir: Path, *, log: Callable[[str], None] = print,
-                     **settings) -> dict[str, Path]:  # fmt: skip
-    """``avprep synth`` (``settings`` as ``bench_config`` takes them) then ``avprep shard``
-    of each split (one writer, in the manifest's order) under ``out_dir`` (``bench/``,
-    ``shards/{train,test}``), each skipped when a previous run finished it (``.done``);
-    their seconds go into ``timings.json``. Returns the shard folder of each split."""
-    cfg = bench_config(out_dir, **settings)
+def benchmark_shards(out_dir: Path, cfg: BenchmarkConfig, *,
+                     log: Callable[[str], None] = print) -> dict[str, Path]:  # fmt: skip
+    """``avprep synth`` of ``cfg`` (from ``bench_config``, which checked it against a
+    finished benchmark) then ``avprep shard`` of each split (one writer, in the manifest's
+    order) under ``out_dir`` (``bench/``, ``shards/{train,test}``), each skipped when a
+    previous run finished it (``.done``); their seconds go into ``timings.json``. Returns
+    the shard folder of each split."""
     bench = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     timings_path = out_dir / "timings.json"
@@ -72,7 +72,7 @@ def _same_benchmark(bench: Path, cfg: BenchmarkConfig) -> None:
     """UsageError naming the first setting where ``bench`` (finished) differs from ``cfg``."""
     try:
         made = json.loads((bench / "benchmark.json").read_text())["config"]
-        theirs = BenchmarkConfig.from_dict({**made, "workers": cfg.workers}).content_dict()
+        theirs = BenchmarkConfig.content_of(made)
     except (OSError, ValueError, KeyError, TypeError, UsageError) as e:
         raise UsageError(f"{bench}: a finished benchmark without a readable benchmark.json ({e}); "
                          "use a new folder") from e  # fmt: skip

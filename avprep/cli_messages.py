@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 from types import ModuleType
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -42,12 +43,10 @@ def one_line_errors():
         _say(str(e))
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
-        err.print("avprep: interrupted; run the same command again to resume", markup=False)
-        raise typer.Exit(130) from None
+        _stopped()
     except Exception as e:
         if _while_interrupted(e):  # e.g. a loader worker that the same SIGTERM stopped
-            err.print("avprep: interrupted; run the same command again to resume", markup=False)
-            raise typer.Exit(130) from None
+            _stopped()
         known = cmac_error(e)
         if known is not None:
             _say(getattr(known, "cli", None) or last_line(known))  # the CLI's wording, if any
@@ -56,6 +55,11 @@ def one_line_errors():
         else:
             raise
         raise typer.Exit(2) from None
+
+
+def _stopped() -> NoReturn:
+    err.print("avprep: interrupted; run the same command again to resume", markup=False)
+    raise typer.Exit(130) from None
 
 
 def _while_interrupted(e: BaseException) -> bool:

@@ -145,16 +145,15 @@ def evaluate(
         from avprep.benchmark_shards import bench_config, benchmark_shards  # noqa: PLC0415
         from avprep.pipeline import sigterm_as_interrupt  # noqa: PLC0415
 
-        settings = dict(videos=cfg.videos, test_videos=cfg.test_videos, seed=cfg.bench_seed, workers=cfg.workers,
-                        frame_px=cfg.frame_px, object_px=cfg.object_px, classes=cfg.classes,
-                        silent_classes=cfg.silent_classes)  # fmt: skip
         # Refused before anything is written: a finished benchmark of other settings first, then
         # a folder or device it cannot use, or runs of other training settings.
-        bench_config(out_dir, **settings)
+        bench = bench_config(out_dir, videos=cfg.videos, test_videos=cfg.test_videos, seed=cfg.bench_seed,
+                             workers=cfg.workers, frame_px=cfg.frame_px, object_px=cfg.object_px,
+                             classes=cfg.classes, silent_classes=cfg.silent_classes)  # fmt: skip
         evaluation.prepare(cfg, report)
         log = lambda line: err.print(line, markup=False)  # noqa: E731
         with sigterm_as_interrupt():  # Slurm's scancel stops it as Ctrl-C does: resumable
-            shards = benchmark_shards(out_dir, log=log, **settings)
+            shards = benchmark_shards(out_dir, bench, log=log)
             command = "avprep evaluate " + " ".join(
                 sys.argv[2:] if sys.argv[1:2] == ["evaluate"] else sys.argv[1:]
             )

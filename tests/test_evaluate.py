@@ -1,17 +1,13 @@
-"""avprep evaluate: the measures on hand-made maps, boxes and features whose answers are
-known; the video-only probe's ceiling on hand-made truth; the lla arm's config; the
-shuffled-audio control's shards (real avprep shards, every spectrogram moved to another
-video, nothing lost); and, marked slow, the whole protocol at --quick size."""
+"""avprep evaluate: the arms' configs (lla, the target arms); the report (table, probe
+ceiling, paired differences, checks, curves); the shuffled-audio control's shards (real
+avprep shards, every spectrogram moved to another video, nothing lost); the benchmark's
+shards; and, marked slow, the whole protocol at --quick size. The measures are in
+test_evaluate_measures.py, the folder and stopping in test_evaluate_folder.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import tarfile
-import time
 
 import numpy as np
 import pytest
@@ -19,142 +15,10 @@ import torch
 from conftest import read_shards, run_cli
 
 from cmac_core.config import ConfigError, preset
-from cmac_core.evaluate import folder
-from cmac_core.evaluate import localization as loc
 from cmac_core.evaluate.arms import ArmError, arm, derangement, shuffled_audio_copy
 from cmac_core.evaluate.config import EvaluateConfig
-from cmac_core.evaluate.features import clip_box, visible_classes
-from cmac_core.evaluate.probes import probe_accuracy, roc_auc, video_probe_ceiling
 from cmac_core.evaluate.protocol import BENCHMARK_AUGMENT, train_config
 from cmac_core.evaluate.report import _other_boxes, _probe_ceiling, table
-from cmac_core.evaluate.retrieval import recall_at_1
-
-SHAPE = (20, 20)
-BOX = (4, 4, 8, 8)  # c0, r0, c1, r1: 16 pixels
-
-
-def _blob(box, shape=SHAPE, *, value=1.0) -> np.ndarray:
-    m = np.zeros(shape, np.float32)
-    c0, r0, c1, r1 = box
-    m[r0:r1, c0:c1] = value
-    return m
-
-
-def test_pointing_is_the_peak_inside_the_box():
-    m = _blob(BOX) * 0.5
-    m[5, 6] = 1.0  # row 5, column 6: inside
-    assert loc.pointing(m, BOX) == 1.0
-    m[15, 15] = 2.0  # a higher peak outside
-    assert loc.pointing(m, BOX) == 0.0
-    edge = np.zeros(SHAPE)
-    edge[4, 8] = 1.0  # column 8 is the box's exclusive end
-    assert loc.pointing(edge, BOX) == 0.0
-
-
-def test_which_object_compares_the_map_inside_each_object():
-    m = np.zeros((8, 8), np.float32)
-    m[0:2, 0:2] = 1.0  # on the sounding object
-    m[6:8, 6:8] = 0.5
-    sounding, silent = (0, 0, 2, 2), (6, 6, 8, 8)
-    assert loc.which_object(m, sounding, [silent]) == 1.0
-    assert loc.which_object(m, silent, [sounding]) == 0.0
-    assert loc.which_object(m, sounding, [silent, (0, 0, 2, 2)]) == 0.0  # a tie is not a win
-    flat = np.ones((8, 8), np.float32)
-    assert loc.which_object(flat, sounding, [silent]) == 0.0
-
-
-def test_the_clip_box_holds_the_object_at_every_frame():
-    assert clip_box([(10, 20, 50, 60), (14, 18, 54, 58), (18, 16, 58, 56)]) == (10, 16, 58, 60)
-    assert clip_box([(3, 4, 5, 6)]) == (3, 4, 5, 6)
-
-
-def test_size_aware_iou_keeps_as_many_pixels_as_the_box_has():
-    assert loc.size_aware_iou(_blob(BOX), BOX) == 1.0
-    assert loc.size_aware_iou(_blob((12, 12, 16, 16)), BOX) == 0.0
-    shifted = _blob((6, 4, 10, 8))  # half the box: 8 shared pixels of 16 + 16 - 8
-    assert loc.size_aware_iou(shifted, BOX) == pytest.approx(8 / 24)
-    # A big box is not penalised for the map's spread: ranking is all that counts.
-    big = (0, 0, 10, 20)
-    ramp = np.tile(np.arange(20, 0, -1, dtype=np.float32), (20, 1))  # decreasing to the right
-    assert loc.size_aware_iou(ramp, big) == 1.0
-
-
-def test_ciou_flags_half_the_map_and_its_ceiling():
-    half = (0, 0, 10, 20)  # exactly half the frame
-    assert loc.ciou(_blob(half), half) == 1.0
-    assert loc.ciou_ceiling(half, SHAPE) == 1.0
-    # A 16-pixel box can share at most 16 of 200 flagged pixels: 16 / 200.
-    assert loc.ciou(_blob(BOX), BOX) == pytest.approx(16 / 200)
-    assert loc.ciou_ceiling(BOX, SHAPE) == pytest.approx(16 / 200)
-    assert loc.ciou(_blob((10, 0, 20, 20)), half) == 0.0
-
-
-def test_success_rate_and_auc():
-    cious = np.array([0.0, 0.25, 0.5, 1.0])
-    assert loc.success_rate(cious) == 0.5
-    assert loc.auc(np.ones(5)) == pytest.approx(1.0)
-    assert loc.auc(np.zeros(5)) == pytest.approx(0.025)  # success at 0 only: half a strip
-    # Each clip of cIoU c adds c (the thresholds it passes, integrated); trapezoids on a
-    # 0.05 grid give exactly that for c on the grid.
-    assert loc.auc(np.array([0.5, 0.25])) == pytest.approx((0.5 + 0.25) / 2 + 0.05 / 2)
-
-
-def test_centre_prior_peaks_at_the_centre_and_measure_averages():
-    prior = loc.centre_prior(SHAPE)
-    assert np.unravel_index(prior.argmax(), SHAPE) in {(9, 9), (9, 10), (10, 9), (10, 10)}
-    figures = loc.measure([prior, prior], [(8, 8, 12, 12), (0, 0, 4, 4)])
-    assert figures["pointing"] == 0.5
-    assert figures["size_aware_iou"] == pytest.approx(0.5)
-    with pytest.raises(ValueError):
-        loc.measure([prior], [])
-
-
-def test_probe_separable_features_vs_random():
-    rng = np.random.default_rng(0)
-    k, n = 4, 200
-    y_train, y_test = rng.integers(0, k, n), rng.integers(0, k, n)
-    centres = rng.normal(0, 5, (k, 16))
-    x_train = centres[y_train] + rng.normal(0, 1, (n, 16))
-    x_test = centres[y_test] + rng.normal(0, 1, (n, 16))
-    assert probe_accuracy(x_train, y_train, x_test, y_test, n_classes=k) >= 0.95
-    noise_train, noise_test = rng.normal(size=(n, 16)), rng.normal(size=(n, 16))
-    acc = probe_accuracy(noise_train, y_train, noise_test, y_test, n_classes=k)
-    assert abs(acc - 1 / k) < 0.12  # chance, within sampling error of 200 clips
-    assert probe_accuracy(x_train, y_train, x_test, y_test, n_classes=k) == probe_accuracy(
-        x_train, y_train, x_test, y_test, n_classes=k
-    )  # deterministic
-
-
-def test_roc_auc_counts_every_positive_negative_pair():
-    rng = np.random.default_rng(1)
-    scores = rng.integers(0, 5, 300).astype(float)  # many ties
-    labels = rng.random(300) < 0.2
-    pos, neg = scores[labels], scores[~labels]
-    pairs = (pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()
-    assert roc_auc(scores, labels) == pytest.approx(pairs)
-    assert roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
-    with pytest.raises(ValueError):
-        roc_auc([1.0, 2.0], [1, 1])
-
-
-def _truth(sounding: int, *others: int, n_classes: int = 8) -> dict:
-    return {"class_index": sounding, "n_classes": n_classes,
-            "distractors": [{"class_index": c} for c in others]}  # fmt: skip
-
-
-def test_video_probe_ceiling_is_one_over_the_distinct_visible_classes():
-    assert visible_classes(_truth(3, 5)) == 2
-    assert visible_classes(_truth(3, 3)) == 1  # the same class twice: the video tells it
-    assert visible_classes(_truth(0, 1, 1)) == 2
-    assert visible_classes(_truth(7)) == 1
-    # classes that never sound (avprep synth --silent-classes) cannot be the label
-    assert visible_classes(_truth(1, 5, n_classes=4)) == 1
-    assert visible_classes(_truth(1, 2, 6, n_classes=4)) == 2
-    assert video_probe_ceiling([visible_classes(_truth(3, 5))]) == 0.5
-    assert video_probe_ceiling([visible_classes(_truth(3, 3))]) == 1.0
-    assert video_probe_ceiling([2, 1, 4, 4]) == pytest.approx((0.5 + 1 + 0.25 + 0.25) / 4)
-    with pytest.raises(ValueError):
-        video_probe_ceiling([])
 
 
 def test_the_lla_arm_trains_with_lla_preset_at_the_evaluation_sizes(tmp_path):
@@ -226,16 +90,6 @@ def test_report_names_arms_whose_boxes_are_not_the_baselines():
     assert "boxes of random_init's clips" in text and "lla uses clips of another length" in text
 
 
-def test_recall_at_1_identical_vs_shuffled_pairs():
-    rng = np.random.default_rng(1)
-    z = rng.normal(size=(100, 32))
-    assert recall_at_1(z, z) == 1.0
-    assert recall_at_1(z, z * 3.0) == 1.0  # cosine: scale does not matter
-    assert recall_at_1(z, z[derangement(100, rng)]) == 0.0
-    with pytest.raises(ValueError):
-        recall_at_1(z, z[:10])
-
-
 def test_derangement_moves_every_index():
     for n in (2, 3, 10, 101):
         p = derangement(n, np.random.default_rng(n))
@@ -278,10 +132,11 @@ def test_the_benchmark_shards_are_the_same_for_the_same_seed(tmp_path):
     """Several shard writers race for videos (run to run, a video lands in another shard), and
     the training stream's order follows the shards: the benchmark is sharded by one writer,
     in the manifest's order, the same twice (all but input_key, which names the folder)."""
-    from avprep.benchmark_shards import benchmark_shards
+    from avprep.benchmark_shards import bench_config, benchmark_shards
 
-    made = [benchmark_shards(tmp_path / name, videos=8, test_videos=2, seed=5, workers=2,
-                             log=lambda _: None) for name in ("a", "b")]  # fmt: skip
+    made = [benchmark_shards(tmp_path / name, bench_config(tmp_path / name, videos=8, test_videos=2, seed=5,
+                                                           workers=2), log=lambda _: None)
+            for name in ("a", "b")]  # fmt: skip
     for split, n in (("train", 8), ("test", 2)):
         members = [_members(m[split]) for m in made]
         assert members[0] == members[1]
@@ -362,101 +217,6 @@ def test_evaluate_quick_end_to_end(tmp_path):
         f"avprep: error: {out} holds a benchmark made with --size 112, not 160: use a new "
         "folder (its runs and features belong to it)"
     ]
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (
-            ["--classes", "6", "--silent-classes", "4"],
-            "--classes 6 plus --silent-classes 4 is more than the 8",
-        ),
-        (["--silent-classes", "9"], "--silent-classes must be an integer in 0..6, got 9"),
-    ],
-)
-def test_evaluate_refuses_a_benchmark_synth_would_refuse_before_writing(tmp_path, args, message):
-    proc = run_cli("evaluate", str(tmp_path / "ev"), "--quick", *args, check=False)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert not (tmp_path / "ev").exists()
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["{tmp}/afile"], "{tmp}/afile is a file, not a folder"),
-        (["{tmp}/afile/sub"], "cannot write to {tmp}/afile/sub: {tmp}/afile is a file"),
-        (["{tmp}/ev", "--report", "{tmp}/afile"], "{tmp}/afile is a file, not a folder"),
-        (["{tmp}/ev", "--report", "{tmp}/afile/r"], "cannot write to {tmp}/afile/r: {tmp}/afile is a file"),
-        (["{tmp}/junk"], "{tmp}/junk is not empty and holds no avprep evaluate run; choose a new folder"),
-        (["{tmp}/ev", "--crop-px", "128"], "--crop-px 128 is larger than the frames (--size 112)"),
-        (["{tmp}/ev", "--arms", "avid,cmac,avid"], "--arms names avid twice"),
-        (["{tmp}/ev", "--size", "16"], "--size must be an integer in 64..512, got 16"),
-    ],
-)
-def test_evaluate_refuses_a_folder_it_cannot_use_before_writing(tmp_path, args, message):
-    (tmp_path / "afile").write_text("")
-    (tmp_path / "junk").mkdir()
-    (tmp_path / "junk" / "notes.txt").write_text("mine")
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    proc = run_cli("evaluate", *args, "--quick", check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["avprep: error: " + message.replace("{tmp}", str(tmp_path))]
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA has the device")
-def test_evaluate_refuses_a_cuda_device_that_is_not_here(tmp_path):
-    proc = run_cli("evaluate", str(tmp_path / "ev"), "--quick", "--device", "cuda", check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == "avprep: error: --device cuda: no CUDA device is available here"
-    assert not (tmp_path / "ev").exists()
-
-
-def test_a_folder_from_before_the_settings_record_is_checked_against_its_runs(tmp_path):
-    """A folder without evaluate.json: its runs' config.json say how they were trained."""
-    out = tmp_path / "ev"
-    (out / "runs" / "avid-s0").mkdir(parents=True)
-    (out / "runs" / "avid-s0" / "config.json").write_text(json.dumps(
-        {"optim": {"steps": 300, "batch_size": 16}, "data": {"crop_px": 112}}))  # fmt: skip
-    cpu = torch.device("cpu")
-    folder.check(EvaluateConfig(out_dir=str(out)), cpu)  # the same settings: fine
-    with pytest.raises(folder.FolderError, match="made with --steps 300, not 50"):
-        folder.check(EvaluateConfig(out_dir=str(out), steps=50), cpu)
-    folder.record(EvaluateConfig(out_dir=str(out)), cpu)
-    assert json.loads((out / "evaluate.json").read_text()) == {
-        "preset": "tiny", "steps": 300, "batch_size": 16, "crop_px": 112}  # fmt: skip
-    with pytest.raises(folder.FolderError, match="made with --config tiny, not base"):
-        folder.check(EvaluateConfig(out_dir=str(out), preset="base"), cpu)
-
-
-@pytest.mark.slow
-def test_evaluate_stopped_by_sigterm_resumes_without_redoing_anything(tmp_path):
-    """Slurm's scancel (SIGTERM to the job's processes) mid-training: a one-line message and
-    exit 130, then the same command goes on from the run's last checkpoint, redoing no
-    finished stage, and the run logs every step once."""
-    out = tmp_path / "ev"
-    args = ["evaluate", str(out), "--quick", "--videos", "16", "--test-videos", "8", "--steps", "8",
-            "--batch-size", "8", "--sync-clips", "4", "--arms", "random_init,avid"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "avprep", *args], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    deadline = time.time() + 600
-    while not (out / "runs" / "avid-s0" / "step-2.pt").exists() and proc.poll() is None:
-        assert time.time() < deadline, "no checkpoint in 10 minutes"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGTERM)
-    said = proc.communicate(timeout=120)[1]
-    assert proc.returncode == 130, said
-    assert said.strip().splitlines()[-1] == "avprep: interrupted; run the same command again to resume"
-    again = run_cli(*args, timeout=600)
-    assert "synth" not in again.stderr and "shard" not in again.stderr
-    assert "features of random_init-s0" not in again.stderr
-    assert "training avid-s0" in again.stderr
-    steps = [json.loads(line)["step"]
-             for line in (out / "runs" / "avid-s0" / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
-    assert steps == list(range(1, 9)), steps
 
 
 def test_evaluate_sizes_follow_the_benchmark_frame():
