@@ -20,6 +20,7 @@ from cmac_core.data.augment import crop_resize, spec_norm, spec_to_tensor
 from cmac_core.data.clip import choose_window, cut_columns, frame_indices
 from cmac_core.data.damage import ShardSamples, decode_or_marker, is_marker
 from cmac_core.data.stages import SafeDecode, check_preset, decode_jpegs
+from cmac_core.data.worker_signals import StoppedByParent
 
 # Clip windows a segment may be asked for: a sample holds at most schema.MAX_FRAMES frames,
 # so no more windows start on distinct frames.
@@ -98,4 +99,5 @@ def eval_loader(urls: list[str], cfg: DataConfig, *, clips_per_segment: int | No
         wds.map(EvalSample(cfg, clips_per_segment, done or set())),
     )
     return wds.WebLoader(pipeline, batch_size=None, num_workers=min(workers, len(urls)),
-                         prefetch_factor=4 if workers else None)  # fmt: skip
+                         prefetch_factor=4 if workers else None,
+                         worker_init_fn=StoppedByParent())  # fmt: skip

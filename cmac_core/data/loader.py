@@ -39,6 +39,7 @@ from cmac_core.data.stages import (
     PlannedWindow,
     SafeDecode,
 )
+from cmac_core.data.worker_signals import StoppedByParent
 from cmac_core.errors import CmacError
 
 log = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ def train_stream(
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
         timeout=timeout,
-        worker_init_fn=RotateReaders(start) if workers > 0 else None,
+        worker_init_fn=StoppedByParent(RotateReaders(start)) if workers > 0 else None,
     )
     return TrainStream(loader=TimedLoader(loader, timeout), epoch=epoch, urls=urls, n_samples=n,
                        steps_per_epoch=steps, damage=damage, start=start, plan=plan)  # fmt: skip
