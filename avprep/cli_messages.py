@@ -1,7 +1,7 @@
 """What the command line says to people: its consoles, and errors as one line.
 
 ``one_line_errors`` turns AvprepError, cmac_core's ``CmacError`` (caught by type),
-storage errors and Ctrl-C into one line and an exit code;
+storage errors and Ctrl-C or SIGTERM into one line and an exit code;
 ``report_damage`` names what readers passed over; ``import_for`` names the extra a
 training command needs when its packages are missing.
 """
@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 
 from avprep.errors import AvprepError
+from avprep.interrupts import sigterm_as_interrupt
 
 err = Console(stderr=True)
 out = Console(soft_wrap=True)  # paths are never broken across lines
@@ -29,24 +30,29 @@ out = Console(soft_wrap=True)  # paths are never broken across lines
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
+RESUME = "run the same command again to resume"
+
+
 @contextlib.contextmanager
-def one_line_errors():
+def one_line_errors(again: str = RESUME):
     """A person's error -> ``avprep: error: ...`` on stderr and an exit code, no traceback:
     AvprepError (its exit code), cmac_core's CmacError (2; caught by type, so every
     subclass, also one raised in a worker and chained), a full or forbidden disk (2),
-    Ctrl-C (130). Anything else is a bug and keeps its traceback."""
+    Ctrl-C or SIGTERM (Slurm's scancel; 130, "interrupted; " + ``again``). Anything else is
+    a bug and keeps its traceback."""
     try:
-        yield
+        with sigterm_as_interrupt():
+            yield
     except typer.Exit:
         raise  # an exit code chosen by the command
     except AvprepError as e:
         _say(str(e))
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
-        _stopped()
+        _stopped(again)
     except Exception as e:
-        if _while_interrupted(e):  # e.g. a loader worker that the same SIGTERM stopped
-            _stopped()
+        if _while_interrupted(e):  # e.g. an error raised by a cleanup the interrupt started
+            _stopped(again)
         known = cmac_error(e)
         if known is not None:
             _say(getattr(known, "cli", None) or last_line(known))  # the CLI's wording, if any
@@ -57,8 +63,8 @@ def one_line_errors():
         raise typer.Exit(2) from None
 
 
-def _stopped() -> NoReturn:
-    err.print("avprep: interrupted; run the same command again to resume", markup=False)
+def _stopped(again: str) -> NoReturn:
+    err.print(f"avprep: interrupted; {again}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(130) from None
 
 

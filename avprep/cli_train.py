@@ -59,7 +59,8 @@ def pretrain(
              "--batch-size": ("optim.batch_size", batch_size), "--lr": ("optim.lr", lr),
              "--workers": ("optim.workers", workers), "--save-every": ("optim.save_every_steps", save_every),
              "--method": ("loss.method", method), "--record-keys": ("optim.record_keys", record_keys)}  # fmt: skip
-    with one_line_errors():
+    again = f"run the same command{'' if resume else ' with --resume'} to go on from its last checkpoint"
+    with one_line_errors(again):
         from cmac_core import config_files as cmac_config  # noqa: PLC0415  (no torch: checked first)
 
         changes = cmac_config.parse_overrides(settings or [])
@@ -143,7 +144,6 @@ def evaluate(
                              frame_px=size, object_px=object_size, classes=classes, silent_classes=silent_classes, crop_px=crop_px, arms=tuple(a for a in arms.split(",") if a), device=device,
                              workers=workers, sync_clips=sync_clips)  # fmt: skip
         from avprep.benchmark_shards import bench_config, benchmark_shards  # noqa: PLC0415
-        from avprep.pipeline import sigterm_as_interrupt  # noqa: PLC0415
 
         # Refused before anything is written: a finished benchmark of other settings first, then
         # a folder or device it cannot use, or runs of other training settings.
@@ -152,13 +152,12 @@ def evaluate(
                              classes=cfg.classes, silent_classes=cfg.silent_classes)  # fmt: skip
         evaluation.prepare(cfg, report)
         log = lambda line: err.print(line, markup=False)  # noqa: E731
-        with sigterm_as_interrupt():  # Slurm's scancel stops it as Ctrl-C does: resumable
-            shards = benchmark_shards(out_dir, bench, log=log)
-            command = "avprep evaluate " + " ".join(
-                sys.argv[2:] if sys.argv[1:2] == ["evaluate"] else sys.argv[1:]
-            )
-            result = evaluation.evaluate(cfg, train_shards=shards["train"], test_shards=shards["test"], report_dir=report,
-                         command=command, on_event=lambda line: err.print(line, markup=False, highlight=False))  # fmt: skip
+        shards = benchmark_shards(out_dir, bench, log=log)
+        command = "avprep evaluate " + " ".join(
+            sys.argv[2:] if sys.argv[1:2] == ["evaluate"] else sys.argv[1:]
+        )
+        result = evaluation.evaluate(cfg, train_shards=shards["train"], test_shards=shards["test"], report_dir=report,
+                     command=command, on_event=lambda line: err.print(line, markup=False, highlight=False))  # fmt: skip
         failed = [c["claim"] for c in result.results["checks"] if not c["holds"]]
         out.print(f"evaluate: {result.report_dir / 'RESULTS.md'}; {len(result.results['checks']) - len(failed)} "
                   f"of {len(result.results['checks'])} pre-registered outcomes hold"

@@ -11,38 +11,17 @@ released, and the same command resumes.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
 from collections import Counter
 
 from avprep.config import ShardConfig
 from avprep.discover import discover, keep_committed_ids, partition
 from avprep.dispatch import Dispatcher
+from avprep.interrupts import sigterm_as_interrupt
 from avprep.media.decoder import Decoder
 from avprep.outdir import OutputDir
 from avprep.report import Progress, ShardReport
 from avprep.tools import require_ffmpeg
-
-
-def _interrupt(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Within the block, SIGTERM raises KeyboardInterrupt (main thread only; elsewhere
-    signal handlers cannot be set and nothing changes)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def shard_videos(

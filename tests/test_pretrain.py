@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +122,43 @@ def test_kill_9_then_resume_continues_the_schedule(demo_shards, tmp_path):
     for r in records:
         assert r["lr"] == pytest.approx(schedule(r["step"] - 1))
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 40
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_whole_job_stops_in_one_line_and_leaves_no_process(demo_shards, tmp_path):
+    """Slurm's scancel: SIGTERM to the run and its loader workers at once. The run stops as
+    Ctrl-C stops it (exit 130, one line saying how to go on), none of its processes outlives
+    it (the workers leave stopping to it), and --resume logs every step once."""
+    run = tmp_path / "run"
+    args = ["pretrain", str(demo_shards), "--out", str(run), "--config", "tiny", "--steps", "12",
+            "--save-every", "2", "--workers", "2", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "avprep", *args], env={**os.environ, **ENV},
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 300
+    while not (run / "step-4.pt").exists() and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoint in 5 minutes"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    said = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, said
+    assert said.strip().splitlines()[-1] == (
+        "avprep: interrupted; run the same command with --resume to go on from its last checkpoint"
+    ), said
+    deadline = time.time() + 30
+    while _group_alive(proc.pid):
+        assert time.time() < deadline, "a process of the stopped run is still running"
+        time.sleep(0.1)
+    run_cli(*args, "--resume", env=ENV)
+    assert [r["step"] for r in metrics(run)] == list(range(1, 13))
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _rewrite_shard(src: Path, dst: Path, edit) -> None:
