@@ -307,7 +307,8 @@ def _prepare(cfg: BenchmarkConfig, out: Path) -> None:
 
 def make_benchmark(cfg: BenchmarkConfig, *, on_videos=None) -> SynthReport:
     """Write the benchmark ``cfg`` describes (see the module docstring); ``on_videos(split,
-    n)`` is called after each batch of ``n`` videos. The manifests are written last."""
+    n)`` is called after each batch of ``n`` videos. The manifests are written last. Made
+    again with the same settings (after a kill, say), the videos already there are kept."""
     require_ffmpeg()
     started = time.monotonic()
     out = Path(cfg.out_dir)
@@ -324,7 +325,10 @@ def make_benchmark(cfg: BenchmarkConfig, *, on_videos=None) -> SynthReport:
             ) -> list[dict]:
                 last = min(first + BATCH, len(labels))
                 videos = [make_video(cfg, split, i, int(labels[i])) for i in range(first, last)]
-                encode(folder, videos, fps=cfg.fps, sample_rate_hz=cfg.sample_rate_hz)
+                # A file there is whole (renamed into place) and, the settings the same, the same.
+                todo = [v for v in videos if not (folder / v.row["path"]).exists()]
+                if todo:
+                    encode(folder, todo, fps=cfg.fps, sample_rate_hz=cfg.sample_rate_hz)
                 if on_videos is not None:
                     on_videos(name, last - first)
                 return [v.row for v in videos]

@@ -248,17 +248,20 @@ def test_bad_knobs_are_one_line(tmp_path, args, message):
 
 def test_a_folder_is_remade_only_with_its_own_settings(tmp_path):
     out = tmp_path / "b"
-    cfg = BenchmarkConfig(str(out), videos=1, test_videos=0, workers=1)
+    cfg = BenchmarkConfig(str(out), videos=2, test_videos=0, workers=1)
     make_benchmark(cfg)
-    video = out / "train" / "videos" / "train-00000.mp4"
-    first = video.read_bytes()
+    kept, lost = (out / "train" / "videos" / f"train-0000{i}.mp4" for i in (0, 1))
+    first, stamp, manifest = lost.read_bytes(), kept.stat().st_mtime_ns, (out / "train" / "manifest.jsonl").read_text()
+    lost.unlink()  # as if killed before this one was encoded
     left = out / "train" / ".synth-killed"  # the raw frames of a run that was killed
     left.mkdir()
     (left / "0.rgb").write_bytes(b"frames")
-    (out / "train" / "videos" / ".train-00000.mp4.tmp").write_bytes(b"half")
-    make_benchmark(cfg)  # the same settings: made again, the same bytes, nothing left over
-    assert video.read_bytes() == first
-    assert sorted(p.name for p in (out / "train").rglob("*")) == ["manifest.jsonl", "train-00000.mp4", "videos"]
+    (out / "train" / "videos" / ".train-00001.mp4.tmp").write_bytes(b"half")
+    make_benchmark(cfg)  # the same settings: the rest made, the same bytes, nothing left over
+    assert lost.read_bytes() == first and kept.stat().st_mtime_ns == stamp  # kept, not encoded again
+    assert (out / "train" / "manifest.jsonl").read_text() == manifest
+    assert sorted(p.name for p in (out / "train").rglob("*")) == ["manifest.jsonl", "train-00000.mp4",
+                                                                  "train-00001.mp4", "videos"]  # fmt: skip
     with pytest.raises(UsageError, match="made with other settings"):
         make_benchmark(BenchmarkConfig(str(out), videos=1, test_videos=0, seed=1, workers=1))
     (tmp_path / "other").mkdir()
