@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from avprep.benchmark import FLAGS, BenchmarkConfig, make_benchmark
 from avprep.config import ShardConfig
 from avprep.errors import UsageError
 from avprep.pipeline import shard_videos
+from avprep.stage_timings import StageTimings
 
 
 def bench_config(out_dir: Path, *, videos: int, test_videos: int, seed: int, workers: int,
@@ -32,39 +32,35 @@ def benchmark_shards(out_dir: Path, cfg: BenchmarkConfig, *,
     """``avprep synth`` of ``cfg`` (from ``bench_config``, which checked it against a
     finished benchmark) then ``avprep shard`` of each split (one writer, in the manifest's
     order) under ``out_dir`` (``bench/``, ``shards/{train,test}``), each skipped when a
-    previous run finished it (``.done``); their seconds go into ``timings.json``. Returns
-    the shard folder of each split."""
+    previous run finished it (``.done``); their seconds go into ``timings.json``
+    (``StageTimings``). Returns the shard folder of each split."""
     bench = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    timings_path = out_dir / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    timings = StageTimings(out_dir / "timings.json")
     if not (bench / ".done").exists():
         log(f"evaluate: synth {cfg.videos} + {cfg.test_videos} videos")
-        t0 = time.monotonic()
-        make_benchmark(cfg)
-        (bench / ".done").write_text("")
-        timings["synth"] = round(time.monotonic() - t0, 1)
+        with timings.timed("synth"):
+            make_benchmark(cfg)
+            (bench / ".done").write_text("")
     shards = {}
     for split in ("train", "test"):
         shards[split] = out_dir / "shards" / split
         if (shards[split] / ".done").exists():
             continue
         log(f"evaluate: shard {split}")
-        t0 = time.monotonic()
         # One shard writer: with several, which worker takes which video is a race, so the
         # shards' contents (and with them the training stream's order and the first clips the
         # sync 2AFC takes) changed from run to run; one writer keeps the manifest's order, and
         # the same seed gives byte-identical shards (2.5 s more for 200 videos).
         scfg = ShardConfig(out_dir=str(shards[split]), fps=cfg.fps, short_side_px=cfg.frame_size_px, workers=1,
                            shard_max_samples=25, quiet=True)  # fmt: skip
-        report = shard_videos([str(bench / split / "manifest.jsonl")], scfg)
-        if report.exit_code(strict=True) != 0:
-            raise UsageError(
-                f"avprep shard failed on some benchmark videos: see {shards[split]}/manifest"
-            )
-        (shards[split] / ".done").write_text("")
-        timings[f"shard {split}"] = round(time.monotonic() - t0, 1)
-    timings_path.write_text(json.dumps(timings, indent=1))
+        with timings.timed(f"shard {split}"):
+            report = shard_videos([str(bench / split / "manifest.jsonl")], scfg)
+            if report.exit_code(strict=True) != 0:
+                raise UsageError(
+                    f"avprep shard failed on some benchmark videos: see {shards[split]}/manifest"
+                )
+            (shards[split] / ".done").write_text("")
     return shards
 
 

@@ -106,6 +106,7 @@ def test_evaluate_stopped_by_sigterm_resumes_without_redoing_anything(tmp_path):
     said = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130, said
     assert said.strip().splitlines()[-1] == "avprep: interrupted; run the same command again to resume"
+    spent = json.loads((out / "timings.json").read_text())["train avid-s0 (stopped)"]
     again = run_cli(*args, timeout=600)
     assert "synth" not in again.stderr and "shard" not in again.stderr
     assert "features of random_init-s0" not in again.stderr
@@ -113,3 +114,6 @@ def test_evaluate_stopped_by_sigterm_resumes_without_redoing_anything(tmp_path):
     steps = [json.loads(line)["step"]
              for line in (out / "runs" / "avid-s0" / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
     assert steps == list(range(1, 9)), steps
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["train avid-s0"] >= spent > 0  # both runs' seconds, the stopped record gone
+    assert not any(k.endswith("(stopped)") for k in timings), timings

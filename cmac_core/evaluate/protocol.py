@@ -9,7 +9,8 @@ import avprep's synthesis or sharding) and writes under ``cfg.out_dir``::
     features/{arm}-s{seed}-{split}.npz   frozen features, maps and truth (features.py)
     features/{arm}-s{seed}-sync.json     the synchronization 2AFC on the first
                                  ``cfg.sync_clips`` test clips (``cmac_core.sync_2afc``)
-    timings.json                 seconds per stage, as measured when the stage ran
+    timings.json                 seconds per stage, over every run that worked on it
+                                 (``avprep.stage_timings``)
     evaluate.json                the training settings the runs belong to (folder.py)
 
 Resumable: a finished run, shuffled copy, feature or 2AFC file is reused, never redone
@@ -21,13 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from avprep.stage_timings import StageTimings
 from cmac_core.config import PretrainConfig, preset
 from cmac_core.distributed import wants_cuda
 from cmac_core.evaluate import features, folder
@@ -81,20 +82,6 @@ def train_config(cfg: EvaluateConfig, a: Arm, seed: int, device: torch.device) -
                      workers=1 if device.type == "cpu" else 4)  # fmt: skip
 
 
-class Timings:
-    """``timings.json``: seconds per stage, kept from the run that did the work."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.exists() else {}
-
-    def record(self, stage: str, seconds: float) -> None:
-        self.data[stage] = round(seconds, 1)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)
-
-
 def evaluate(cfg: EvaluateConfig, *, train_shards: str | Path, test_shards: str | Path,
              report_dir: str | Path | None = None, command: str = "",
              on_event: Callable[[str], None] | None = None) -> EvaluateResult:  # fmt: skip
@@ -107,13 +94,12 @@ def evaluate(cfg: EvaluateConfig, *, train_shards: str | Path, test_shards: str 
     device = device_of(cfg.device)
     folder.check(cfg, device, None if report_dir is None else Path(report_dir))
     folder.record(cfg, device)
-    timings = Timings(out / "timings.json")
+    timings = StageTimings(out / "timings.json")
     shuffled = out / "shards" / "train_shuffled"
     if any(arm(n).shuffled_audio for n in cfg.arms) and not (shuffled / ".done").exists():
-        t0 = time.monotonic()
-        shuffled_audio_copy(train_shards, shuffled, seed=cfg.bench_seed)
-        (shuffled / ".done").write_text("")
-        timings.record("shuffled_audio_copy", time.monotonic() - t0)
+        with timings.timed("shuffled_audio_copy"):
+            shuffled_audio_copy(train_shards, shuffled, seed=cfg.bench_seed)
+            (shuffled / ".done").write_text("")
     runs: dict[str, dict[int, dict]] = {}
     for seed in range(cfg.seeds):  # seed 0 of every arm first: a whole table soonest
         for name in cfg.arms:
@@ -122,14 +108,13 @@ def evaluate(cfg: EvaluateConfig, *, train_shards: str | Path, test_shards: str 
             pc = train_config(cfg, a, seed, device)
             run_dir = out / "runs" / tag
             if a.trained:
-                done = (run_dir / "last.pt").exists() and f"train {tag}" in timings.data
+                done = (run_dir / "last.pt").exists() and timings.done(f"train {tag}")
                 if not done:
                     say(f"evaluate: training {tag} ({cfg.steps} steps)")
-                    t0 = time.monotonic()
-                    pretrain(str(shuffled if a.shuffled_audio else train_shards), run_dir, pc,
-                             resume=(run_dir / "last.pt").exists(), complete_ok=True,
-                             device=device.type, show_progress=False)  # fmt: skip
-                    timings.record(f"train {tag}", time.monotonic() - t0)
+                    with timings.timed(f"train {tag}"):
+                        pretrain(str(shuffled if a.shuffled_audio else train_shards), run_dir, pc,
+                                 resume=(run_dir / "last.pt").exists(), complete_ok=True,
+                                 device=device.type, show_progress=False)  # fmt: skip
             runs.setdefault(name, {})[seed] = {
                 split: _features(
                     out, tag, split, a, pc, run_dir, seed, device, shards, timings, say
@@ -147,20 +132,19 @@ def evaluate(cfg: EvaluateConfig, *, train_shards: str | Path, test_shards: str 
 
 
 def _features(out: Path, tag: str, split: str, a: Arm, pc: PretrainConfig, run_dir: Path,
-              seed: int, device: torch.device, shards, timings: Timings, say) -> dict:  # fmt: skip
+              seed: int, device: torch.device, shards, timings: StageTimings, say) -> dict:  # fmt: skip
     path = out / "features" / f"{tag}-{split}.npz"
     if path.exists():
         arrays = features.load(path)
         if set(features.TRUTH) <= set(arrays):
             return arrays
     say(f"evaluate: features of {tag} on {split}")
-    t0 = time.monotonic()
-    frozen = _frozen(a, pc, run_dir, seed, device)
-    arrays = features.extract(frozen, shards, maps=split == "test",
-                              keep_frames=8 if split == "test" else 0)  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    features.save(path, arrays)
-    timings.record(f"features {tag} {split}", time.monotonic() - t0)
+    with timings.timed(f"features {tag} {split}"):
+        frozen = _frozen(a, pc, run_dir, seed, device)
+        arrays = features.extract(frozen, shards, maps=split == "test",
+                                  keep_frames=8 if split == "test" else 0)  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        features.save(path, arrays)
     return arrays
 
 
@@ -171,7 +155,7 @@ def _frozen(a: Arm, pc: PretrainConfig, run_dir: Path, seed: int, device: torch.
 
 
 def _sync(out: Path, tag: str, a: Arm, pc: PretrainConfig, run_dir: Path, seed: int,
-          device: torch.device, shards, clips: int, timings: Timings, say) -> dict:  # fmt: skip
+          device: torch.device, shards, clips: int, timings: StageTimings, say) -> dict:  # fmt: skip
     """``{"correct", "clips", "skipped", "decidable"}`` of the synchronization 2AFC (chance
     0.5) on the first ``clips`` test clips: lla by its sync head, the others by ``z_v . z_a``;
     ``decidable``: the pairs the synthetic truth tells apart (the ceiling, sync_2afc.py)."""
@@ -181,15 +165,14 @@ def _sync(out: Path, tag: str, a: Arm, pc: PretrainConfig, run_dir: Path, seed: 
         if found.get("limit") == clips:
             return found
     say(f"evaluate: synchronization 2AFC of {tag}")
-    t0 = time.monotonic()
-    choice = sync_2afc(_frozen(a, pc, run_dir, seed, device), str(shards), limit=clips)
-    found = {"correct": choice.correct, "clips": choice.clips, "skipped": choice.skipped,
-             "decidable": choice.decidable, "limit": clips}  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(found))
-    os.replace(tmp, path)
-    timings.record(f"sync 2afc {tag}", time.monotonic() - t0)
+    with timings.timed(f"sync 2afc {tag}"):
+        choice = sync_2afc(_frozen(a, pc, run_dir, seed, device), str(shards), limit=clips)
+        found = {"correct": choice.correct, "clips": choice.clips, "skipped": choice.skipped,
+                 "decidable": choice.decidable, "limit": clips}  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(found))
+        os.replace(tmp, path)
     return found
 
 

@@ -159,7 +159,7 @@ def markdown(results: dict) -> str:
         for name, stats in results["arms"].items():
             if any(k in stats for k in finals):
                 out.append(f"| {name} | " + " | ".join(_cell(stats, k) for k in finals) + " |")
-    out += ["", "## Where the time went (seconds, as measured when each stage ran)", "",
+    out += ["", "## Where the time went (seconds spent on each stage, over every run of the command)", "",
             "| stage | s |", "|---|---|"]  # fmt: skip
     out += [f"| {k} | {v} |" for k, v in results["timings_s"].items()]
     out += ["", "![training curves](results_curves.png)", "",
